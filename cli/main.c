@@ -1,0 +1,42 @@
+/*
+ * main.c — the `flashlora` binary: a table of subcommands and the top-level --help.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "fl_build_config.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
+    {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
+};
+
+static void usage(FILE *out) {
+    fprintf(out, "flashlora %s — LoRA training and adapter serving for diffusion image models\n\n", FL_VERSION);
+    fprintf(out, "usage: flashlora <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'flashlora <command> --help' describes a command.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("flashlora %s\n", FL_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "flashlora: unknown command '%s' (see 'flashlora --help')\n", argv[1]);
+    return 2;
+}

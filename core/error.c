@@ -1,0 +1,88 @@
+/*
+ * error.c — fl_error filling, code names, and the abort path for broken invariants.
+ */
+#include "core/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int fl_fail(fl_error *err, fl_error_code code, const char *fmt, ...) {
+    if (!err) return -1;
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int fl_fail_prefix(fl_error *err, const char *fmt, ...) {
+    if (!err) return -1;
+    char prefix[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    char old[sizeof err->message];
+    memcpy(old, err->message, sizeof old);
+    snprintf(err->message, sizeof err->message, "%s: %s", prefix, old);
+    if (err->code == FL_OK) err->code = FL_EINVAL;
+    return -1;
+}
+
+void fl_error_clear(fl_error *err) {
+    if (!err) return;
+    err->code = FL_OK;
+    err->message[0] = '\0';
+}
+
+const char *fl_error_code_name(fl_error_code code) {
+    switch (code) {
+    case FL_OK: return "ok";
+    case FL_EINVAL: return "invalid_input";
+    case FL_EIO: return "io_error";
+    case FL_ENOMEM: return "out_of_memory";
+    case FL_ENOTFOUND: return "not_found";
+    case FL_EUNSUPPORTED: return "unsupported";
+    case FL_ELIMIT: return "limit_exceeded";
+    }
+    return "unknown";
+}
+
+_Noreturn void fl_abort_at(const char *file, int line, const char *fmt, ...) {
+    fflush(stdout);
+    fprintf(stderr, "flashlora: fatal at %s:%d: ", file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    abort();
+}
+
+void *fl_xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    FL_CHECKF(p, "out of memory allocating %zu bytes", bytes);
+    return p;
+}
+
+void *fl_xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    FL_CHECKF(p, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *fl_xrealloc(void *ptr, size_t bytes) {
+    void *p = realloc(ptr, bytes ? bytes : 1);
+    FL_CHECKF(p, "out of memory reallocating to %zu bytes", bytes);
+    return p;
+}
+
+char *fl_xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = fl_xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}

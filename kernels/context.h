@@ -1,0 +1,52 @@
+/*
+ * context.h — a device context: where ops run and how memory moves there.
+ *
+ * An fl_ctx binds one device to its backend (the table of op implementations in backend.h) and
+ * to that backend's state: for CUDA a stream, a cuBLASLt handle and a workspace; for the CPU the
+ * thread count. All ops in kernels/ops.h take the context first and run on its device, in order
+ * (CUDA ops are asynchronous on the context's stream; fl_ctx_synchronize waits).
+ *
+ * Planning mode: while ctx->planning is set, ops validate their operands and return without
+ * computing anything, so a model can run its whole step once against a measuring arena
+ * (core/arena.h) to learn how much activation memory a shape needs.
+ */
+#ifndef FL_KERNELS_CONTEXT_H
+#define FL_KERNELS_CONTEXT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+typedef struct fl_backend fl_backend;
+
+typedef struct fl_ctx {
+    fl_device device;
+    const fl_backend *backend;
+    void *impl;    /* backend state; NULL for the CPU */
+    bool planning; /* validate only, compute nothing */
+} fl_ctx;
+
+/* Creates a context for dev (see core/device.h for choosing one). NULL + err on failure. */
+fl_ctx *fl_ctx_create(fl_device dev, fl_error *err);
+void fl_ctx_destroy(fl_ctx *ctx);
+
+/* Device memory. fl_ctx_alloc returns NULL when the device is out of memory. */
+void *fl_ctx_alloc(fl_ctx *ctx, size_t bytes);
+void fl_ctx_free(fl_ctx *ctx, void *ptr);
+/* Contiguous byte copies between host memory and the context's device (synchronous). */
+void fl_ctx_upload(fl_ctx *ctx, void *device_dst, const void *host_src, size_t bytes);
+void fl_ctx_download(fl_ctx *ctx, void *host_dst, const void *device_src, size_t bytes);
+void fl_ctx_synchronize(fl_ctx *ctx);
+
+/* A contiguous tensor allocated on the context's device; fl_ctx_tensor_free releases it. */
+fl_tensor fl_ctx_tensor(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape);
+void fl_ctx_tensor_free(fl_ctx *ctx, fl_tensor *t);
+
+/* Copy a host f32 array into a device tensor of any storage dtype (converted), and back.
+ * The tensor must be contiguous and have exactly `count` elements. */
+void fl_ctx_upload_f32(fl_ctx *ctx, fl_tensor *dst, const float *host_src, size_t count);
+void fl_ctx_download_f32(fl_ctx *ctx, float *host_dst, const fl_tensor *src, size_t count);
+
+#endif

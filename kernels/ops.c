@@ -1,0 +1,559 @@
+/*
+ * ops.c — the checked entry points of kernels/ops.h.
+ *
+ * Each op verifies that its operands match the contract in ops.h (device, dtype, shape, layout)
+ * and then calls the context's backend. A mismatch is a bug in the caller, so it aborts with the
+ * op's name and the offending operand's shape. In planning mode nothing is computed.
+ */
+#include "kernels/ops.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+
+/* ---- operand checks -------------------------------------------------------------------------- */
+
+#define OP_FAIL(op, ...)                                                                           \
+    fl_abort_at(__FILE__, __LINE__, "%s: %s", op, op_message(__VA_ARGS__))
+
+static const char *op_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *op_message(const char *fmt, ...) {
+    static _Thread_local char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+static void need_device(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
+    if (!t) OP_FAIL(op, "operand %s is NULL", name);
+    if (!fl_device_equal(t->device, ctx->device))
+        OP_FAIL(op, "operand %s is on %s:%d, the context on %s:%d", name, fl_device_kind_name(t->device.kind),
+                t->device.index, fl_device_kind_name(ctx->device.kind), ctx->device.index);
+}
+
+/* Activations and weights: F32 everywhere; BF16 too on CUDA. */
+static void need_storage(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
+    need_device(op, ctx, t, name);
+    bool ok = t->dtype == FL_F32 || (ctx->device.kind == FL_DEVICE_CUDA && t->dtype == FL_BF16);
+    if (!ok)
+        OP_FAIL(op, "operand %s has dtype %s, not supported on %s", name, fl_dtype_name(t->dtype),
+                fl_device_kind_name(ctx->device.kind));
+}
+
+static void need_f32(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
+    need_device(op, ctx, t, name);
+    if (t->dtype != FL_F32) OP_FAIL(op, "operand %s must be F32, is %s", name, fl_dtype_name(t->dtype));
+}
+
+static void need_contiguous(const char *op, const fl_tensor *t, const char *name) {
+    if (!fl_tensor_is_contiguous(t)) OP_FAIL(op, "operand %s must be contiguous", name);
+}
+
+static void need_same_dtype(const char *op, const fl_tensor *a, const fl_tensor *b, const char *names) {
+    if (a->dtype != b->dtype)
+        OP_FAIL(op, "operands %s differ in dtype (%s vs %s)", names, fl_dtype_name(a->dtype),
+                fl_dtype_name(b->dtype));
+}
+
+static fl_matrix need_matrix(const char *op, const fl_tensor *t, const char *name) {
+    fl_matrix m;
+    if (!fl_tensor_matrix(t, &m)) OP_FAIL(op, "operand %s has no matrix view (last dim must be contiguous)", name);
+    return m;
+}
+
+static void need_shape(const char *op, const fl_tensor *t, const char *name, int ndim, const int64_t *shape) {
+    bool ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char got[128], want[128];
+        fl_tensor expect = fl_tensor_make(NULL, t->dtype, t->device, ndim, shape);
+        OP_FAIL(op, "operand %s has shape %s, expected %s", name, fl_tensor_shape_str(t, got, sizeof got),
+                fl_tensor_shape_str(&expect, want, sizeof want));
+    }
+}
+
+static void need_same_shape(const char *op, const fl_tensor *a, const fl_tensor *b, const char *name_b) {
+    need_shape(op, b, name_b, a->ndim, a->shape);
+}
+
+static void need_matrix_dims(const char *op, const fl_matrix *m, const char *name, int64_t rows, int64_t cols) {
+    if (m->rows != rows || m->cols != cols)
+        OP_FAIL(op, "operand %s is a [%lld, %lld] matrix, expected [%lld, %lld]", name, (long long)m->rows,
+                (long long)m->cols, (long long)rows, (long long)cols);
+}
+
+/* ---- matrix products ------------------------------------------------------------------------ */
+
+void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b, fl_tensor *c,
+                float alpha, float beta) {
+    static const char op[] = "gemm";
+    need_storage(op, ctx, a, "a");
+    need_storage(op, ctx, b, "b");
+    need_storage(op, ctx, c, "c");
+    need_same_dtype(op, a, b, "a, b");
+    need_same_dtype(op, a, c, "a, c");
+    fl_matrix ma = need_matrix(op, a, "a"), mb = need_matrix(op, b, "b"), mc = need_matrix(op, c, "c");
+    int64_t m = trans_a ? ma.cols : ma.rows, k = trans_a ? ma.rows : ma.cols;
+    int64_t kb = trans_b ? mb.cols : mb.rows, n = trans_b ? mb.rows : mb.cols;
+    if (k != kb) OP_FAIL(op, "inner dimensions differ (%lld vs %lld)", (long long)k, (long long)kb);
+    need_matrix_dims(op, &mc, "c", m, n);
+    if (ctx->planning) return;
+    ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta);
+}
+
+void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y) {
+    static const char op[] = "linear";
+    need_storage(op, ctx, x, "x");
+    need_storage(op, ctx, w, "w");
+    need_storage(op, ctx, y, "y");
+    need_same_dtype(op, x, w, "x, w");
+    need_same_dtype(op, x, y, "x, y");
+    if (w->ndim != 2) OP_FAIL(op, "weight must be 2-d [out, in], has %d dims", w->ndim);
+    need_contiguous(op, w, "w");
+    int64_t out = w->shape[0], in = w->shape[1];
+    fl_matrix mx = need_matrix(op, x, "x"), my = need_matrix(op, y, "y");
+    need_matrix_dims(op, &mx, "x", mx.rows, in);
+    need_matrix_dims(op, &my, "y", mx.rows, out);
+    if (bias) {
+        need_storage(op, ctx, bias, "bias");
+        need_same_dtype(op, x, bias, "x, bias");
+        need_contiguous(op, bias, "bias");
+        if (fl_tensor_numel(bias) != out) OP_FAIL(op, "bias has %lld elements, expected %lld",
+                                                 (long long)fl_tensor_numel(bias), (long long)out);
+    }
+    if (ctx->planning) return;
+    ctx->backend->linear(ctx, x, w, bias, y);
+}
+
+void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db) {
+    static const char op[] = "bias_grad";
+    need_storage(op, ctx, dy, "dy");
+    need_storage(op, ctx, db, "db");
+    need_same_dtype(op, dy, db, "dy, db");
+    fl_matrix m = need_matrix(op, dy, "dy");
+    need_contiguous(op, db, "db");
+    if (fl_tensor_numel(db) != m.cols) OP_FAIL(op, "db has %lld elements, expected %lld",
+                                               (long long)fl_tensor_numel(db), (long long)m.cols);
+    if (ctx->planning) return;
+    ctx->backend->bias_grad(ctx, dy, db);
+}
+
+/* ---- layout and elementwise ----------------------------------------------------------------- */
+
+void fl_op_copy(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst) {
+    static const char op[] = "copy";
+    need_device(op, ctx, src, "src");
+    need_device(op, ctx, dst, "dst");
+    need_same_shape(op, src, dst, "dst");
+    if (ctx->planning) return;
+    ctx->backend->copy(ctx, src, dst);
+}
+
+void fl_op_fill(fl_ctx *ctx, fl_tensor *t, float value) {
+    need_device("fill", ctx, t, "t");
+    if (ctx->planning) return;
+    ctx->backend->fill(ctx, t, value);
+}
+
+/* Elementwise operands: matrix views of one shape and one storage dtype. */
+static void need_elementwise(const char *op, fl_ctx *ctx, const fl_tensor *a, const char *name_a,
+                             const fl_tensor *b, const char *name_b) {
+    need_storage(op, ctx, a, name_a);
+    need_storage(op, ctx, b, name_b);
+    if (a->dtype != b->dtype) OP_FAIL(op, "operands %s and %s differ in dtype", name_a, name_b);
+    fl_matrix ma = need_matrix(op, a, name_a), mb = need_matrix(op, b, name_b);
+    need_matrix_dims(op, &mb, name_b, ma.rows, ma.cols);
+}
+
+void fl_op_add(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, float alpha, fl_tensor *out) {
+    need_elementwise("add", ctx, a, "a", b, "b");
+    need_elementwise("add", ctx, a, "a", out, "out");
+    if (ctx->planning) return;
+    ctx->backend->add(ctx, a, b, alpha, out);
+}
+
+void fl_op_scale(fl_ctx *ctx, fl_tensor *x, float alpha) {
+    need_storage("scale", ctx, x, "x");
+    need_matrix("scale", x, "x");
+    if (ctx->planning) return;
+    ctx->backend->scale(ctx, x, alpha);
+}
+
+void fl_op_gelu_tanh(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    need_elementwise("gelu_tanh", ctx, x, "x", y, "y");
+    if (ctx->planning) return;
+    ctx->backend->gelu_tanh(ctx, x, y);
+}
+
+void fl_op_gelu_tanh_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, fl_tensor *dx) {
+    need_elementwise("gelu_tanh_backward", ctx, x, "x", dy, "dy");
+    need_elementwise("gelu_tanh_backward", ctx, x, "x", dx, "dx");
+    if (ctx->planning) return;
+    ctx->backend->gelu_tanh_backward(ctx, dy, x, dx);
+}
+
+void fl_op_silu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    need_elementwise("silu", ctx, x, "x", y, "y");
+    if (ctx->planning) return;
+    ctx->backend->silu(ctx, x, y);
+}
+
+void fl_op_silu_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, fl_tensor *dx) {
+    need_elementwise("silu_backward", ctx, x, "x", dy, "dy");
+    need_elementwise("silu_backward", ctx, x, "x", dx, "dx");
+    if (ctx->planning) return;
+    ctx->backend->silu_backward(ctx, dy, x, dx);
+}
+
+/* ---- normalization and modulation ----------------------------------------------------------- */
+
+/* x: contiguous [.., D] activations; stats: contiguous f32 with one value per row. */
+static int64_t need_rows(const char *op, fl_ctx *ctx, const fl_tensor *x, const char *name) {
+    need_storage(op, ctx, x, name);
+    need_contiguous(op, x, name);
+    if (x->ndim < 1) OP_FAIL(op, "operand %s must have at least one dim", name);
+    return fl_tensor_numel(x) / (x->shape[x->ndim - 1] ? x->shape[x->ndim - 1] : 1);
+}
+
+static void need_stats(const char *op, fl_ctx *ctx, const fl_tensor *s, const char *name, int64_t rows) {
+    need_f32(op, ctx, s, name);
+    need_contiguous(op, s, name);
+    if (fl_tensor_numel(s) != rows)
+        OP_FAIL(op, "operand %s has %lld elements, expected one per row (%lld)", name,
+                (long long)fl_tensor_numel(s), (long long)rows);
+}
+
+void fl_op_layernorm(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, fl_tensor *mean, fl_tensor *rstd, float eps) {
+    static const char op[] = "layernorm";
+    int64_t rows = need_rows(op, ctx, x, "x");
+    need_rows(op, ctx, y, "y");
+    need_same_shape(op, x, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    need_stats(op, ctx, mean, "mean", rows);
+    need_stats(op, ctx, rstd, "rstd", rows);
+    if (ctx->planning) return;
+    ctx->backend->layernorm(ctx, x, y, mean, rstd, eps);
+}
+
+void fl_op_layernorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *mean,
+                              const fl_tensor *rstd, fl_tensor *dx) {
+    static const char op[] = "layernorm_backward";
+    int64_t rows = need_rows(op, ctx, x, "x");
+    need_rows(op, ctx, dy, "dy");
+    need_rows(op, ctx, dx, "dx");
+    need_same_shape(op, x, dy, "dy");
+    need_same_shape(op, x, dx, "dx");
+    need_same_dtype(op, x, dy, "x, dy");
+    need_same_dtype(op, x, dx, "x, dx");
+    need_stats(op, ctx, mean, "mean", rows);
+    need_stats(op, ctx, rstd, "rstd", rows);
+    if (ctx->planning) return;
+    ctx->backend->layernorm_backward(ctx, dy, x, mean, rstd, dx);
+}
+
+/* x: [B, T, D]; a per-sample vector operand (shift, scale, gate): matrix view [B, D]. */
+static void need_btd(const char *op, fl_ctx *ctx, const fl_tensor *x, const char *name) {
+    need_storage(op, ctx, x, name);
+    need_contiguous(op, x, name);
+    if (x->ndim != 3) OP_FAIL(op, "operand %s must be [B, T, D], has %d dims", name, x->ndim);
+}
+
+static void need_per_sample(const char *op, fl_ctx *ctx, const fl_tensor *x, const fl_tensor *v,
+                            const char *name) {
+    need_storage(op, ctx, v, name);
+    need_same_dtype(op, x, v, name);
+    fl_matrix m = need_matrix(op, v, name);
+    need_matrix_dims(op, &m, name, x->shape[0], x->shape[2]);
+}
+
+void fl_op_ln_modulate(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *shift, const fl_tensor *scale,
+                       fl_tensor *y, fl_tensor *mean, fl_tensor *rstd, float eps) {
+    static const char op[] = "ln_modulate";
+    need_btd(op, ctx, x, "x");
+    need_btd(op, ctx, y, "y");
+    need_same_shape(op, x, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    need_per_sample(op, ctx, x, shift, "shift");
+    need_per_sample(op, ctx, x, scale, "scale");
+    need_stats(op, ctx, mean, "mean", x->shape[0] * x->shape[1]);
+    need_stats(op, ctx, rstd, "rstd", x->shape[0] * x->shape[1]);
+    if (ctx->planning) return;
+    ctx->backend->ln_modulate(ctx, x, shift, scale, y, mean, rstd, eps);
+}
+
+void fl_op_ln_modulate_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *scale,
+                                const fl_tensor *mean, const fl_tensor *rstd, fl_tensor *dx, fl_tensor *dshift,
+                                fl_tensor *dscale) {
+    static const char op[] = "ln_modulate_backward";
+    need_btd(op, ctx, x, "x");
+    need_btd(op, ctx, dy, "dy");
+    need_btd(op, ctx, dx, "dx");
+    need_same_shape(op, x, dy, "dy");
+    need_same_shape(op, x, dx, "dx");
+    need_same_dtype(op, x, dy, "x, dy");
+    need_same_dtype(op, x, dx, "x, dx");
+    need_per_sample(op, ctx, x, scale, "scale");
+    if (dshift) need_per_sample(op, ctx, x, dshift, "dshift");
+    if (dscale) need_per_sample(op, ctx, x, dscale, "dscale");
+    need_stats(op, ctx, mean, "mean", x->shape[0] * x->shape[1]);
+    need_stats(op, ctx, rstd, "rstd", x->shape[0] * x->shape[1]);
+    if (ctx->planning) return;
+    ctx->backend->ln_modulate_backward(ctx, dy, x, scale, mean, rstd, dx, dshift, dscale);
+}
+
+static void need_norm_weight(const char *op, fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w,
+                             const char *name) {
+    need_storage(op, ctx, w, name);
+    need_contiguous(op, w, name);
+    need_same_dtype(op, x, w, name);
+    if (fl_tensor_numel(w) != x->shape[x->ndim - 1])
+        OP_FAIL(op, "%s has %lld elements, expected the last dim of x (%lld)", name,
+                (long long)fl_tensor_numel(w), (long long)x->shape[x->ndim - 1]);
+}
+
+void fl_op_rmsnorm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, fl_tensor *y, fl_tensor *rstd,
+                   float eps) {
+    static const char op[] = "rmsnorm";
+    int64_t rows = need_rows(op, ctx, x, "x");
+    need_rows(op, ctx, y, "y");
+    need_same_shape(op, x, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    need_norm_weight(op, ctx, x, weight, "weight");
+    need_stats(op, ctx, rstd, "rstd", rows);
+    if (ctx->planning) return;
+    ctx->backend->rmsnorm(ctx, x, weight, y, rstd, eps);
+}
+
+void fl_op_rmsnorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *weight,
+                            const fl_tensor *rstd, fl_tensor *dx, fl_tensor *dweight) {
+    static const char op[] = "rmsnorm_backward";
+    int64_t rows = need_rows(op, ctx, x, "x");
+    need_rows(op, ctx, dy, "dy");
+    need_rows(op, ctx, dx, "dx");
+    need_same_shape(op, x, dy, "dy");
+    need_same_shape(op, x, dx, "dx");
+    need_same_dtype(op, x, dy, "x, dy");
+    need_same_dtype(op, x, dx, "x, dx");
+    need_norm_weight(op, ctx, x, weight, "weight");
+    if (dweight) need_norm_weight(op, ctx, x, dweight, "dweight");
+    need_stats(op, ctx, rstd, "rstd", rows);
+    if (ctx->planning) return;
+    ctx->backend->rmsnorm_backward(ctx, dy, x, weight, rstd, dx, dweight);
+}
+
+void fl_op_gated_residual(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *gate, const fl_tensor *y,
+                          fl_tensor *out) {
+    static const char op[] = "gated_residual";
+    need_btd(op, ctx, x, "x");
+    need_btd(op, ctx, y, "y");
+    need_btd(op, ctx, out, "out");
+    need_same_shape(op, x, y, "y");
+    need_same_shape(op, x, out, "out");
+    need_same_dtype(op, x, y, "x, y");
+    need_same_dtype(op, x, out, "x, out");
+    need_per_sample(op, ctx, x, gate, "gate");
+    if (ctx->planning) return;
+    ctx->backend->gated_residual(ctx, x, gate, y, out);
+}
+
+void fl_op_gated_residual_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *gate, const fl_tensor *y,
+                                   fl_tensor *dy, fl_tensor *dgate) {
+    static const char op[] = "gated_residual_backward";
+    need_btd(op, ctx, dout, "dout");
+    need_btd(op, ctx, y, "y");
+    need_btd(op, ctx, dy, "dy");
+    need_same_shape(op, dout, y, "y");
+    need_same_shape(op, dout, dy, "dy");
+    need_same_dtype(op, dout, y, "dout, y");
+    need_same_dtype(op, dout, dy, "dout, dy");
+    need_per_sample(op, ctx, dout, gate, "gate");
+    if (dgate) need_per_sample(op, ctx, dout, dgate, "dgate");
+    if (ctx->planning) return;
+    ctx->backend->gated_residual_backward(ctx, dout, gate, y, dy, dgate);
+}
+
+/* ---- positions and attention ---------------------------------------------------------------- */
+
+void fl_rope_table_host(const float *ids, int64_t batch, int64_t length, const int *axes_dim, int n_axes,
+                        double theta, float *pe_out) {
+    int half = 0;
+    for (int a = 0; a < n_axes; a++) {
+        FL_CHECKF(axes_dim[a] > 0 && axes_dim[a] % 2 == 0, "rope axis %d has odd width %d", a, axes_dim[a]);
+        half += axes_dim[a] / 2;
+    }
+    for (int64_t token = 0; token < batch * length; token++) {
+        float *pe = pe_out + token * half * 2;
+        int pair = 0;
+        for (int a = 0; a < n_axes; a++) {
+            double pos = ids[token * n_axes + a];
+            for (int i = 0; i < axes_dim[a] / 2; i++, pair++) {
+                double omega = 1.0 / pow(theta, (2.0 * i) / axes_dim[a]);
+                double angle = pos * omega;
+                pe[2 * pair] = (float)cos(angle);
+                pe[2 * pair + 1] = (float)sin(angle);
+            }
+        }
+    }
+}
+
+static void need_rope(const char *op, fl_ctx *ctx, const fl_tensor *x, const char *name_x, const fl_tensor *pe) {
+    need_storage(op, ctx, x, name_x);
+    need_contiguous(op, x, name_x);
+    if (x->ndim != 4) OP_FAIL(op, "operand %s must be [B, H, L, D], has %d dims", name_x, x->ndim);
+    if (x->shape[3] % 2) OP_FAIL(op, "head dim %lld is odd", (long long)x->shape[3]);
+    need_f32(op, ctx, pe, "pe");
+    need_contiguous(op, pe, "pe");
+    int64_t want[4] = {x->shape[0], x->shape[2], x->shape[3] / 2, 2};
+    need_shape(op, pe, "pe", 4, want);
+}
+
+void fl_op_rope(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *pe, fl_tensor *y) {
+    need_rope("rope", ctx, x, "x", pe);
+    need_rope("rope", ctx, y, "y", pe);
+    need_same_shape("rope", x, y, "y");
+    need_same_dtype("rope", x, y, "x, y");
+    if (ctx->planning) return;
+    ctx->backend->rope(ctx, x, pe, y);
+}
+
+void fl_op_rope_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *pe, fl_tensor *dx) {
+    need_rope("rope_backward", ctx, dy, "dy", pe);
+    need_rope("rope_backward", ctx, dx, "dx", pe);
+    need_same_shape("rope_backward", dy, dx, "dx");
+    need_same_dtype("rope_backward", dy, dx, "dy, dx");
+    if (ctx->planning) return;
+    ctx->backend->rope_backward(ctx, dy, pe, dx);
+}
+
+static void need_bhld(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name, const fl_tensor *like) {
+    need_storage(op, ctx, t, name);
+    need_contiguous(op, t, name);
+    if (t->ndim != 4) OP_FAIL(op, "operand %s must be [B, H, L, D], has %d dims", name, t->ndim);
+    if (like) {
+        need_same_dtype(op, like, t, name);
+        if (t->shape[0] != like->shape[0] || t->shape[1] != like->shape[1] || t->shape[3] != like->shape[3])
+            OP_FAIL(op, "operand %s disagrees with q in batch, heads or head dim", name);
+    }
+}
+
+static void check_attention(const char *op, fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k,
+                            const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse) {
+    need_bhld(op, ctx, q, "q", NULL);
+    need_bhld(op, ctx, k, "k", q);
+    need_bhld(op, ctx, v, "v", q);
+    need_same_shape(op, k, v, "v");
+    need_bhld(op, ctx, out, "out", q);
+    need_same_shape(op, q, out, "out");
+    need_f32(op, ctx, lse, "lse");
+    need_contiguous(op, lse, "lse");
+    int64_t want[3] = {q->shape[0], q->shape[1], q->shape[2]};
+    need_shape(op, lse, "lse", 3, want);
+}
+
+void fl_op_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
+                     fl_tensor *lse, float scale) {
+    check_attention("attention", ctx, q, k, v, out, lse);
+    if (ctx->planning) return;
+    ctx->backend->attention(ctx, q, k, v, out, lse, scale);
+}
+
+void fl_op_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+                              const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse, fl_tensor *dq,
+                              fl_tensor *dk, fl_tensor *dv, float scale) {
+    static const char op[] = "attention_backward";
+    check_attention(op, ctx, q, k, v, out, lse);
+    need_bhld(op, ctx, dout, "dout", q);
+    need_same_shape(op, q, dout, "dout");
+    need_bhld(op, ctx, dq, "dq", q);
+    need_same_shape(op, q, dq, "dq");
+    need_bhld(op, ctx, dk, "dk", q);
+    need_same_shape(op, k, dk, "dk");
+    need_bhld(op, ctx, dv, "dv", q);
+    need_same_shape(op, v, dv, "dv");
+    if (ctx->planning) return;
+    ctx->backend->attention_backward(ctx, dout, q, k, v, out, lse, dq, dk, dv, scale);
+}
+
+void fl_op_timestep_embedding(fl_ctx *ctx, const fl_tensor *t, fl_tensor *out, float time_factor,
+                              float max_period) {
+    static const char op[] = "timestep_embedding";
+    need_f32(op, ctx, t, "t");
+    need_contiguous(op, t, "t");
+    need_storage(op, ctx, out, "out");
+    need_contiguous(op, out, "out");
+    if (out->ndim != 2 || out->shape[0] != fl_tensor_numel(t))
+        OP_FAIL(op, "out must be [B, dim] with B = %lld", (long long)fl_tensor_numel(t));
+    if (ctx->planning) return;
+    ctx->backend->timestep_embedding(ctx, t, out, time_factor, max_period);
+}
+
+/* ---- objective and optimizer ---------------------------------------------------------------- */
+
+void fl_op_flow_mix(fl_ctx *ctx, const fl_tensor *x0, const fl_tensor *noise, const fl_tensor *t, fl_tensor *xt,
+                    fl_tensor *target) {
+    static const char op[] = "flow_mix";
+    const fl_tensor *operands[4] = {x0, noise, xt, target};
+    const char *names[4] = {"x0", "noise", "xt", "target"};
+    for (int i = 0; i < 4; i++) {
+        need_storage(op, ctx, operands[i], names[i]);
+        need_contiguous(op, operands[i], names[i]);
+        need_same_shape(op, x0, operands[i], names[i]);
+        need_same_dtype(op, x0, operands[i], names[i]);
+    }
+    if (x0->ndim < 1) OP_FAIL(op, "x0 must have a batch dim");
+    need_f32(op, ctx, t, "t");
+    need_contiguous(op, t, "t");
+    if (fl_tensor_numel(t) != x0->shape[0])
+        OP_FAIL(op, "t has %lld elements, expected the batch size %lld", (long long)fl_tensor_numel(t),
+                (long long)x0->shape[0]);
+    if (ctx->planning) return;
+    ctx->backend->flow_mix(ctx, x0, noise, t, xt, target);
+}
+
+double fl_op_mse_loss(fl_ctx *ctx, const fl_tensor *pred, const fl_tensor *target, fl_tensor *dpred) {
+    static const char op[] = "mse_loss";
+    need_storage(op, ctx, pred, "pred");
+    need_contiguous(op, pred, "pred");
+    need_storage(op, ctx, target, "target");
+    need_contiguous(op, target, "target");
+    need_same_shape(op, pred, target, "target");
+    need_same_dtype(op, pred, target, "pred, target");
+    if (dpred) {
+        need_storage(op, ctx, dpred, "dpred");
+        need_contiguous(op, dpred, "dpred");
+        need_same_shape(op, pred, dpred, "dpred");
+        need_same_dtype(op, pred, dpred, "pred, dpred");
+    }
+    if (ctx->planning) return 0.0;
+    return ctx->backend->mse_loss(ctx, pred, target, dpred);
+}
+
+double fl_op_sum_squares(fl_ctx *ctx, const fl_tensor *x) {
+    need_f32("sum_squares", ctx, x, "x");
+    need_contiguous("sum_squares", x, "x");
+    if (ctx->planning) return 0.0;
+    return ctx->backend->sum_squares(ctx, x);
+}
+
+void fl_op_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
+                 const fl_adamw_params *p) {
+    static const char op[] = "adamw";
+    const fl_tensor *operands[4] = {param, grad, m, v};
+    const char *names[4] = {"param", "grad", "m", "v"};
+    for (int i = 0; i < 4; i++) {
+        need_f32(op, ctx, operands[i], names[i]);
+        need_contiguous(op, operands[i], names[i]);
+        if (fl_tensor_numel(operands[i]) != fl_tensor_numel(param))
+            OP_FAIL(op, "operand %s has %lld elements, param has %lld", names[i],
+                    (long long)fl_tensor_numel(operands[i]), (long long)fl_tensor_numel(param));
+    }
+    if (p->step < 1) OP_FAIL(op, "step must be >= 1, is %lld", (long long)p->step);
+    if (ctx->planning) return;
+    ctx->backend->adamw(ctx, param, grad, m, v, p);
+}
