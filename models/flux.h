@@ -1,0 +1,201 @@
+/*
+ * flux.h — the Flux.1 transformer (BFL checkpoint layout) built from kernels/ops.h: parameters,
+ * weight binding by the original key names, forward, and backward for LoRA training (gradients
+ * of the trainable adapter's A and B) or for full training (gradients of every base weight).
+ *
+ * One code path serves every size: the tiny test configurations, the embedded default model,
+ * and the real FLUX.1-dev / schnell shapes. Weights are [out, in] row-major as in the checkpoint.
+ *
+ * Memory: weights are uploaded once in the context's storage dtype (F32 on the CPU). Activations
+ * live in one arena planned per input shape: the first call with a new (batch, image tokens,
+ * text tokens, training) runs the whole step in planning mode to measure it, allocates once,
+ * and later calls with that shape allocate nothing.
+ *
+ * LoRA: each Linear carries up to FL_FLUX_MAX_ADAPTERS adapters, y += scale * (x A^T) B^T, with
+ * scale = multiplier * alpha / rank folded in at attach time. At most one adapter is trainable;
+ * its A and B live in one flat f32 parameter buffer (and one gradient buffer) so the optimizer
+ * updates all of them in one call.
+ */
+#ifndef FL_MODELS_FLUX_H
+#define FL_MODELS_FLUX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "kernels/context.h"
+
+#define FL_FLUX_MAX_AXES 4
+#define FL_FLUX_MAX_ADAPTERS 8
+#define FL_FLUX_NAME_MAX 96
+
+/* The fields of the reference FluxParams. */
+typedef struct fl_flux_params {
+    int in_channels;
+    int out_channels;
+    int vec_in_dim;
+    int context_in_dim;
+    int hidden_size;
+    double mlp_ratio;
+    int num_heads;
+    int depth;
+    int depth_single_blocks;
+    int axes_dim[FL_FLUX_MAX_AXES];
+    int n_axes;
+    int theta;
+    bool qkv_bias;
+    bool guidance_embed;
+} fl_flux_params;
+
+/* Parse a JSON object with the FluxParams fields (all required). Errors name the field. */
+int fl_flux_params_from_json(const char *json_text, fl_flux_params *out, fl_error *err);
+/* Consistency: positive sizes, hidden divisible by heads, sum(axes_dim) == head dim, even axes. */
+int fl_flux_params_validate(const fl_flux_params *p, fl_error *err);
+/* JSON text of p (malloc'ed). */
+char *fl_flux_params_to_json(const fl_flux_params *p);
+int fl_flux_mlp_hidden(const fl_flux_params *p); /* int(hidden_size * mlp_ratio) as Python computes it */
+int fl_flux_head_dim(const fl_flux_params *p);
+
+/* ---- the parameter list --------------------------------------------------------------------- */
+
+/* A tensor the model binds: its key in the original checkpoint and its shape. */
+typedef struct fl_flux_param_decl {
+    char name[FL_FLUX_NAME_MAX];
+    int ndim;
+    int64_t shape[2];
+} fl_flux_param_decl;
+
+/* Every tensor of the checkpoint for p, in a fixed order. Returns the count; fills decls when
+ * it is not NULL (call once with NULL to size the array). */
+size_t fl_flux_param_decls(const fl_flux_params *p, fl_flux_param_decl *decls);
+
+/* ---- the model -------------------------------------------------------------------------------- */
+
+typedef struct fl_flux_adapter {
+    fl_tensor a;  /* [rank, in] */
+    fl_tensor b;  /* [out, rank] */
+    float scale;  /* multiplier * alpha / rank */
+    int set_id;   /* which fl_flux_add_adapter call attached it */
+} fl_flux_adapter;
+
+/* One nn.Linear of the model. */
+typedef struct fl_flux_linear {
+    char name[FL_FLUX_NAME_MAX]; /* module path, e.g. "double_blocks.0.img_attn.qkv" */
+    int64_t in, out;
+    fl_tensor weight; /* [out, in] */
+    fl_tensor bias;   /* [out]; data NULL when the layer has none */
+    int n_adapters;
+    fl_flux_adapter adapters[FL_FLUX_MAX_ADAPTERS];
+    int trainable;             /* index into adapters of the trainable one, or -1 */
+    fl_tensor grad_a, grad_b;  /* gradients of the trainable adapter (views into the flat buffer) */
+    fl_tensor grad_weight, grad_bias; /* full training only */
+    /* Saved by the forward for the backward (views into the activation arena). */
+    fl_tensor saved_x;
+    fl_tensor saved_h[FL_FLUX_MAX_ADAPTERS];
+} fl_flux_linear;
+
+typedef struct fl_flux_model fl_flux_model;
+
+/* Build a model with parameters p on ctx's device, binding weights from a safetensors file.
+ * Keys may carry the "model.diffusion_model." prefix. Every expected tensor must be present
+ * with its exact shape (the error names the first one missing or misshaped); F32, BF16 and F16
+ * are converted to the context's storage dtype. If p is NULL the parameters come from the file's
+ * "flux_params" metadata, else are inferred from its shapes (models/family.h). */
+int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p, fl_flux_model **out, fl_error *err);
+/* A model with freshly initialized weights (normal, std 1/sqrt(in); zero biases; unit norm
+ * scales), for pretraining and benchmarks. */
+fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint64_t seed);
+void fl_flux_free(fl_flux_model *m);
+
+const fl_flux_params *fl_flux_get_params(const fl_flux_model *m);
+fl_ctx *fl_flux_get_ctx(const fl_flux_model *m);
+/* All Linears in checkpoint order. */
+size_t fl_flux_linear_count(const fl_flux_model *m);
+fl_flux_linear *fl_flux_linear_at(fl_flux_model *m, size_t i);
+fl_flux_linear *fl_flux_find_linear(fl_flux_model *m, const char *module_path);
+/* Every parameter tensor with its checkpoint key, in the order of fl_flux_param_decls. */
+size_t fl_flux_param_count(const fl_flux_model *m);
+void fl_flux_param_at(fl_flux_model *m, size_t i, const char **name, fl_tensor **value, fl_tensor **grad);
+
+/* ---- adapters ------------------------------------------------------------------------------ */
+
+/* One adapter's matrices for one Linear, as host f32 arrays. */
+typedef struct fl_flux_lora_pair {
+    const char *module; /* module path */
+    int64_t rank;
+    const float *a; /* [rank, in] */
+    const float *b; /* [out, rank] */
+    float alpha;
+} fl_flux_lora_pair;
+
+/* Attach an adapter given as pairs, with scale multiplier * alpha / rank per pair. Fails naming
+ * the first pair whose module is unknown or whose shapes disagree with the Linear. With
+ * trainable set, the matrices are copied into the flat parameter buffer (fl_flux_trainable_*)
+ * and gradients are computed for them; only one trainable adapter may exist. Returns the set
+ * id (>= 0) or -1. */
+int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n, float multiplier, bool trainable,
+                        fl_error *err);
+/* Target selection by name. spec is a named set —
+ *   "all"           every Linear inside the blocks: attention, MLP, single-block linears, modulation
+ *   "attention"     double-block qkv and proj, single-block linear1
+ *   "no_modulation" "all" without the modulation Linears
+ * — or a POSIX extended regular expression matched against module paths (e.g.
+ * ^single_blocks\.(3[0-7])\.linear[12]$ ). Fills selected[i] for Linear i (checkpoint order) and
+ * returns how many were selected; a bad expression or an empty selection is an error. */
+int fl_flux_select_targets(fl_flux_model *m, const char *spec, bool *selected, fl_error *err);
+
+/* A fresh trainable adapter on the selected targets: A ~ U(-1/sqrt(in), 1/sqrt(in)) (the PEFT
+ * default), B = 0, scale alpha / rank. Returns the set id or -1. */
+int fl_flux_add_trainable_lora(fl_flux_model *m, const char *spec, int rank, float alpha, uint64_t seed,
+                               fl_error *err);
+
+/* Detach every adapter. */
+void fl_flux_clear_adapters(fl_flux_model *m);
+
+/* The trainable adapter's flat parameter and gradient buffers (f32, equal length); NULL data
+ * when there is none. */
+fl_tensor fl_flux_trainable_params(fl_flux_model *m);
+fl_tensor fl_flux_trainable_grads(fl_flux_model *m);
+
+/* Full-training mode: allocate (once) and use gradients for every base parameter. */
+void fl_flux_enable_full_grads(fl_flux_model *m);
+/* Zero every gradient buffer in use (trainable adapter and, in full mode, base weights). */
+void fl_flux_zero_grads(fl_flux_model *m);
+
+/* ---- running ------------------------------------------------------------------------------- */
+
+/* Inputs of one forward, shapes as in the reference: img [B, Li, in_channels], txt [B, Lt,
+ * context_in_dim], y [B, vec_in_dim] in the storage dtype on the model's device; timesteps and
+ * guidance [B] f32 on the device (guidance only with guidance_embed); ids as host f32 arrays
+ * [B, Li, n_axes] and [B, Lt, n_axes] (the rotary table is computed on the host in double). */
+typedef struct fl_flux_inputs {
+    const fl_tensor *img;
+    const fl_tensor *txt;
+    const fl_tensor *y;
+    const fl_tensor *timesteps;
+    const fl_tensor *guidance;
+    const float *img_ids;
+    const float *txt_ids;
+} fl_flux_inputs;
+
+/* Checks the inputs' shapes against the model (bad shapes are caller input: an error, not an
+ * abort). */
+int fl_flux_check_inputs(const fl_flux_model *m, const fl_flux_inputs *in, fl_error *err);
+
+/* Forward: *out receives a view [B, Li, out_channels] valid until the next call on m. */
+int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err);
+
+/* One flow-matching training step's loss and gradients: x_t = (1 - t) x0 + t noise with
+ * timesteps t, loss = mean((model(x_t) - (noise - x0))^2). x0 and noise are [B, Li, in_channels];
+ * in->img is ignored (x_t is used) and in->timesteps is t. Gradients are accumulated into the
+ * trainable adapter's buffer (and base gradients in full mode); call fl_flux_zero_grads first. */
+int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise,
+                           double *loss, fl_error *err);
+
+/* Bytes of the activation arena planned for the last shape. */
+size_t fl_flux_activation_bytes(const fl_flux_model *m);
+
+#endif

@@ -1,0 +1,115 @@
+/*
+ * flux_internal.h — the layout of fl_flux_model shared by the files of models/ (not a public
+ * header): the Linears and norm scales of each block, the parameter table, and the activations
+ * one step saves for its backward.
+ */
+#ifndef FL_MODELS_FLUX_INTERNAL_H
+#define FL_MODELS_FLUX_INTERNAL_H
+
+#include "models/flux.h"
+
+/* One stream (img or txt) of a double block. */
+typedef struct flux_stream {
+    fl_flux_linear *mod, *qkv, *proj, *mlp0, *mlp2;
+    fl_tensor *q_scale, *k_scale; /* [head_dim] */
+    fl_tensor *q_scale_grad, *k_scale_grad;
+} flux_stream;
+
+enum { FLUX_IMG = 0, FLUX_TXT = 1 };
+
+typedef struct flux_double {
+    flux_stream s[2]; /* FLUX_IMG, FLUX_TXT */
+} flux_double;
+
+typedef struct flux_single {
+    fl_flux_linear *linear1, *linear2, *mod;
+    fl_tensor *q_scale, *k_scale;
+    fl_tensor *q_scale_grad, *k_scale_grad;
+} flux_single;
+
+/* Activations of one stream of a double block. */
+typedef struct stream_acts {
+    fl_tensor x_in, mod;           /* block input [B, Ls, H]; modulation [B, 6H] */
+    fl_tensor xm1, mean1, rstd1;   /* modulated norm before attention */
+    fl_tensor qkv;                 /* [B, Ls, 3H] */
+    fl_tensor q, k, rstd_q, rstd_k; /* [B, heads, Ls, D] before the q/k norm, and its statistics */
+    fl_tensor attn, proj, x1;      /* attention output [B, Ls, H], its projection, first residual */
+    fl_tensor xm2, mean2, rstd2;   /* modulated norm before the MLP */
+    fl_tensor h, g, m, x_out;      /* MLP pre-activation, GELU, output; block output */
+} stream_acts;
+
+typedef struct double_acts {
+    stream_acts s[2];
+    fl_tensor q, k, v, o, lse; /* joint [B, heads, Lt + Li, D] over [txt; img], after RoPE */
+} double_acts;
+
+typedef struct single_acts {
+    fl_tensor x_in, mod, xm, mean, rstd;
+    fl_tensor y1;                   /* linear1 output [B, L, 3H + M] */
+    fl_tensor q, k, rstd_q, rstd_k; /* [B, heads, L, D] before the q/k norm */
+    fl_tensor qr, kr, v, o, lse;    /* attention operands after norm and RoPE, output */
+    fl_tensor cat;                  /* [B, L, H + M] = [attention; GELU(mlp)] */
+    fl_tensor y2, x_out;
+} single_acts;
+
+typedef struct flux_acts {
+    int64_t batch, li, lt;
+    fl_tensor temb, gemb, time_h, guid_h, vec_h; /* embedder pre-activations */
+    fl_tensor time_hs, guid_hs, vec_hs;          /* after SiLU */
+    fl_tensor time_out, guid_out, vecy_out;      /* embedder outputs */
+    fl_tensor vec, vec_silu;                     /* [B, H] conditioning and SiLU(vec) */
+    fl_tensor img_h, txt_h;                      /* embedded streams */
+    fl_tensor pe, pe_img, pe_txt;                /* rotary tables [B, L, D/2, 2] */
+    double_acts *dbl;
+    single_acts *sgl;
+    fl_tensor x_img;                  /* image tokens after the single blocks [B, Li, H] */
+    fl_tensor final_mod, xf, meanf, rstdf;
+    fl_tensor out;                    /* [B, Li, out_channels] */
+    fl_tensor xt, target, dpred;      /* training only */
+} flux_acts;
+
+struct fl_flux_model {
+    fl_ctx *ctx;
+    fl_flux_params p;
+    fl_dtype dtype; /* storage dtype of weights and activations */
+
+    fl_flux_linear *linears;
+    size_t n_linears;
+    fl_flux_linear *img_in, *txt_in, *time_in[2], *vector_in[2], *guidance_in[2], *final_linear, *final_mod;
+    flux_double *dbl;
+    flux_single *sgl;
+
+    /* Parameter table in fl_flux_param_decls order. */
+    size_t n_params;
+    fl_flux_param_decl *decls;
+    fl_tensor **values; /* points at a linear's weight/bias or at norm_scales[i] */
+    fl_tensor **grads;  /* same places for gradients (full mode) */
+    fl_tensor *norm_scales, *norm_scale_grads; /* storage for the q/k norm scales */
+    size_t n_norm_scales;
+    void *weight_memory;
+
+    bool full_grads;
+    void *grad_memory;
+
+    /* Trainable adapter: flat f32 parameters and gradients. */
+    void *train_param_memory, *train_grad_memory;
+    int64_t n_train;
+    /* Frozen adapters' device memory. */
+    void **adapter_memory;
+    size_t n_adapter_memory;
+    int next_set_id;
+
+    /* Activation arena, planned per shape. */
+    fl_arena arena;
+    void *arena_memory;
+    size_t arena_bytes;
+    int64_t plan_batch, plan_li, plan_lt;
+    int plan_mode; /* 0 none, 1 forward, 2 training */
+    flux_acts acts;
+};
+
+/* flux_step.c: run the forward (and in training the backward) against m->arena. */
+void flux_run_forward(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *img);
+void flux_run_backward(fl_flux_model *m);
+
+#endif
