@@ -25,9 +25,16 @@ int fl_fail_prefix(fl_error *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    char old[sizeof err->message];
-    memcpy(old, err->message, sizeof old);
-    snprintf(err->message, sizeof err->message, "%s: %s", prefix, old);
+    /* Shift the old message right and write "prefix: " in front, truncating the tail. */
+    size_t cap = sizeof err->message;
+    size_t plen = strlen(prefix);
+    size_t olen = strnlen(err->message, cap - 1);
+    if (plen + 2 + olen > cap - 1) olen = cap - 1 - plen - 2;
+    memmove(err->message + plen + 2, err->message, olen);
+    memcpy(err->message, prefix, plen);
+    err->message[plen] = ':';
+    err->message[plen + 1] = ' ';
+    err->message[plen + 2 + olen] = '\0';
     if (err->code == FL_OK) err->code = FL_EINVAL;
     return -1;
 }

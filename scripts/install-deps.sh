@@ -10,7 +10,7 @@ packages=(
   # fuzzing (libFuzzer ships with clang's runtime)
   clang libclang-rt-14-dev
   # numerics
-  libopenblas-dev libomp-dev
+  libopenblas-openmp-dev libomp-dev
   # I/O, service and data
   libjansson-dev libhiredis-dev libmicrohttpd-dev libcurl4-openssl-dev libarchive-dev libstb-dev
   redis-server

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "core/rng.h"
+#include "core/safetensors.h"
 
 static int tests_passed = 0;
 static int tests_failed = 0;
@@ -102,4 +103,33 @@ const char *fl_test_data_path(const char *relative, char *buf, size_t size) {
     if (dir && *dir) snprintf(buf, size, "%s/%s", dir, relative);
     else snprintf(buf, size, "%s", relative);
     return buf;
+}
+
+float *fl_test_load_f32(const char *path, const char *name, int64_t *numel, int64_t *shape, int *ndim) {
+    fl_error err = {0};
+    fl_safetensors *st = NULL;
+    if (fl_safetensors_open(path, &st, &err) != 0) {
+        fl_test_fail_at(__FILE__, __LINE__, "%s: %s", path, err.message);
+        return NULL;
+    }
+    const fl_safetensors_info *info = fl_safetensors_find(st, name);
+    fl_tensor view;
+    if (!info || fl_safetensors_tensor_view(st, info, fl_device_cpu(), &view, &err) != 0) {
+        fl_test_fail_at(__FILE__, __LINE__, "%s: no float tensor '%s'", path, name);
+        fl_safetensors_close(st);
+        return NULL;
+    }
+    int64_t n = fl_tensor_numel(&view);
+    float *out = malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!out) abort();
+    for (int64_t i = 0; i < n; i++) {
+        if (view.dtype == FL_F32) out[i] = ((const float *)view.data)[i];
+        else if (view.dtype == FL_BF16) out[i] = fl_bf16_to_f32(((const uint16_t *)view.data)[i]);
+        else out[i] = fl_f16_to_f32(((const uint16_t *)view.data)[i]);
+    }
+    if (numel) *numel = n;
+    if (ndim) *ndim = view.ndim;
+    if (shape) for (int i = 0; i < view.ndim && i < 8; i++) shape[i] = view.shape[i];
+    fl_safetensors_close(st);
+    return out;
 }

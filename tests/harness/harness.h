@@ -30,6 +30,11 @@ bool fl_test_close_at(const char *file, int line, const char *what, const float 
 /* Deterministic test data. */
 float *fl_test_randn(size_t n, uint64_t seed, float stddev); /* malloc'ed; caller frees */
 float *fl_test_rand_uniform(size_t n, uint64_t seed, float lo, float hi);
+/* A tensor of a safetensors file as a malloc'ed host f32 array (F32/BF16/F16 converted);
+ * *numel gets its element count and shape (may be NULL) its extents (up to 8). Returns NULL
+ * after recording a test failure when the file or tensor is missing. */
+float *fl_test_load_f32(const char *path, const char *name, int64_t *numel, int64_t *shape, int *ndim);
+
 /* Path of a test data file: $FL_TEST_DATA_DIR/relative (set by meson), else relative. */
 const char *fl_test_data_path(const char *relative, char *buf, size_t size);
 
