@@ -11,6 +11,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sha256.h"
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "harness.h"
@@ -212,6 +213,33 @@ static void test_threads(void) {
     FL_EXPECT(fl_threads_get() == 2);
 }
 
+/* FIPS 180-4 / NIST test vectors, and streaming in odd pieces equals one shot. */
+static void test_sha256(void) {
+    char hex[65];
+    fl_sha256_hex("", 0, hex);
+    FL_EXPECT(!strcmp(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+    fl_sha256_hex("abc", 3, hex);
+    FL_EXPECT(!strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    fl_sha256_hex(two, strlen(two), hex);
+    FL_EXPECT(!strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"));
+    char *million = malloc(1000000);
+    memset(million, 'a', 1000000);
+    fl_sha256 h;
+    uint8_t digest[32];
+    fl_sha256_init(&h);
+    for (size_t off = 0; off < 1000000;) {
+        size_t piece = (off * 7 + 13) % 997 + 1;
+        if (piece > 1000000 - off) piece = 1000000 - off;
+        fl_sha256_update(&h, million + off, piece);
+        off += piece;
+    }
+    fl_sha256_final(&h, digest);
+    fl_sha256_digest_hex(digest, hex);
+    FL_EXPECT(!strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"));
+    free(million);
+}
+
 int main(void) {
     FL_RUN(test_tensor_make_and_strides);
     FL_RUN(test_tensor_slice_permute_reshape);
@@ -223,5 +251,6 @@ int main(void) {
     FL_RUN(test_errors);
     FL_RUN(test_rng);
     FL_RUN(test_threads);
+    FL_RUN(test_sha256);
     return fl_test_finish();
 }
