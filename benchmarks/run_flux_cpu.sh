@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Flux CPU benchmark: flashlora against the PyTorch reference on the same machine and thread
 # count, in one run; prints both timings and the ratio (PyTorch ms / flashlora ms, > 1 means
-# flashlora is faster). Needs a build (meson setup build) and Debian's python3-torch.
+# flashlora is faster). Builds build-bench/ (CPU only) and installs Debian's python3-torch if needed.
 #   benchmarks/run_flux_cpu.sh [threads] [repetitions]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +12,11 @@ if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
   sudo_cmd=(); [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends python3-torch >/dev/null
 fi
-[ -f build/build.ninja ] || meson setup build
-meson compile -C build benchmarks/bench_flux_cpu >/dev/null
+# A CPU-only release build of its own, so the benchmark never waits on CUDA compilation.
+[ -f build-bench/build.ninja ] || meson setup build-bench -Dcuda=disabled -Dtests=false >/dev/null
+meson compile -C build-bench benchmarks/bench_flux_cpu >/dev/null
 export FLASHLORA_THREADS=$threads OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
-ours=$(build/benchmarks/bench_flux_cpu "$reps")
+ours=$(build-bench/benchmarks/bench_flux_cpu "$reps")
 theirs=$(/usr/bin/python3 benchmarks/bench_flux_cpu.py "$reps")
 echo "$ours"
 echo "$theirs"
