@@ -1,0 +1,199 @@
+/*
+ * fetch.c — downloading an image-set archive from an http(s) URL into memory, with libcurl.
+ *
+ * The transfer is bounded every way a hostile server could stretch it: http and https only, for
+ * the first request and for redirects (at most 5); a wall-clock timeout; HTTP status >= 400 is a
+ * failure; the body is counted as it arrives and the transfer aborted past url_max_bytes (a
+ * declared Content-Length above it is refused before the body starts). Unless url_allow_private
+ * is set, connections to loopback, private, link-local, CGNAT, multicast and reserved addresses
+ * are refused at connect time (redirects and DNS answers included), so a URL cannot reach
+ * services inside our network. Messages never repeat the URL, which may carry a signed token.
+ */
+#include "datasets/imageset_internal.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "fl_build_config.h"
+
+#if defined(FL_HAVE_CURL)
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+typedef struct download {
+    unsigned char *data;
+    size_t size, cap, max;
+    bool too_large, no_memory, blocked, allow_private;
+} download;
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init_once(void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *user) {
+    download *d = user;
+    size_t n = size * nmemb;
+    if (n > d->max - d->size) {
+        d->too_large = true;
+        return 0; /* anything but n aborts the transfer */
+    }
+    if (d->size + n > d->cap) {
+        size_t grown = d->cap ? d->cap : 1 << 16;
+        while (grown < d->size + n) grown = grown > d->max / 2 ? d->max : grown * 2;
+        unsigned char *p = realloc(d->data, grown);
+        if (!p) {
+            d->no_memory = true;
+            return 0;
+        }
+        d->data = p;
+        d->cap = grown;
+    }
+    memcpy(d->data + d->size, ptr, n);
+    d->size += n;
+    return n;
+}
+
+static bool ipv4_internal(uint32_t a) {
+    uint32_t b0 = a >> 24, b1 = (a >> 16) & 0xff;
+    return b0 == 0 || b0 == 10 || b0 == 127 || b0 >= 224 ||  /* this-net, private, loopback, multicast, reserved */
+           (b0 == 100 && (b1 & 0xc0) == 64) ||               /* 100.64/10 carrier-grade NAT */
+           (b0 == 169 && b1 == 254) ||                       /* link-local, cloud metadata */
+           (b0 == 172 && (b1 & 0xf0) == 16) ||               /* 172.16/12 */
+           (b0 == 192 && b1 == 168) ||                       /* 192.168/16 */
+           (b0 == 192 && b1 == 0 && ((a >> 8) & 0xff) == 0) || /* 192.0.0/24 protocol assignments */
+           (b0 == 198 && (b1 & 0xfe) == 18);                 /* 198.18/15 benchmarking */
+}
+
+static bool ipv6_internal(const unsigned char *b) {
+    static const unsigned char zero12[12] = {0};
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    if (memcmp(b, zero12, 12) == 0 || memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0) {
+        uint32_t v4 = (uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15];
+        return ipv4_internal(v4); /* ::, ::1, and IPv4 embedded in IPv6 */
+    }
+    return (b[0] & 0xfe) == 0xfc ||               /* fc00::/7 unique local */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || /* fe80::/10 link-local */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) || /* fec0::/10 site-local (deprecated) */
+           b[0] == 0xff;                          /* multicast */
+}
+
+static curl_socket_t open_socket(void *user, curlsocktype purpose, struct curl_sockaddr *address) {
+    download *d = user;
+    if (!d->allow_private) {
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof ss);
+        size_t len = address->addrlen < sizeof ss ? address->addrlen : sizeof ss;
+        memcpy(&ss, &address->addr, len);
+        bool internal = true; /* unknown families are refused too */
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+            internal = ipv4_internal(ntohl(in->sin_addr.s_addr));
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+            internal = ipv6_internal(in6->sin6_addr.s6_addr);
+        }
+        if (internal) {
+            d->blocked = true;
+            return CURL_SOCKET_BAD;
+        }
+    }
+    return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+static bool url_acceptable(const char *url) {
+    size_t len = strlen(url);
+    if (len == 0 || len > 4096) return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f) return false;
+    return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
+}
+
+int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned char **data, size_t *size,
+                    fl_error *err) {
+    *data = NULL;
+    *size = 0;
+    if (!url_acceptable(url))
+        return fl_fail(err, FL_EINVAL, "download refused: not a well-formed http:// or https:// URL");
+    pthread_once(&curl_once, curl_init_once);
+    CURL *h = curl_easy_init();
+    if (!h) return fl_fail(err, FL_ENOMEM, "download failed: cannot create a transfer");
+
+    download d = {.max = limits->url_max_bytes, .allow_private = limits->url_allow_private};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    long timeout = limits->url_timeout_seconds;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, timeout < 20 ? timeout : 20L);
+    curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->url_max_bytes);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &d);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "flashlora/" FL_VERSION);
+
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+
+    char lim[32];
+    int result = 0;
+    if (d.blocked)
+        result = fl_fail(err, FL_EINVAL, "download refused: the host is a loopback, private or link-local address");
+    else if (d.too_large || rc == CURLE_FILESIZE_EXCEEDED)
+        result = fl_fail(err, FL_ELIMIT, "download is larger than the %s limit",
+                         fl_ds_format_bytes(limits->url_max_bytes, lim, sizeof lim));
+    else if (d.no_memory)
+        result = fl_fail(err, FL_ENOMEM, "download failed: not enough memory");
+    else if (rc == CURLE_HTTP_RETURNED_ERROR)
+        result = fl_fail(err, status == 404 || status == 410 ? FL_ENOTFOUND : FL_EIO, "download failed: HTTP %ld", status);
+    else if (rc == CURLE_OPERATION_TIMEDOUT)
+        result = fl_fail(err, FL_EIO, "download timed out after %ld s", timeout);
+    else if (rc == CURLE_UNSUPPORTED_PROTOCOL)
+        result = fl_fail(err, FL_EUNSUPPORTED, "download refused: only http and https are allowed, redirects included");
+    else if (rc == CURLE_TOO_MANY_REDIRECTS)
+        result = fl_fail(err, FL_EIO, "download failed: more than 5 redirects");
+    else if (rc != CURLE_OK)
+        result = fl_fail(err, FL_EIO, "download failed (curl: %s)", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    else if (status < 200 || status > 299)
+        result = fl_fail(err, FL_EIO, "download failed: HTTP %ld", status);
+    if (result) {
+        free(d.data);
+        return result;
+    }
+    *data = d.data;
+    *size = d.size;
+    return 0;
+}
+
+#else /* no libcurl */
+
+int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned char **data, size_t *size,
+                    fl_error *err) {
+    *data = NULL;
+    *size = 0;
+    return fl_fail(err, FL_EUNSUPPORTED, "downloading needs libcurl, which this build lacks");
+}
+
+#endif

@@ -1,0 +1,413 @@
+/*
+ * imageset.c — the image-set loader: limits, the shared collection helpers, and the second stage
+ * that turns gathered files into an fl_imageset (sort, de-duplicate, decode, pair captions, count).
+ *
+ * Files whose name ends in .txt (any case) are caption candidates; every other file is offered to
+ * the decoder, which recognises images by content, not by extension, so a text file named .jpg is
+ * "not an image" and a WebP named .png is "unsupported image format (WebP ...)".
+ */
+#include "datasets/imageset.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "core/log.h"
+#include "datasets/imageset_internal.h"
+#include "fl_build_config.h"
+
+fl_imageset_limits fl_imageset_limits_default(void) {
+    return (fl_imageset_limits){
+        .min_images = 4,
+        .max_images = 100,
+        .max_file_bytes = (size_t)25 << 20,
+        .max_total_bytes = (size_t)256 << 20,
+        .max_pixels = 50000000,
+        .max_side = 12000,
+        .max_total_pixels = 512000000,
+        .max_archive_entries = 2000,
+        .max_caption_bytes = 16 << 10,
+        .url_max_bytes = (size_t)256 << 20,
+        .url_timeout_seconds = 60,
+        .url_allow_private = false,
+    };
+}
+
+static int check_limits(const fl_imageset_limits *l, fl_error *err) {
+    const char *bad = NULL;
+    if (l->max_images < 1 || l->min_images > l->max_images) bad = "need 1 <= max_images and min_images <= max_images";
+    else if (l->max_file_bytes < 1 || l->max_file_bytes > 0x7fffffff) bad = "max_file_bytes must be in [1, 2^31)";
+    else if (l->max_total_bytes < 1) bad = "max_total_bytes must be positive";
+    else if (l->max_pixels < 1 || l->max_side < 1 || l->max_total_pixels < 1) bad = "pixel limits must be positive";
+    else if (l->max_archive_entries < 1) bad = "max_archive_entries must be positive";
+    else if (l->url_max_bytes < 1 || l->url_timeout_seconds < 1) bad = "URL limits must be positive";
+    if (bad) return fl_fail(err, FL_EINVAL, "invalid image-set limits: %s", bad);
+    return 0;
+}
+
+/* ---- helpers shared with the sources --------------------------------------------------------- */
+
+void fl_ds_reject(fl_ds_collect *c, const char *name, const char *fmt, ...) {
+    char reason[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    if (c->rejected_count == c->rejected_cap) {
+        c->rejected_cap = c->rejected_cap ? c->rejected_cap * 2 : 16;
+        c->rejected = fl_xrealloc(c->rejected, c->rejected_cap * sizeof *c->rejected);
+    }
+    c->rejected[c->rejected_count++] = (fl_rejected){fl_xstrdup(name), fl_xstrdup(reason)};
+    fl_log_debug("imageset: %s rejected: %s", name, reason);
+}
+
+void fl_ds_add_file(fl_ds_collect *c, const char *name, unsigned char *data, size_t size) {
+    if (c->count == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 32;
+        c->files = fl_xrealloc(c->files, c->cap * sizeof *c->files);
+    }
+    c->files[c->count] = (fl_ds_file){fl_xstrdup(name), data, size, c->count};
+    c->count++;
+}
+
+int fl_ds_count_entry(fl_ds_collect *c, fl_error *err) {
+    if (++c->entries > c->limits->max_archive_entries)
+        return fl_fail(err, FL_ELIMIT, "more than %zu entries (the limit on files and folders in a set)",
+                       c->limits->max_archive_entries);
+    return 0;
+}
+
+int fl_ds_count_bytes(fl_ds_collect *c, size_t n, fl_error *err) {
+    char lim[32];
+    if (n > c->limits->max_total_bytes - c->total_bytes)
+        return fl_fail(err, FL_ELIMIT, "the files total more than the %s limit",
+                       fl_ds_format_bytes(c->limits->max_total_bytes, lim, sizeof lim));
+    c->total_bytes += n;
+    return 0;
+}
+
+const char *fl_ds_format_bytes(size_t n, char *buf, size_t size) {
+    if (n >= (1 << 20) && n % (1 << 20) == 0) snprintf(buf, size, "%zu MiB", n >> 20);
+    else if (n >= (1 << 10) && n % (1 << 10) == 0) snprintf(buf, size, "%zu KiB", n >> 10);
+    else snprintf(buf, size, "%zu bytes", n);
+    return buf;
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0: no overlongs, surrogates or > U+10FFFF. */
+static size_t utf8_sequence(const unsigned char *s, size_t n) {
+    unsigned char b = s[0];
+    if (b < 0x80) return 1;
+    size_t len;
+    unsigned lo = 0x80, hi = 0xbf;
+    if (b >= 0xc2 && b <= 0xdf) len = 2;
+    else if (b >= 0xe0 && b <= 0xef) len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
+    else if (b >= 0xf0 && b <= 0xf4) len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
+    else return 0;
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t k = 2; k < len; k++)
+        if (s[k] < 0x80 || s[k] > 0xbf) return 0;
+    return len;
+}
+
+bool fl_ds_utf8_valid(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_sequence(s + i, n - i);
+        if (!len) return false;
+        i += len;
+    }
+    return true;
+}
+
+void fl_ds_display_name(const char *raw, char *out, size_t size) {
+    const unsigned char *s = (const unsigned char *)raw;
+    size_t n = strlen(raw), o = 0, limit = size - 1 < 200 ? size - 1 : 200;
+    for (size_t i = 0; i < n && o < limit;) {
+        size_t len = utf8_sequence(s + i, n - i);
+        if (len == 1 && (s[i] < 0x20 || s[i] == 0x7f)) len = 0;
+        if (len == 0 || o + len > limit) {
+            out[o++] = '?';
+            i += len ? len : 1;
+            continue;
+        }
+        memcpy(out + o, s + i, len);
+        o += len;
+        i += len;
+    }
+    out[o] = '\0';
+}
+
+/* ---- from files to a set ------------------------------------------------------------------------ */
+
+static void collect_free(fl_ds_collect *c) {
+    for (size_t i = 0; i < c->count; i++) {
+        free(c->files[i].name);
+        free(c->files[i].data);
+    }
+    free(c->files);
+    for (size_t i = 0; i < c->rejected_count; i++) {
+        free(c->rejected[i].name);
+        free(c->rejected[i].reason);
+    }
+    free(c->rejected);
+    memset(c, 0, sizeof *c);
+}
+
+static int compare_files(const void *a, const void *b) {
+    const fl_ds_file *x = a, *y = b;
+    int r = strcmp(x->name, y->name);
+    if (r) return r;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static int compare_rejected(const void *a, const void *b) {
+    const fl_rejected *x = a, *y = b;
+    int r = strcmp(x->name, y->name);
+    return r ? r : strcmp(x->reason, y->reason);
+}
+
+/* The extension of the last path component, including the dot, or "". */
+static const char *extension(const char *name) {
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    const char *dot = strrchr(base, '.');
+    return dot && dot != base ? dot : "";
+}
+
+static bool is_caption_file(const char *name) {
+    return strcasecmp(extension(name), ".txt") == 0;
+}
+
+/* Same path without the extension. */
+static bool same_stem(const char *a, const char *b) {
+    size_t la = strlen(a) - strlen(extension(a)), lb = strlen(b) - strlen(extension(b));
+    return la == lb && memcmp(a, b, la) == 0;
+}
+
+/* The caption in a sidecar file, or NULL with *reason set when it is refused (NULL and no reason
+ * for a caption that is empty after trimming). */
+static char *read_caption(const fl_ds_file *f, size_t max_bytes, const char **reason) {
+    const unsigned char *s = f->data;
+    size_t n = f->size;
+    *reason = NULL;
+    if (n >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) s += 3, n -= 3; /* byte-order mark */
+    if (n > max_bytes) return *reason = "caption file too long", NULL;
+    if (n && memchr(s, '\0', n)) return *reason = "caption contains a NUL byte", NULL;
+    if (!fl_ds_utf8_valid(s, n)) return *reason = "caption is not valid UTF-8", NULL;
+    while (n > 0 && (s[n - 1] == ' ' || (s[n - 1] >= '\t' && s[n - 1] <= '\r'))) n--;
+    if (n == 0) return NULL;
+    char *caption = fl_xmalloc(n + 1);
+    memcpy(caption, s, n);
+    caption[n] = '\0';
+    return caption;
+}
+
+static void too_few_message(const fl_ds_collect *c, size_t usable, fl_error *err) {
+    char msg[sizeof err->message];
+    size_t need = c->limits->min_images;
+    int len;
+    if (usable == 0 && c->rejected_count == 0) len = snprintf(msg, sizeof msg, "no images found (need at least %zu)", need);
+    else len = snprintf(msg, sizeof msg, "only %zu usable image%s (need at least %zu)", usable, usable == 1 ? "" : "s", need);
+    size_t shown = c->rejected_count < 3 ? c->rejected_count : 3;
+    for (size_t i = 0; i < shown && len > 0 && (size_t)len < sizeof msg; i++)
+        len += snprintf(msg + len, sizeof msg - (size_t)len, "%s%s: %s", i == 0 ? "; rejected: " : "; ",
+                        c->rejected[i].name, c->rejected[i].reason);
+    if (c->rejected_count > shown && len > 0 && (size_t)len < sizeof msg)
+        snprintf(msg + len, sizeof msg - (size_t)len, "; and %zu more", c->rejected_count - shown);
+    fl_fail(err, FL_EINVAL, "%s", msg);
+}
+
+static void set_free_items(fl_imageset_item *items, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        free(items[i].name);
+        free(items[i].caption);
+        fl_image_release(&items[i].image);
+    }
+    free(items);
+}
+
+/* Decode every image file of c (sorted), pair captions, and hand out the set. Frees c. */
+static int build_set(fl_ds_collect *c, fl_imageset **out, fl_error *err) {
+#if !defined(FL_HAVE_STB)
+    collect_free(c);
+    return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
+#endif
+    const fl_imageset_limits *l = c->limits;
+    if (c->count > 1) qsort(c->files, c->count, sizeof *c->files, compare_files);
+    for (size_t i = 1; i < c->count; i++) {
+        if (strcmp(c->files[i].name, c->files[i - 1].name) != 0) continue;
+        fl_ds_reject(c, c->files[i].name, "duplicate name (the first one is used)");
+        free(c->files[i].data);
+        c->files[i].data = NULL;
+        c->files[i].size = (size_t)-1; /* marks a dropped duplicate */
+    }
+
+    fl_imageset_item *items = NULL;
+    size_t count = 0, cap = 0;
+    int64_t pixels_used = 0;
+    int rc = 0;
+    for (size_t i = 0; i < c->count && rc == 0; i++) {
+        fl_ds_file *f = &c->files[i];
+        if (f->size == (size_t)-1 || is_caption_file(f->name)) continue;
+        fl_error why;
+        fl_error_clear(&why);
+        int w = 0, h = 0;
+        if (fl_image_probe(f->data, f->size, &w, &h, &why) || fl_image_check_size(w, h, l->max_pixels, l->max_side, &why)) {
+            fl_ds_reject(c, f->name, "%s", why.message);
+            continue;
+        }
+        if ((int64_t)w * h > l->max_total_pixels - pixels_used) {
+            fl_ds_reject(c, f->name, "%dx%d would take the set past its decoded-pixel budget (%lld pixels)", w, h,
+                         (long long)l->max_total_pixels);
+            continue;
+        }
+        fl_image image;
+        if (fl_image_decode(f->data, f->size, l->max_pixels, l->max_side, &image, &why)) {
+            fl_ds_reject(c, f->name, "%s", why.message);
+            continue;
+        }
+        if (count == l->max_images) {
+            fl_image_release(&image);
+            rc = fl_fail(err, FL_ELIMIT, "more than %zu usable images (the limit)", l->max_images);
+            break;
+        }
+        free(f->data); /* the pixels replace the file bytes */
+        f->data = NULL;
+        pixels_used += (int64_t)w * h;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            items = fl_xrealloc(items, cap * sizeof *items);
+        }
+        items[count++] = (fl_imageset_item){fl_xstrdup(f->name), NULL, image};
+    }
+
+    /* Sidecar captions: `stem.txt` beside `stem.<image extension>`; unmatched .txt files are ignored. */
+    for (size_t i = 0; i < c->count && rc == 0; i++) {
+        fl_ds_file *f = &c->files[i];
+        if (f->size == (size_t)-1 || !is_caption_file(f->name)) continue;
+        bool matched = false;
+        for (size_t k = 0; k < count && !matched; k++) matched = same_stem(f->name, items[k].name);
+        if (!matched) continue;
+        const char *reason = NULL;
+        char *caption = read_caption(f, l->max_caption_bytes, &reason);
+        if (reason) {
+            fl_ds_reject(c, f->name, "%s (the image is kept without it)", reason);
+            continue;
+        }
+        for (size_t k = 0; k < count; k++) {
+            if (!caption || !same_stem(f->name, items[k].name) || items[k].caption) continue;
+            items[k].caption = fl_xstrdup(caption);
+        }
+        free(caption);
+    }
+
+    if (c->rejected_count > 1) qsort(c->rejected, c->rejected_count, sizeof *c->rejected, compare_rejected);
+    if (rc == 0 && count < l->min_images) {
+        too_few_message(c, count, err);
+        rc = -1;
+    }
+    if (rc) {
+        set_free_items(items, count);
+        collect_free(c);
+        return -1;
+    }
+    fl_imageset *set = fl_xcalloc(1, sizeof *set);
+    set->items = items;
+    set->count = count;
+    set->rejected = c->rejected;
+    set->rejected_count = c->rejected_count;
+    c->rejected = NULL;
+    c->rejected_count = 0;
+    collect_free(c);
+    fl_log_debug("imageset: %zu images, %zu rejected", set->count, set->rejected_count);
+    *out = set;
+    return 0;
+}
+
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash && slash[1] ? slash + 1 : path;
+}
+
+static bool is_url(const char *source, bool *http) {
+    const char *sep = strstr(source, "://");
+    if (!sep || sep == source) return false;
+    for (const char *p = source; p < sep; p++) {
+        char ch = *p;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '+' ||
+                  ch == '-' || ch == '.';
+        if (!ok) return false;
+    }
+    *http = strncasecmp(source, "http://", 7) == 0 || strncasecmp(source, "https://", 8) == 0;
+    return true;
+}
+
+int fl_imageset_load_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                            fl_imageset **out, fl_error *err) {
+    *out = NULL;
+    fl_imageset_limits defaults = fl_imageset_limits_default();
+    if (!limits) limits = &defaults;
+    if (check_limits(limits, err)) return -1;
+    if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
+    char label[256];
+    fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
+    fl_ds_collect c = {.limits = limits};
+    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
+        collect_free(&c);
+        return -1;
+    }
+    return build_set(&c, out, err);
+}
+
+int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_imageset **out, fl_error *err) {
+    *out = NULL;
+    fl_imageset_limits defaults = fl_imageset_limits_default();
+    if (!limits) limits = &defaults;
+    if (check_limits(limits, err)) return -1;
+    if (!source || !*source) return fl_fail(err, FL_EINVAL, "no image-set source given");
+
+    bool http = false;
+    if (is_url(source, &http)) {
+        if (!http) return fl_fail(err, FL_EUNSUPPORTED, "only http:// and https:// URLs are supported");
+        unsigned char *data = NULL;
+        size_t size = 0;
+        if (fl_ds_fetch_url(source, limits, &data, &size, err)) return -1;
+        int rc = fl_imageset_load_memory(data, size, "download", limits, out, err);
+        free(data);
+        return rc;
+    }
+
+    char label[256];
+    fl_ds_display_name(base_name(source), label, sizeof label);
+    struct stat st;
+    if (stat(source, &st) != 0) return fl_fail(err, FL_ENOTFOUND, "%s: no such folder or archive", label);
+    fl_ds_collect c = {.limits = limits};
+    int rc;
+    if (S_ISDIR(st.st_mode)) rc = fl_ds_collect_dir(&c, source, err);
+    else if (S_ISREG(st.st_mode)) rc = fl_ds_collect_archive_file(&c, source, label, err);
+    else rc = fl_fail(err, FL_EINVAL, "%s: not a folder or an archive file", label);
+    if (rc) {
+        collect_free(&c);
+        return -1;
+    }
+    return build_set(&c, out, err);
+}
+
+void fl_imageset_free(fl_imageset *set) {
+    if (!set) return;
+    set_free_items(set->items, set->count);
+    for (size_t i = 0; i < set->rejected_count; i++) {
+        free(set->rejected[i].name);
+        free(set->rejected[i].reason);
+    }
+    free(set->rejected);
+    free(set);
+}
+
+const fl_rejected *fl_imageset_find_rejected(const fl_imageset *set, const char *name) {
+    for (size_t i = 0; set && i < set->rejected_count; i++)
+        if (strcmp(set->rejected[i].name, name) == 0) return &set->rejected[i];
+    return NULL;
+}
