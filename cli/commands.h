@@ -8,5 +8,6 @@
 int fl_cmd_inspect(int argc, char **argv);
 int fl_cmd_devices(int argc, char **argv);
 int fl_cmd_forward(int argc, char **argv);
+int fl_cmd_train(int argc, char **argv);
 
 #endif

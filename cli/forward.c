@@ -30,7 +30,7 @@ static void usage(FILE *out) {
             "usage: flashlora forward --model M.safetensors --inputs IN.safetensors --out OUT.safetensors\n"
             "                         [--lora FILE[:SCALE] ...] [--config PARAMS.json] [--device cpu|cuda|auto]\n\n"
             "Runs the Flux transformer once. IN holds img, img_ids, txt, txt_ids, timesteps, y (and guidance\n"
-            "for guidance-distilled models); OUT receives `out`. --lora (up to %d, canonical or kohya files)\n"
+            "for guidance-distilled models); OUT receives `out`. --lora (up to %d; canonical, kohya or PEFT files)\n"
             "stacks adapters, each with its scale (default 1). --config gives FluxParams when the checkpoint\n"
             "has no flux_params metadata and its shapes do not determine them.\n",
             MAX_LORAS);
@@ -140,15 +140,13 @@ static void split_lora(const char *spec, char *path, size_t size, float *scale) 
 }
 
 static int attach_loras(fl_flux_model *m, const forward_args *a, fl_error *err) {
-    size_t n_paths;
-    const char **paths = fl_lora_model_paths(m, &n_paths);
     int rc = 0;
     for (int i = 0; i < a->n_loras && rc == 0; i++) {
         char path[4096];
         float scale;
         split_lora(a->loras[i], path, sizeof path, &scale);
         fl_lora *lora = NULL;
-        if (fl_lora_load(path, paths, n_paths, &lora, err) != 0) {
+        if (fl_lora_load_for_model(path, m, &lora, err) != 0) {
             rc = -1;
             break;
         }
@@ -165,7 +163,6 @@ static int attach_loras(fl_flux_model *m, const forward_args *a, fl_error *err) 
         }
         fl_lora_free(lora);
     }
-    free(paths);
     return rc;
 }
 

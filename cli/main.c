@@ -15,6 +15,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
+    {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
 };

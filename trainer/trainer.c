@@ -206,6 +206,10 @@ int fl_trainer_steps_done(const fl_trainer *t) {
     return t->step;
 }
 
+double fl_trainer_last_loss(const fl_trainer *t) {
+    return t->last_loss;
+}
+
 /* ---- the step ------------------------------------------------------------------------------------- */
 
 static double lr_at(const fl_train_config *c, int step) {

@@ -77,6 +77,8 @@ typedef struct fl_train_progress {
 /* One optimizer step. */
 int fl_trainer_step(fl_trainer *t, fl_train_progress *progress, fl_error *err);
 int fl_trainer_steps_done(const fl_trainer *t);
+/* Loss of the last step taken (restored by a resume). */
+double fl_trainer_last_loss(const fl_trainer *t);
 
 /* Mean flow-matching loss of the current adapter (EMA weights when enabled) over every example,
  * each at the given fixed timesteps with noise from a fixed seed (independent of training's
