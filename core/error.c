@@ -58,7 +58,7 @@ const char *fl_error_code_name(fl_error_code code) {
     return "unknown";
 }
 
-_Noreturn void fl_abort_at(const char *file, int line, const char *fmt, ...) {
+FL_NORETURN void fl_abort_at(const char *file, int line, const char *fmt, ...) {
     fflush(stdout);
     fprintf(stderr, "flashlora: fatal at %s:%d: ", file, line);
     va_list ap;

@@ -41,8 +41,15 @@ void fl_error_clear(fl_error *err);
 /* A short stable name for a code ("invalid_input", "io_error", ...), for JSON replies and logs. */
 const char *fl_error_code_name(fl_error_code code);
 
+/* "does not return", spelled for C and for the CUDA (C++) sources that include this header. */
+#ifdef __cplusplus
+#define FL_NORETURN [[noreturn]]
+#else
+#define FL_NORETURN _Noreturn
+#endif
+
 /* Abort with file:line and a message. Used only by the FL_CHECK macros. */
-_Noreturn void fl_abort_at(const char *file, int line, const char *fmt, ...)
+FL_NORETURN void fl_abort_at(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define FL_CHECK(cond)                                                                 \

@@ -97,6 +97,7 @@ size_t fl_tensor_nbytes(const fl_tensor *t) {
 }
 
 bool fl_tensor_is_contiguous(const fl_tensor *t) {
+    if (fl_tensor_numel(t) == 0) return true; /* no element to be out of place */
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->shape[i] != 1 && t->stride[i] != expect) return false;

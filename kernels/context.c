@@ -80,7 +80,10 @@ void fl_ctx_upload_f32(fl_ctx *ctx, fl_tensor *dst, const float *host_src, size_
     }
     fl_tensor staged = fl_ctx_tensor(ctx, FL_F32, dst->ndim, dst->shape);
     fl_ctx_upload(ctx, staged.data, host_src, count * sizeof(float));
+    bool planning = ctx->planning; /* a transfer is data movement, never skipped by planning */
+    ctx->planning = false;
     fl_op_copy(ctx, &staged, dst);
+    ctx->planning = planning;
     fl_ctx_synchronize(ctx);
     fl_ctx_tensor_free(ctx, &staged);
 }
@@ -94,7 +97,10 @@ void fl_ctx_download_f32(fl_ctx *ctx, float *host_dst, const fl_tensor *src, siz
         return;
     }
     fl_tensor staged = fl_ctx_tensor(ctx, FL_F32, src->ndim, src->shape);
+    bool planning = ctx->planning;
+    ctx->planning = false;
     fl_op_copy(ctx, src, &staged);
+    ctx->planning = planning;
     fl_ctx_synchronize(ctx);
     fl_ctx_download(ctx, host_dst, staged.data, count * sizeof(float));
     fl_ctx_tensor_free(ctx, &staged);

@@ -452,6 +452,8 @@ static void check_attention(const char *op, fl_ctx *ctx, const fl_tensor *q, con
     need_same_shape(op, q, out, "out");
     need_f32(op, ctx, lse, "lse");
     need_contiguous(op, lse, "lse");
+    if (ctx->device.kind == FL_DEVICE_CUDA && q->shape[3] > 512)
+        OP_FAIL(op, "head dim %lld exceeds the CUDA kernels' limit of 512", (long long)q->shape[3]);
     int64_t want[3] = {q->shape[0], q->shape[1], q->shape[2]};
     need_shape(op, lse, "lse", 3, want);
 }

@@ -127,7 +127,7 @@ void fl_op_rope_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *pe, 
 /* Softmax attention without a mask, per batch and head:
  *   out = softmax(scale * q k^T) v,  lse[b,h,i] = log sum_j exp(scale * q_i . k_j)
  * q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; out: [B, H, Lq, D]; lse: [B, H, Lq] (f32), kept for the
- * backward. All contiguous. Flux passes scale = 1/sqrt(D). */
+ * backward. All contiguous. Flux passes scale = 1/sqrt(D). The CUDA kernels take D <= 512. */
 void fl_op_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
                      fl_tensor *lse, float scale);
 void fl_op_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,

@@ -32,6 +32,9 @@ static void test_tensor_make_and_strides(void) {
     int64_t empty_shape[2] = {0, 5};
     fl_tensor empty = fl_tensor_make(NULL, FL_F16, fl_device_cpu(), 2, empty_shape);
     FL_EXPECT(fl_tensor_numel(&empty) == 0 && fl_tensor_is_contiguous(&empty));
+    int64_t empty_last[2] = {5, 0};
+    fl_tensor empty2 = fl_tensor_make(NULL, FL_F32, fl_device_cpu(), 2, empty_last);
+    FL_EXPECT(fl_tensor_is_contiguous(&empty2)); /* [5, 0]: nothing out of place */
 }
 
 static void test_tensor_slice_permute_reshape(void) {
