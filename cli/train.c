@@ -47,7 +47,7 @@ typedef struct train_args {
     const char *images, *trigger, *out, *model, *device, *checkpoint, *caption, *export_kohya, *export_peft;
     const char *preview_dir, *preview_prompt;
     int resolution, checkpoint_every, preview_every, preview_count, preview_steps, min_images, max_images;
-    bool resume, json, is_style;
+    bool resume, json, is_style, buckets;
     fl_train_config cfg;
 } train_args;
 
@@ -57,6 +57,8 @@ static void usage(FILE *out) {
             "                       --model BASE.safetensors [options]\n\n"
             "data:\n"
             "  --resolution PX         training size, a multiple of the patch size (default 64)\n"
+            "  --buckets               keep aspect ratios: each image goes to the bucket of about PX^2 pixels\n"
+            "                          closest to its shape (default: center-crop to PX x PX)\n"
             "  --caption TEXT          caption for images without a .txt sidecar (default \"a photo of [trigger]\")\n"
             "  --style                 a style adapter: no trigger insertion into captions\n"
             "  --caption-dropout P     probability of the empty caption (default 0.05)\n"
@@ -164,6 +166,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
         if (!strcmp(f, "--json")) { a->json = true; continue; }
         if (!strcmp(f, "--style")) { a->is_style = true; continue; }
         if (!strcmp(f, "--no-flip")) { a->cfg.flip = false; continue; }
+        if (!strcmp(f, "--buckets")) { a->buckets = true; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "flashlora train: %s needs a value (see --help)\n", f);
             return -1;
@@ -284,8 +287,9 @@ static void free_prepared(prepared_set *ps) {
     free(ps->examples);
 }
 
-/* Loads, reports rejections, resolves captions and crops to the resolution. */
-static int prepare_images(const train_args *a, prepared_set *ps, fl_error *err) {
+/* Loads, reports rejections, resolves captions and crops to the resolution (or to each image's
+ * aspect bucket, sides multiples of patch). */
+static int prepare_images(const train_args *a, int patch, prepared_set *ps, fl_error *err) {
     memset(ps, 0, sizeof *ps);
     fl_imageset_limits limits = fl_imageset_limits_default();
     limits.min_images = (size_t)a->min_images;
@@ -306,9 +310,14 @@ static int prepare_images(const train_args *a, prepared_set *ps, fl_error *err) 
     int rc = 0;
     for (size_t i = 0; i < ps->n && rc == 0; i++) {
         ps->captions[i] = fl_caption_resolve(set->items[i].caption, a->trigger, a->caption, a->is_style);
-        ps->pixels[i] = fl_xmalloc((size_t)a->resolution * (size_t)a->resolution * 3 * sizeof(float));
-        rc = fl_preprocess_sample(&set->items[i].image, a->resolution, a->resolution, false, ps->pixels[i], err);
-        ps->examples[i] = (fl_train_example){ps->pixels[i], a->resolution, a->resolution, ps->captions[i]};
+        const fl_image *img = &set->items[i].image;
+        int w = a->resolution, h = a->resolution;
+        if (a->buckets && fl_bucket_choose(img->width, img->height, a->resolution, patch, &w, &h) != 0)
+            rc = fl_fail(err, FL_EINVAL, "--resolution %d has no buckets with sides a multiple of %d", a->resolution,
+                         patch);
+        ps->pixels[i] = fl_xmalloc((size_t)w * (size_t)h * 3 * sizeof(float));
+        if (rc == 0) rc = fl_preprocess_sample(img, w, h, false, ps->pixels[i], err);
+        ps->examples[i] = (fl_train_example){ps->pixels[i], w, h, ps->captions[i]};
     }
     fl_imageset_free(set);
     return rc;
@@ -367,10 +376,7 @@ static int run(train_args *a, fl_error *err) {
     if (fl_train_config_validate(&a->cfg, err) != 0) return -1;
 
     prepared_set ps;
-    if (prepare_images(a, &ps, err) != 0) {
-        free_prepared(&ps);
-        return -1;
-    }
+    memset(&ps, 0, sizeof ps);
     fl_device dev;
     fl_ctx *ctx = NULL;
     fl_flux_model *m = NULL;
@@ -380,6 +386,10 @@ static int run(train_args *a, fl_error *err) {
     if (rc == 0 && !(ctx = fl_ctx_create(dev, err))) rc = -1;
     if (rc == 0) rc = fl_flux_load(ctx, a->model, NULL, &m, err);
     if (rc == 0) rc = file_sha256(a->model, base_hash, err);
+    if (rc == 0) {
+        int patch = (int)lround(sqrt(fl_flux_get_params(m)->in_channels / 3.0));
+        rc = prepare_images(a, patch > 0 ? patch : 1, &ps, err);
+    }
     if (rc == 0 && !(t = fl_trainer_create(m, &a->cfg, ps.examples, ps.n, err))) rc = -1;
     if (rc == 0 && a->resume) {
         if (access(checkpoint, F_OK) == 0) {

@@ -195,7 +195,7 @@ int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, 
 int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise,
                            double *loss, fl_error *err);
 
-/* Bytes of the activation arena planned for the last shape. */
+/* Bytes of the activation arena: the largest plan so far (it grows, never shrinks). */
 size_t fl_flux_activation_bytes(const fl_flux_model *m);
 
 #endif

@@ -446,17 +446,20 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
         fl_arena_reset(&m->arena, 0);
         return;
     }
-    fl_ctx_free(m->ctx, m->arena_memory);
-    m->arena_memory = NULL;
     fl_arena_init_measure(&m->arena, m->ctx->device);
     bool was_planning = m->ctx->planning;
     m->ctx->planning = true;
     if (mode == 2) training_step(m, in, x0, noise, NULL);
     else flux_run_forward(m, in, in->img);
     m->ctx->planning = was_planning;
-    m->arena_bytes = fl_arena_peak(&m->arena);
-    m->arena_memory = fl_ctx_alloc(m->ctx, m->arena_bytes ? m->arena_bytes : 1);
-    FL_CHECKF(m->arena_memory, "out of device memory for %zu bytes of activations", m->arena_bytes);
+    size_t need = fl_arena_peak(&m->arena);
+    /* Grow only: alternating shapes (aspect buckets, eval and training) reuse the largest plan. */
+    if (need > m->arena_bytes || !m->arena_memory) {
+        fl_ctx_free(m->ctx, m->arena_memory);
+        m->arena_bytes = need;
+        m->arena_memory = fl_ctx_alloc(m->ctx, m->arena_bytes ? m->arena_bytes : 1);
+        FL_CHECKF(m->arena_memory, "out of device memory for %zu bytes of activations", m->arena_bytes);
+    }
     fl_arena_init(&m->arena, m->arena_memory, m->arena_bytes, m->ctx->device);
     m->plan_mode = mode;
     m->plan_batch = a->batch;

@@ -21,9 +21,13 @@ struct fl_trainer {
     fl_ctx *ctx;
     fl_train_config cfg;
     char targets[512];
-    int patch, height, width;
-    int64_t li, lt, channels, ctx_dim, vec_dim, batch;
+    int patch, height, width; /* the first example's size (recorded in the configuration) */
+    int64_t li, lt, channels, ctx_dim, vec_dim, batch; /* li: the largest image token count */
     size_t n;
+    /* Aspect buckets: examples of one size form a bucket; a batch is drawn from one bucket. */
+    int *ex_w, *ex_h, *ex_bucket;
+    size_t *ex_off; /* offset of an example's tokens in tokens / tokens_flip */
+    size_t n_buckets, *bucket_count, **bucket_members;
     /* Host caches: per example tokens (and flipped), text rows and pooled vector; the empty caption. */
     float *tokens, *tokens_flip, *txt, *y, *txt_empty, *y_empty;
     /* Host staging for one batch, and the device tensors it is uploaded into. */
@@ -116,12 +120,16 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
         return NULL;
     }
     int h = examples[0].height, w = examples[0].width;
+    int64_t max_li = 0;
     for (size_t i = 0; i < n_examples; i++) {
-        if (examples[i].height != h || examples[i].width != w || h % patch || w % patch || h < patch || w < patch) {
-            fl_fail(err, FL_EINVAL, "training images must share one size that is a multiple of %d (image %zu is %dx%d)",
-                    patch, i, examples[i].width, examples[i].height);
+        int eh = examples[i].height, ew = examples[i].width;
+        if (eh % patch || ew % patch || eh < patch || ew < patch) {
+            fl_fail(err, FL_EINVAL, "training image sizes must be multiples of %d (image %zu is %dx%d)", patch, i, ew,
+                    eh);
             return NULL;
         }
+        int64_t li = (int64_t)(eh / patch) * (ew / patch);
+        if (li > max_li) max_li = li;
     }
     if (fl_flux_add_trainable_lora(m, config->targets, config->rank, config->alpha, config->seed ^ 0x5a5a5a5aull, err) < 0)
         return NULL;
@@ -133,7 +141,7 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     snprintf(t->targets, sizeof t->targets, "%s", config->targets);
     t->cfg.targets = t->targets;
     t->patch = patch, t->height = h, t->width = w;
-    t->li = (int64_t)(h / patch) * (w / patch);
+    t->li = max_li;
     t->lt = config->max_text_tokens;
     t->channels = p->in_channels;
     t->ctx_dim = p->context_in_dim;
@@ -142,15 +150,34 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     t->n = n_examples;
 
     size_t tok = (size_t)(t->li * t->channels), txt = (size_t)(t->lt * t->ctx_dim), vec = (size_t)t->vec_dim;
-    t->tokens = fl_xmalloc(n_examples * tok * sizeof(float));
-    t->tokens_flip = fl_xmalloc(n_examples * tok * sizeof(float));
+    t->ex_w = fl_xcalloc(n_examples, sizeof(int));
+    t->ex_h = fl_xcalloc(n_examples, sizeof(int));
+    t->ex_bucket = fl_xcalloc(n_examples, sizeof(int));
+    t->ex_off = fl_xcalloc(n_examples, sizeof(size_t));
+    t->bucket_count = fl_xcalloc(n_examples, sizeof(size_t));
+    t->bucket_members = fl_xcalloc(n_examples, sizeof(size_t *));
+    size_t total_tokens = 0;
+    for (size_t i = 0; i < n_examples; i++) {
+        t->ex_w[i] = examples[i].width, t->ex_h[i] = examples[i].height;
+        t->ex_off[i] = total_tokens;
+        total_tokens += (size_t)((examples[i].height / patch) * (examples[i].width / patch) * t->channels);
+        size_t b = 0;
+        while (b < t->n_buckets && !(t->ex_w[t->bucket_members[b][0]] == t->ex_w[i] &&
+                                     t->ex_h[t->bucket_members[b][0]] == t->ex_h[i]))
+            b++;
+        if (b == t->n_buckets) t->bucket_members[t->n_buckets++] = fl_xcalloc(n_examples, sizeof(size_t));
+        t->bucket_members[b][t->bucket_count[b]++] = i;
+        t->ex_bucket[i] = (int)b;
+    }
+    t->tokens = fl_xmalloc(total_tokens * sizeof(float));
+    t->tokens_flip = fl_xmalloc(total_tokens * sizeof(float));
     t->txt = fl_xmalloc(n_examples * txt * sizeof(float));
     t->y = fl_xmalloc(n_examples * vec * sizeof(float));
     t->txt_empty = fl_xmalloc(txt * sizeof(float));
     t->y_empty = fl_xmalloc(vec * sizeof(float));
     for (size_t i = 0; i < n_examples; i++) {
-        fl_pixels_pack(examples[i].pixels, h, w, patch, t->tokens + i * tok);
-        flip_tokens(examples[i].pixels, h, w, patch, t->tokens_flip + i * tok);
+        fl_pixels_pack(examples[i].pixels, t->ex_h[i], t->ex_w[i], patch, t->tokens + t->ex_off[i]);
+        flip_tokens(examples[i].pixels, t->ex_h[i], t->ex_w[i], patch, t->tokens_flip + t->ex_off[i]);
         fl_text_hash_encode(examples[i].caption, (int)t->lt, (int)t->ctx_dim, (int)t->vec_dim, t->txt + i * txt,
                             t->y + i * vec);
     }
@@ -165,7 +192,6 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     t->h_g = fl_xmalloc((size_t)b * sizeof(float));
     t->img_ids = fl_xmalloc((size_t)(b * t->li * 3) * sizeof(float));
     t->txt_ids = fl_xcalloc((size_t)(b * t->lt * 3), sizeof(float));
-    for (int64_t i = 0; i < b; i++) fl_pixels_ids(h, w, patch, t->img_ids + i * t->li * 3);
     for (int64_t i = 0; i < b; i++) t->h_g[i] = config->guidance;
 
     fl_dtype storage = t->ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
@@ -199,6 +225,8 @@ void fl_trainer_free(fl_trainer *t) {
     float *host[] = {t->tokens, t->tokens_flip, t->txt, t->y, t->txt_empty, t->y_empty, t->h_x0,
                      t->h_noise, t->h_txt, t->h_y, t->h_t, t->h_g, t->img_ids, t->txt_ids};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    for (size_t b = 0; b < t->n_buckets; b++) free(t->bucket_members[b]);
+    free(t->bucket_members), free(t->bucket_count), free(t->ex_w), free(t->ex_h), free(t->ex_bucket), free(t->ex_off);
     free(t);
 }
 
@@ -220,42 +248,56 @@ static double lr_at(const fl_train_config *c, int step) {
     return c->lr * 0.5 * (1.0 + cos(M_PI * progress));
 }
 
-static void upload_batch(fl_trainer *t) {
-    size_t tok = (size_t)(t->li * t->channels);
-    fl_ctx_upload_f32(t->ctx, &t->d_x0, t->h_x0, (size_t)t->batch * tok);
-    fl_ctx_upload_f32(t->ctx, &t->d_noise, t->h_noise, (size_t)t->batch * tok);
+/* [B, li, C] over the front of a device buffer sized for the largest bucket. */
+static fl_tensor bucket_view(const fl_tensor *full, int64_t li) {
+    int64_t shape[3] = {full->shape[0], li, full->shape[2]};
+    return fl_tensor_make(full->data, full->dtype, full->device, 3, shape);
+}
+
+static void upload_batch(fl_trainer *t, fl_tensor *x0, fl_tensor *noise, int64_t li) {
+    size_t tok = (size_t)(li * t->channels);
+    fl_ctx_upload_f32(t->ctx, x0, t->h_x0, (size_t)t->batch * tok);
+    fl_ctx_upload_f32(t->ctx, noise, t->h_noise, (size_t)t->batch * tok);
     fl_ctx_upload_f32(t->ctx, &t->d_txt, t->h_txt, (size_t)(t->batch * t->lt * t->ctx_dim));
     fl_ctx_upload_f32(t->ctx, &t->d_y, t->h_y, (size_t)(t->batch * t->vec_dim));
     fl_ctx_upload_f32(t->ctx, &t->d_t, t->h_t, (size_t)t->batch);
 }
 
-static fl_flux_inputs batch_inputs(fl_trainer *t) {
-    fl_flux_inputs in = {&t->d_x0, &t->d_txt, &t->d_y, &t->d_t,
+static fl_flux_inputs batch_inputs(fl_trainer *t, const fl_tensor *x0) {
+    fl_flux_inputs in = {x0, &t->d_txt, &t->d_y, &t->d_t,
                          fl_flux_get_params(t->m)->guidance_embed ? &t->d_g : NULL, t->img_ids, t->txt_ids};
     return in;
 }
 
 int fl_trainer_step(fl_trainer *t, fl_train_progress *progress, fl_error *err) {
     if (t->step >= t->cfg.steps) return fl_fail(err, FL_EINVAL, "training already finished (%d steps)", t->step);
-    size_t tok = (size_t)(t->li * t->channels), txt = (size_t)(t->lt * t->ctx_dim), vec = (size_t)t->vec_dim;
-    double mu = fl_flux_time_shift_mu(t->li);
+    size_t txt = (size_t)(t->lt * t->ctx_dim), vec = (size_t)t->vec_dim;
+    /* The first draw picks an example (and so its bucket); the rest of the batch comes from it. */
+    size_t first = (size_t)(fl_rng_next(&t->rng) % t->n), bucket = (size_t)t->ex_bucket[first];
+    int bw = t->ex_w[first], bh = t->ex_h[first];
+    int64_t li = (int64_t)(bh / t->patch) * (bw / t->patch);
+    size_t tok = (size_t)(li * t->channels);
+    double mu = fl_flux_time_shift_mu(li);
     for (int64_t b = 0; b < t->batch; b++) {
-        size_t idx = (size_t)(fl_rng_next(&t->rng) % t->n);
+        size_t idx = b == 0 ? first
+                            : t->bucket_members[bucket][fl_rng_next(&t->rng) % t->bucket_count[bucket]];
+        fl_pixels_ids(bh, bw, t->patch, t->img_ids + b * li * 3);
         bool flip = t->cfg.flip && fl_rng_uniform(&t->rng) < 0.5f;
         bool drop = fl_rng_uniform(&t->rng) < t->cfg.caption_dropout;
-        memcpy(t->h_x0 + b * tok, (flip ? t->tokens_flip : t->tokens) + idx * tok, tok * sizeof(float));
+        memcpy(t->h_x0 + b * tok, (flip ? t->tokens_flip : t->tokens) + t->ex_off[idx], tok * sizeof(float));
         memcpy(t->h_txt + b * txt, drop ? t->txt_empty : t->txt + idx * txt, txt * sizeof(float));
         memcpy(t->h_y + b * vec, drop ? t->y_empty : t->y + idx * vec, vec * sizeof(float));
         double u = 1.0 / (1.0 + exp(-(double)fl_rng_normal(&t->rng)));
         t->h_t[b] = (float)(t->cfg.timestep_shift ? fl_flux_time_shift(mu, u) : u);
     }
     fl_rng_fill_normal(&t->rng, t->h_noise, (size_t)t->batch * tok, 0.0f, 1.0f);
-    upload_batch(t);
+    fl_tensor x0 = bucket_view(&t->d_x0, li), noise = bucket_view(&t->d_noise, li);
+    upload_batch(t, &x0, &noise, li);
 
-    fl_flux_inputs in = batch_inputs(t);
+    fl_flux_inputs in = batch_inputs(t, &x0);
     fl_flux_zero_grads(t->m);
     double loss = 0;
-    if (fl_flux_loss_and_grads(t->m, &in, &t->d_x0, &t->d_noise, &loss, err) != 0) return -1;
+    if (fl_flux_loss_and_grads(t->m, &in, &x0, &noise, &loss, err) != 0) return -1;
     if (!isfinite(loss)) return fl_fail(err, FL_EINVAL, "the loss is not finite at step %d", t->step + 1);
 
     fl_tensor params = fl_flux_trainable_params(t->m), grads = fl_flux_trainable_grads(t->m);
@@ -298,23 +340,27 @@ static void swap_ema(fl_trainer *t) {
 
 double fl_trainer_eval_loss(fl_trainer *t, const float *timesteps, int n_timesteps, uint64_t noise_seed) {
     swap_ema(t);
-    size_t tok = (size_t)(t->li * t->channels), txt = (size_t)(t->lt * t->ctx_dim), vec = (size_t)t->vec_dim;
+    size_t max_tok = (size_t)(t->li * t->channels), txt = (size_t)(t->lt * t->ctx_dim), vec = (size_t)t->vec_dim;
     fl_rng rng;
     fl_rng_seed(&rng, noise_seed);
-    float *xt = fl_xmalloc(tok * sizeof(float)), *target = fl_xmalloc(tok * sizeof(float));
-    float *noise = fl_xmalloc(tok * sizeof(float)), *pred = fl_xmalloc(tok * sizeof(float));
+    float *xt = fl_xmalloc(max_tok * sizeof(float)), *target = fl_xmalloc(max_tok * sizeof(float));
+    float *noise = fl_xmalloc(max_tok * sizeof(float)), *pred = fl_xmalloc(max_tok * sizeof(float));
     fl_dtype storage = t->d_x0.dtype;
-    fl_tensor d_img = device_tensor(t->ctx, storage, 3, 1, t->li, t->channels);
+    fl_tensor d_full = device_tensor(t->ctx, storage, 3, 1, t->li, t->channels);
     fl_tensor d_txt = device_tensor(t->ctx, storage, 3, 1, t->lt, t->ctx_dim);
     fl_tensor d_y = device_tensor(t->ctx, storage, 2, 1, t->vec_dim, 0);
     fl_tensor d_t = device_tensor(t->ctx, FL_F32, 1, 1, 0, 0), d_g = device_tensor(t->ctx, FL_F32, 1, 1, 0, 0);
     fl_ctx_upload_f32(t->ctx, &d_g, &t->cfg.guidance, 1);
     double total = 0;
     for (size_t e = 0; e < t->n; e++) {
+        int64_t li = (int64_t)(t->ex_h[e] / t->patch) * (t->ex_w[e] / t->patch);
+        size_t tok = (size_t)(li * t->channels);
+        fl_tensor d_img = bucket_view(&d_full, li);
+        fl_pixels_ids(t->ex_h[e], t->ex_w[e], t->patch, t->img_ids);
         for (int k = 0; k < n_timesteps; k++) {
             float tv = timesteps[k];
             fl_rng_fill_normal(&rng, noise, tok, 0.0f, 1.0f);
-            const float *x0 = t->tokens + e * tok;
+            const float *x0 = t->tokens + t->ex_off[e];
             for (size_t i = 0; i < tok; i++) {
                 xt[i] = (1.0f - tv) * x0[i] + tv * noise[i];
                 target[i] = noise[i] - x0[i];
@@ -333,7 +379,7 @@ double fl_trainer_eval_loss(fl_trainer *t, const float *timesteps, int n_timeste
             total += sum / (double)tok;
         }
     }
-    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
+    fl_tensor *dev[] = {&d_full, &d_txt, &d_y, &d_t, &d_g};
     for (int i = 0; i < 5; i++) fl_ctx_tensor_free(t->ctx, dev[i]);
     free(xt), free(target), free(noise), free(pred);
     swap_ema(t);
@@ -350,12 +396,12 @@ static void config_text(const fl_trainer *t, char *buf, size_t size) {
              "\"warmup_steps\":%d,\"schedule\":\"%s\",\"beta1\":%.9g,\"beta2\":%.9g,\"eps\":%.9g,"
              "\"weight_decay\":%.9g,\"max_grad_norm\":%.9g,\"ema_decay\":%.9g,\"timestep_shift\":%s,"
              "\"guidance\":%.9g,\"flip\":%s,\"caption_dropout\":%.9g,\"max_text_tokens\":%d,\"seed\":%" PRIu64
-             ",\"examples\":%zu,\"resolution\":[%d,%d]}",
+             ",\"examples\":%zu,\"resolution\":[%d,%d],\"buckets\":%zu}",
              c->steps, c->batch_size, c->rank, (double)c->alpha, c->targets, (double)c->lr, c->warmup_steps,
              c->schedule == FL_LR_COSINE ? "cosine" : "constant", (double)c->beta1, (double)c->beta2, (double)c->eps,
              (double)c->weight_decay, (double)c->max_grad_norm, (double)c->ema_decay, c->timestep_shift ? "true" : "false",
              (double)c->guidance, c->flip ? "true" : "false", (double)c->caption_dropout, c->max_text_tokens, c->seed,
-             t->n, t->width, t->height);
+             t->n, t->width, t->height, t->n_buckets);
 }
 
 /* Device f32 tensor -> malloc'ed host copy. */

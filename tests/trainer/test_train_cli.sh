@@ -72,6 +72,24 @@ check "kohya export keys" $?
 "$bin" inspect "$work/e.peft.safetensors" | grep -q "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
 check "PEFT export keys" $?
 
+# Aspect buckets: wide images join the square ones in their own bucket.
+cp -r "$work/images" "$work/mixed"
+python3 - "$src/tests/trainer" "$work/mixed" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import make_images
+w, h = 48, 24
+rgb = []
+for y in range(h):
+    for x in range(w):
+        rgb += [230, 30, 30] if (x - 20) ** 2 + (y - 12) ** 2 <= 40 else [30, 50, 200]
+for i in range(3):
+    make_images.write_png(f"{sys.argv[2]}/wide{i}.png", w, h, rgb)
+PY
+"$bin" train "${common[@]}" --images "$work/mixed" --steps 6 --batch 2 --buckets --out "$work/mixed.safetensors" \
+  >/dev/null 2>&1 && "$bin" inspect "$work/mixed.safetensors" | grep -q '"buckets":2'
+check "aspect buckets (square and wide images, two buckets)" $?
+
 # Too few usable images: one line, exit 1, no adapter.
 mkdir -p "$work/few"
 cp "$work/images/subject0.png" "$work/images/subject1.png" "$work/few/"

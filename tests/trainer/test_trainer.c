@@ -209,6 +209,47 @@ static void test_resume_refuses_other_config(void) {
     free_subject(&s);
 }
 
+/* Aspect buckets: square and wide images train together, each batch from one size; after both
+ * sizes have been seen the activation arena stops growing (no allocation in the loop). */
+static void test_aspect_buckets(void) {
+    subject s;
+    make_subject(&s);
+    float *wide[3];
+    fl_train_example ex[N_IMAGES + 3];
+    memcpy(ex, s.examples, sizeof s.examples);
+    for (int i = 0; i < 3; i++) {
+        wide[i] = malloc(8 * SIDE * 3 * sizeof(float)); /* the top half of a subject image: 16 wide, 8 high */
+        memcpy(wide[i], s.pixels[i], 8 * SIDE * 3 * sizeof(float));
+        ex[N_IMAGES + i] = (fl_train_example){wide[i], SIDE, 8, "sks mascot, cropped"};
+    }
+    fl_flux_params p = tiny_params();
+    fl_flux_model *m = fl_flux_create_random(cpu, &p, 42);
+    fl_train_config c = fl_train_config_default();
+    c.steps = 40;
+    c.rank = 4;
+    c.batch_size = 2;
+    c.lr = 2e-3f;
+    fl_error err = {0};
+    fl_trainer *t = fl_trainer_create(m, &c, ex, N_IMAGES + 3, &err);
+    FL_EXPECTF(t != NULL, "%s", err.message);
+    if (t) {
+        const float ts[2] = {0.3f, 0.7f};
+        double before = fl_trainer_eval_loss(t, ts, 2, 5);
+        size_t bytes_mid = 0;
+        for (int i = 0; i < c.steps; i++) {
+            FL_EXPECTF(fl_trainer_step(t, NULL, &err) == 0, "%s", err.message);
+            if (i == 20) bytes_mid = fl_flux_activation_bytes(m);
+        }
+        FL_EXPECT(fl_flux_activation_bytes(m) == bytes_mid);
+        double after = fl_trainer_eval_loss(t, ts, 2, 5);
+        FL_EXPECTF(after < before, "held-out loss %.4f -> %.4f with mixed sizes", before, after);
+        fl_trainer_free(t);
+    }
+    fl_flux_free(m);
+    for (int i = 0; i < 3; i++) free(wide[i]);
+    free_subject(&s);
+}
+
 static void test_time_shift(void) {
     FL_EXPECT(fabs(fl_flux_time_shift_mu(256) - 0.5) < 1e-12);
     FL_EXPECT(fabs(fl_flux_time_shift_mu(4096) - 1.15) < 1e-12);
@@ -235,7 +276,7 @@ static void test_config_errors(void) {
     FL_EXPECT(fl_trainer_create(m, &c, s.examples, N_IMAGES, &err) == NULL && strstr(err.message, "select no Linear"));
     c = fl_train_config_default();
     fl_train_example odd = {s.pixels[0], 15, 16, "x"};
-    FL_EXPECT(fl_trainer_create(m, &c, &odd, 1, &err) == NULL && strstr(err.message, "multiple of 2"));
+    FL_EXPECT(fl_trainer_create(m, &c, &odd, 1, &err) == NULL && strstr(err.message, "multiples of 2"));
     fl_flux_free(m);
     p.in_channels = p.out_channels = 16; /* not 3 p^2 */
     m = fl_flux_create_random(cpu, &p, 1);
@@ -251,6 +292,7 @@ int main(void) {
     FL_RUN(test_time_shift);
     FL_RUN(test_config_errors);
     FL_RUN(test_learns_subject);
+    FL_RUN(test_aspect_buckets);
     FL_RUN(test_resume_is_exact);
     FL_RUN(test_resume_refuses_other_config);
     char cmd[128];
