@@ -11,14 +11,12 @@
  * object per event: start, rejected, progress, checkpoint, preview, done, error).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -243,33 +241,6 @@ static int parse_args(int argc, char **argv, train_args *a) {
 
 /* ---- pieces of the run ------------------------------------------------------------------------- */
 
-/* sha256 of a file, streamed through a read-only mapping. */
-static int file_sha256(const char *path, char hex[65], fl_error *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        close(fd);
-        return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-    }
-    fl_sha256 h;
-    fl_sha256_init(&h);
-    if (st.st_size > 0) {
-        void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            close(fd);
-            return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-        }
-        fl_sha256_update(&h, map, (size_t)st.st_size);
-        munmap(map, (size_t)st.st_size);
-    }
-    close(fd);
-    uint8_t digest[32];
-    fl_sha256_final(&h, digest);
-    fl_sha256_digest_hex(digest, hex);
-    return 0;
-}
-
 typedef struct prepared_set {
     float **pixels;
     char **captions;
@@ -385,7 +356,7 @@ static int run(train_args *a, fl_error *err) {
     int rc = fl_device_parse(a->device, &dev, err);
     if (rc == 0 && !(ctx = fl_ctx_create(dev, err))) rc = -1;
     if (rc == 0) rc = fl_flux_load(ctx, a->model, NULL, &m, err);
-    if (rc == 0) rc = file_sha256(a->model, base_hash, err);
+    if (rc == 0) rc = fl_sha256_file(a->model, base_hash, err);
     if (rc == 0) {
         int patch = (int)lround(sqrt(fl_flux_get_params(m)->in_channels / 3.0));
         rc = prepare_images(a, patch > 0 ? patch : 1, &ps, err);
@@ -444,7 +415,7 @@ static int run(train_args *a, fl_error *err) {
     if (rc == 0) rc = write_previews(a, m, &ps, fl_trainer_steps_done(t), err);
     if (rc == 0) {
         char adapter_hash[65];
-        rc = file_sha256(a->out, adapter_hash, err);
+        rc = fl_sha256_file(a->out, adapter_hash, err);
         double total = now_s() - t_start, loop = now_s() - t_loop;
         if (rc == 0 && a->json)
             emit_json(json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f}", "event", "done", "adapter", a->out, "sha256",

@@ -3,8 +3,13 @@
  */
 #include "core/sha256.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const uint32_t round_constants[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -91,4 +96,30 @@ void fl_sha256_hex(const void *data, size_t n, char hex[65]) {
     fl_sha256_update(&h, data, n);
     fl_sha256_final(&h, digest);
     fl_sha256_digest_hex(digest, hex);
+}
+
+int fl_sha256_file(const char *path, char hex[65], fl_error *err) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
+    }
+    fl_sha256 h;
+    fl_sha256_init(&h);
+    if (st.st_size > 0) {
+        void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            close(fd);
+            return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
+        }
+        fl_sha256_update(&h, map, (size_t)st.st_size);
+        munmap(map, (size_t)st.st_size);
+    }
+    close(fd);
+    uint8_t digest[32];
+    fl_sha256_final(&h, digest);
+    fl_sha256_digest_hex(digest, hex);
+    return 0;
 }

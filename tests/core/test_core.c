@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/arena.h"
 #include "core/device.h"
@@ -240,6 +241,15 @@ static void test_sha256(void) {
     fl_sha256_final(&h, digest);
     fl_sha256_digest_hex(digest, hex);
     FL_EXPECT(!strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"));
+    char path[] = "/tmp/fl_sha256_XXXXXX";
+    int fd = mkstemp(path);
+    FL_EXPECT(fd >= 0 && write(fd, million, 1000000) == 1000000);
+    close(fd);
+    fl_error err = {0};
+    char file_hex[65];
+    FL_EXPECT(fl_sha256_file(path, file_hex, &err) == 0 && !strcmp(file_hex, hex));
+    unlink(path);
+    FL_EXPECT(fl_sha256_file("/nonexistent/file", file_hex, &err) == -1 && err.code == FL_EIO);
     free(million);
 }
 
