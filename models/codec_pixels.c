@@ -3,30 +3,29 @@
  */
 #include "models/codec_pixels.h"
 
+#include <stddef.h>
+
 #include "core/error.h"
+
+/* Index of pixel (y, x, c) of an [h, w, 3] image in the [tokens, 3 p^2] layout. */
+static size_t token_index(int y, int x, int c, int w, int p) {
+    int token = (y / p) * (w / p) + x / p;
+    int channel = c * p * p + (y % p) * p + x % p;
+    return (size_t)token * (size_t)(3 * p * p) + (size_t)channel;
+}
 
 void fl_pixels_pack(const float *image, int h, int w, int p, float *tokens) {
     FL_CHECK(p > 0 && h % p == 0 && w % p == 0);
-    int gw = w / p, c_per = 3 * p * p;
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            for (int c = 0; c < 3; c++) {
-                int token = (y / p) * gw + x / p;
-                int channel = c * p * p + (y % p) * p + x % p;
-                tokens[token * c_per + channel] = image[(y * w + x) * 3 + c];
-            }
+            for (int c = 0; c < 3; c++) tokens[token_index(y, x, c, w, p)] = image[(y * w + x) * 3 + c];
 }
 
 void fl_pixels_unpack(const float *tokens, int h, int w, int p, float *image) {
     FL_CHECK(p > 0 && h % p == 0 && w % p == 0);
-    int gw = w / p, c_per = 3 * p * p;
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            for (int c = 0; c < 3; c++) {
-                int token = (y / p) * gw + x / p;
-                int channel = c * p * p + (y % p) * p + x % p;
-                image[(y * w + x) * 3 + c] = tokens[token * c_per + channel];
-            }
+            for (int c = 0; c < 3; c++) image[(y * w + x) * 3 + c] = tokens[token_index(y, x, c, w, p)];
 }
 
 void fl_pixels_ids(int h, int w, int p, float *ids) {
