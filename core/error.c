@@ -54,6 +54,8 @@ const char *fl_error_code_name(fl_error_code code) {
     case FL_ENOTFOUND: return "not_found";
     case FL_EUNSUPPORTED: return "unsupported";
     case FL_ELIMIT: return "limit_exceeded";
+    case FL_ECONFLICT: return "conflict";
+    case FL_EUNAVAILABLE: return "unavailable";
     }
     return "unknown";
 }

@@ -21,6 +21,8 @@ typedef enum fl_error_code {
     FL_ENOTFOUND,    /* a named thing does not exist */
     FL_EUNSUPPORTED, /* valid but not supported (dtype, device, feature not compiled in) */
     FL_ELIMIT,       /* input exceeds a configured limit */
+    FL_ECONFLICT,    /* the name or id is already taken */
+    FL_EUNAVAILABLE, /* a service the operation needs (Redis) is unreachable, or a queue is full */
 } fl_error_code;
 
 typedef struct fl_error {

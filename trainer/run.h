@@ -1,0 +1,67 @@
+/*
+ * run.h — one training job from an image source to an adapter file: the whole of
+ * `flashlora train`, as a library function the CLI and the service's workers share.
+ *
+ * Loads and validates the image set (datasets/), resolves captions, crops and resizes to the
+ * resolution (or aspect buckets), trains on a model the caller already has resident (its adapters
+ * must be detached; they are detached again on return), checkpoints every N steps and when asked
+ * to stop, resumes from the checkpoint when asked, writes the canonical adapter atomically, and
+ * reports every event as a JSON object: start, rejected, progress, checkpoint, preview, done.
+ * The adapter is byte-identical whether or not the run was interrupted and resumed.
+ */
+#ifndef FL_TRAINER_RUN_H
+#define FL_TRAINER_RUN_H
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "core/error.h"
+#include "models/flux.h"
+#include "trainer/trainer.h"
+
+typedef struct fl_train_job {
+    const char *images;          /* folder, archive file, or http(s) URL */
+    const char *trigger;         /* one word */
+    const char *caption;         /* for images without a sidecar; NULL: "a photo of [trigger]" */
+    bool is_style;
+    bool buckets;
+    int resolution;              /* a multiple of the patch size */
+    int min_images, max_images;
+    const char *out;             /* the adapter file */
+    const char *checkpoint;      /* NULL: "<out>.ckpt" */
+    int checkpoint_every;        /* 0: only when stopped */
+    bool resume;                 /* continue from the checkpoint when it exists */
+    const char *base_model_hash; /* sha256 of the model file, recorded in the adapter */
+    const char *preview_dir;     /* NULL: no previews */
+    const char *preview_prompt;
+    int preview_every, preview_count, preview_steps;
+    fl_train_config cfg;
+} fl_train_job;
+
+/* Defaults as `flashlora train` documents them (resolution 64, 4..100 images, ...). */
+fl_train_job fl_train_job_default(void);
+
+typedef struct fl_train_hooks {
+    /* Each event (borrowed: the callee must not keep it). */
+    void (*event)(void *arg, json_t *event);
+    /* Polled between steps: true stops the run after writing a checkpoint (FL_EUNAVAILABLE). */
+    bool (*should_stop)(void *arg);
+    void *arg;
+} fl_train_hooks;
+
+typedef struct fl_train_result {
+    int steps;
+    double final_loss;
+    int images;
+    char sha256[65];     /* of the adapter file */
+    double training_s;   /* the loop's wall time in this run */
+    double total_s;
+    int resumed_at;      /* step the run started from */
+} fl_train_result;
+
+/* Runs the job on m. hooks may be NULL. A stop request returns -1 with FL_EUNAVAILABLE after
+ * writing the checkpoint; the checkpoint is removed once the adapter is written. */
+int fl_train_run(fl_flux_model *m, const fl_train_job *job, const fl_train_hooks *hooks, fl_train_result *result,
+                 fl_error *err);
+
+#endif
