@@ -15,6 +15,17 @@
  * scale = multiplier * alpha / rank folded in at attach time. At most one adapter is trainable;
  * its A and B live in one flat f32 parameter buffer (and one gradient buffer) so the optimizer
  * updates all of them in one call.
+ *
+ * Per-sample adapters (serving many tenants in one batch): by default every attached adapter
+ * applies to every row. fl_flux_set_sample_adapters instead gives each sample of a batch its own
+ * list of attached sets and multipliers, applied only to that sample's rows (its row segment: of
+ * a Linear's M input rows, sample b owns rows [b*M/B, (b+1)*M/B) — its image, text or joint
+ * tokens, or its one conditioning row). In that mode every Linear, base product included, runs
+ * once per segment with exactly the shapes a batch of one would use, so each sample's output is
+ * bitwise the output it gets alone: a BLAS GEMM's rows are not invariant to M (OpenBLAS switches
+ * kernels with the problem size, so a row's rounding changes with its batch), while every other
+ * op of the forward is computed per row, per sample or per (sample, head). The price is B smaller
+ * GEMMs per Linear instead of one, which matters only when the segments are short.
  */
 #ifndef FL_MODELS_FLUX_H
 #define FL_MODELS_FLUX_H
@@ -29,7 +40,7 @@
 #include "kernels/context.h"
 
 #define FL_FLUX_MAX_AXES 4
-#define FL_FLUX_MAX_ADAPTERS 8
+#define FL_FLUX_MAX_ADAPTERS 16
 #define FL_FLUX_NAME_MAX 96
 
 /* The fields of the reference FluxParams. */
@@ -154,6 +165,31 @@ int fl_flux_add_trainable_lora(fl_flux_model *m, const char *spec, int rank, flo
 
 /* Detach every adapter. */
 void fl_flux_clear_adapters(fl_flux_model *m);
+/* Detach one set (as returned by fl_flux_add_adapter or fl_flux_add_trainable_lora) from every
+ * Linear and free its memory; the other sets keep their ids and order. An unknown id is
+ * FL_EINVAL. A per-sample selection still naming the set fails at the next forward. */
+int fl_flux_remove_adapter(fl_flux_model *m, int set_id, fl_error *err);
+
+/* The adapters of one sample: attached set ids, each applied with scale = (its attach-time
+ * scale) * multipliers[i], in the listed order. n == 0 is the base model. A set that does not
+ * adapt some Linear simply contributes nothing there; a zero multiplier skips the set. */
+typedef struct fl_flux_sample_adapters {
+    int n;
+    int set_ids[FL_FLUX_MAX_ADAPTERS];
+    float multipliers[FL_FLUX_MAX_ADAPTERS];
+} fl_flux_sample_adapters;
+
+/* Per-sample adapters for the following forwards: per_sample[b] applies to sample b's rows only
+ * (copied; need not outlive the call). Forwards must then have exactly `batch` samples (another
+ * batch size is FL_EINVAL), and fl_flux_loss_and_grads refuses to run (training uses the
+ * every-row mode). Fails with FL_EINVAL, leaving the previous selection, for batch < 1, n outside
+ * [0, FL_FLUX_MAX_ADAPTERS], a set id not attached, or a non-finite multiplier. */
+int fl_flux_set_sample_adapters(fl_flux_model *m, int batch, const fl_flux_sample_adapters *per_sample,
+                                fl_error *err);
+/* Back to the default: every attached adapter on every row. */
+void fl_flux_clear_sample_adapters(fl_flux_model *m);
+/* The batch size of the per-sample selection in effect, or 0 when there is none. */
+int fl_flux_sample_adapters_batch(const fl_flux_model *m);
 
 /* The trainable adapter's flat parameter and gradient buffers (f32, equal length); NULL data
  * when there is none. */
@@ -185,13 +221,15 @@ typedef struct fl_flux_inputs {
  * abort). */
 int fl_flux_check_inputs(const fl_flux_model *m, const fl_flux_inputs *in, fl_error *err);
 
-/* Forward: *out receives a view [B, Li, out_channels] valid until the next call on m. */
+/* Forward: *out receives a view [B, Li, out_channels] valid until the next call on m. With
+ * per-sample adapters set, B must equal their batch size. */
 int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err);
 
 /* One flow-matching training step's loss and gradients: x_t = (1 - t) x0 + t noise with
  * timesteps t, loss = mean((model(x_t) - (noise - x0))^2). x0 and noise are [B, Li, in_channels];
  * in->img is ignored (x_t is used) and in->timesteps is t. Gradients are accumulated into the
- * trainable adapter's buffer (and base gradients in full mode); call fl_flux_zero_grads first. */
+ * trainable adapter's buffer (and base gradients in full mode); call fl_flux_zero_grads first.
+ * Fails (FL_EINVAL) while per-sample adapters are set. */
 int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise,
                            double *loss, fl_error *err);
 

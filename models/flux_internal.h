@@ -68,6 +68,13 @@ typedef struct flux_acts {
     fl_tensor xt, target, dpred;      /* training only */
 } flux_acts;
 
+/* One fl_flux_add_adapter call. */
+typedef struct flux_adapter_set {
+    int set_id;
+    bool trainable;
+    void *memory; /* frozen sets: their A and B matrices on the device */
+} flux_adapter_set;
+
 struct fl_flux_model {
     fl_ctx *ctx;
     fl_flux_params p;
@@ -94,21 +101,28 @@ struct fl_flux_model {
     /* Trainable adapter: flat f32 parameters and gradients. */
     void *train_param_memory, *train_grad_memory;
     int64_t n_train;
-    /* Frozen adapters' device memory. */
-    void **adapter_memory;
-    size_t n_adapter_memory;
+    /* Attached adapter sets in attach order (the trainable one has no entry memory: it lives in
+     * train_param_memory). */
+    flux_adapter_set *sets;
+    size_t n_sets;
     int next_set_id;
+
+    /* Per-sample adapter selection (fl_flux_set_sample_adapters); sample_batch 0 = none. */
+    int sample_batch;
+    fl_flux_sample_adapters *sample_sel;
+    bool per_sample; /* the running step uses the selection (set by each entry point) */
 
     /* Activation arena, planned per shape. */
     fl_arena arena;
     void *arena_memory;
     size_t arena_bytes;
     int64_t plan_batch, plan_li, plan_lt;
-    int plan_mode; /* 0 none, 1 forward, 2 training */
+    int plan_mode; /* 0 none, 1 forward, 2 training; 0 also after anything that changes the plan */
     flux_acts acts;
 };
 
-/* flux_step.c: run the forward (and in training the backward) against m->arena. */
+/* flux_step.c: run the forward (and in training the backward) against m->arena. With
+ * m->per_sample the forward applies m->sample_sel segment by segment (no backward then). */
 void flux_run_forward(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *img);
 void flux_run_backward(fl_flux_model *m);
 

@@ -1,8 +1,8 @@
 /*
  * flux_model.c — building a Flux model: the parameter table, weight binding from a checkpoint
  * (original key names, optional "model.diffusion_model." prefix, dtype conversion), random
- * initialization, adapters, gradient buffers, and the planned entry points for forward and
- * training steps.
+ * initialization, adapters (attach, remove, per-sample selection), gradient buffers, and the
+ * planned entry points for forward and training steps.
  */
 #include <math.h>
 #include <stdio.h>
@@ -233,8 +233,9 @@ void fl_flux_free(fl_flux_model *m) {
     fl_ctx_free(m->ctx, m->grad_memory);
     fl_ctx_free(m->ctx, m->train_param_memory);
     fl_ctx_free(m->ctx, m->train_grad_memory);
-    for (size_t i = 0; i < m->n_adapter_memory; i++) fl_ctx_free(m->ctx, m->adapter_memory[i]);
-    free(m->adapter_memory);
+    for (size_t i = 0; i < m->n_sets; i++) fl_ctx_free(m->ctx, m->sets[i].memory);
+    free(m->sets);
+    free(m->sample_sel);
     fl_ctx_free(m->ctx, m->arena_memory);
     free(m->acts.dbl);
     free(m->acts.sgl);
@@ -315,11 +316,10 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
         m->train_param_memory = memory;
         m->train_grad_memory = grad_memory;
         m->n_train = total;
-    } else {
-        m->adapter_memory = fl_xrealloc(m->adapter_memory, (m->n_adapter_memory + 1) * sizeof *m->adapter_memory);
-        m->adapter_memory[m->n_adapter_memory++] = memory;
     }
     int set_id = m->next_set_id++;
+    m->sets = fl_xrealloc(m->sets, (m->n_sets + 1) * sizeof *m->sets);
+    m->sets[m->n_sets++] = (flux_adapter_set){set_id, trainable, trainable ? NULL : memory};
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         const fl_flux_lora_pair *pr = &pairs[i];
@@ -348,13 +348,96 @@ void fl_flux_clear_adapters(fl_flux_model *m) {
         m->linears[i].n_adapters = 0;
         m->linears[i].trainable = -1;
     }
-    for (size_t i = 0; i < m->n_adapter_memory; i++) fl_ctx_free(m->ctx, m->adapter_memory[i]);
-    m->n_adapter_memory = 0;
+    for (size_t i = 0; i < m->n_sets; i++) fl_ctx_free(m->ctx, m->sets[i].memory);
+    m->n_sets = 0;
     fl_ctx_free(m->ctx, m->train_param_memory);
     fl_ctx_free(m->ctx, m->train_grad_memory);
     m->train_param_memory = m->train_grad_memory = NULL;
     m->n_train = 0;
     m->plan_mode = 0;
+}
+
+static flux_adapter_set *find_set(fl_flux_model *m, int set_id) {
+    for (size_t i = 0; i < m->n_sets; i++)
+        if (m->sets[i].set_id == set_id) return &m->sets[i];
+    return NULL;
+}
+
+int fl_flux_remove_adapter(fl_flux_model *m, int set_id, fl_error *err) {
+    flux_adapter_set *set = find_set(m, set_id);
+    if (!set) return fl_fail(err, FL_EINVAL, "adapter set %d is not attached", set_id);
+    for (size_t i = 0; i < m->n_linears; i++) {
+        fl_flux_linear *lin = &m->linears[i];
+        int kept = 0;
+        for (int k = 0; k < lin->n_adapters; k++) {
+            if (lin->adapters[k].set_id == set_id) {
+                if (k == lin->trainable) lin->trainable = -1;
+                continue;
+            }
+            if (k == lin->trainable) lin->trainable = kept;
+            lin->adapters[kept++] = lin->adapters[k];
+        }
+        lin->n_adapters = kept;
+        if (set->trainable) {
+            memset(&lin->grad_a, 0, sizeof lin->grad_a);
+            memset(&lin->grad_b, 0, sizeof lin->grad_b);
+        }
+    }
+    if (set->trainable) {
+        fl_ctx_free(m->ctx, m->train_param_memory);
+        fl_ctx_free(m->ctx, m->train_grad_memory);
+        m->train_param_memory = m->train_grad_memory = NULL;
+        m->n_train = 0;
+    }
+    fl_ctx_free(m->ctx, set->memory);
+    size_t at = (size_t)(set - m->sets);
+    memmove(&m->sets[at], &m->sets[at + 1], (m->n_sets - at - 1) * sizeof *m->sets);
+    m->n_sets--;
+    m->plan_mode = 0;
+    return 0;
+}
+
+/* ---- per-sample adapters ----------------------------------------------------------------------- */
+
+/* Checks one sample's list against the attached sets. */
+static int check_sample(fl_flux_model *m, int b, const fl_flux_sample_adapters *sa, fl_error *err) {
+    if (sa->n < 0 || sa->n > FL_FLUX_MAX_ADAPTERS)
+        return fl_fail(err, FL_EINVAL, "sample %d: %d adapters is outside [0, %d]", b, sa->n, FL_FLUX_MAX_ADAPTERS);
+    for (int j = 0; j < sa->n; j++) {
+        if (!find_set(m, sa->set_ids[j]))
+            return fl_fail(err, FL_EINVAL, "sample %d: adapter set %d is not attached", b, sa->set_ids[j]);
+        if (!isfinite(sa->multipliers[j]))
+            return fl_fail(err, FL_EINVAL, "sample %d: the multiplier of adapter set %d is not finite", b,
+                           sa->set_ids[j]);
+    }
+    return 0;
+}
+
+int fl_flux_set_sample_adapters(fl_flux_model *m, int batch, const fl_flux_sample_adapters *per_sample,
+                                fl_error *err) {
+    if (batch < 1) return fl_fail(err, FL_EINVAL, "per-sample adapters: batch %d is not positive", batch);
+    if (!per_sample) return fl_fail(err, FL_EINVAL, "per-sample adapters: no list given");
+    for (int b = 0; b < batch; b++)
+        if (check_sample(m, b, &per_sample[b], err) != 0) return -1;
+    fl_flux_sample_adapters *copy = fl_xmalloc((size_t)batch * sizeof *copy);
+    memcpy(copy, per_sample, (size_t)batch * sizeof *copy);
+    free(m->sample_sel);
+    m->sample_sel = copy;
+    m->sample_batch = batch;
+    m->plan_mode = 0; /* the per-sample path allocates differently */
+    return 0;
+}
+
+void fl_flux_clear_sample_adapters(fl_flux_model *m) {
+    if (!m->sample_batch) return;
+    free(m->sample_sel);
+    m->sample_sel = NULL;
+    m->sample_batch = 0;
+    m->plan_mode = 0;
+}
+
+int fl_flux_sample_adapters_batch(const fl_flux_model *m) {
+    return m->sample_batch;
 }
 
 fl_tensor fl_flux_trainable_params(fl_flux_model *m) {
@@ -417,6 +500,7 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
 
 static void begin_step(fl_flux_model *m, const fl_flux_inputs *in, int mode) {
     flux_acts *a = &m->acts;
+    m->per_sample = mode == 1 && m->sample_batch > 0;
     a->batch = in->img->shape[0];
     a->li = in->img->shape[1];
     a->lt = in->txt->shape[1];
@@ -469,6 +553,13 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
 
 int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err) {
     if (fl_flux_check_inputs(m, in, err) != 0) return -1;
+    if (m->sample_batch) {
+        if (in->img->shape[0] != m->sample_batch)
+            return fl_fail(err, FL_EINVAL, "inputs: batch %lld, but per-sample adapters were set for %d samples",
+                           (long long)in->img->shape[0], m->sample_batch);
+        for (int b = 0; b < m->sample_batch; b++) /* a set may have been removed since */
+            if (check_sample(m, b, &m->sample_sel[b], err) != 0) return -1;
+    }
     begin_step(m, in, 1);
     plan(m, in, NULL, NULL, 1);
     flux_run_forward(m, in, in->img);
@@ -481,6 +572,8 @@ int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_
     fl_flux_inputs shaped = *in;
     shaped.img = x0;
     if (fl_flux_check_inputs(m, &shaped, err) != 0) return -1;
+    if (m->sample_batch)
+        return fl_fail(err, FL_EINVAL, "training: per-sample adapters are set (clear them to train)");
     if (!fl_tensor_same_shape(x0, noise) || noise->dtype != m->dtype)
         return fl_fail(err, FL_EINVAL, "training: noise must match x0");
     begin_step(m, &shaped, 2);

@@ -8,6 +8,11 @@
  *
  * Sequence layout follows the reference: the joint attention runs over [txt; img], so text
  * tokens come first (offset 0) and image tokens after them (offset Lt).
+ *
+ * With per-sample adapters (flux.h) only the Linears change: each runs once per sample on that
+ * sample's row segment — the base product with the shapes a batch of one would use, then that
+ * sample's adapters. Every other op here is already computed per row, per sample or per
+ * (sample, head), so the whole forward of a sample does not depend on its batch neighbours.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -64,8 +69,58 @@ static bool needs_grad(const fl_flux_model *m, const fl_flux_linear *lin) {
 
 /* ---- Linear with adapters -------------------------------------------------------------------- */
 
+/* Rows [start, start + rows) of a matrix-view operand, as a 2-d view with its row stride. */
+static fl_tensor row_segment(const fl_tensor *t, const fl_matrix *mt, int64_t start, int64_t rows) {
+    int64_t shape[2] = {rows, mt->cols};
+    fl_tensor v = fl_tensor_make((char *)t->data + (size_t)(start * mt->ld) * fl_dtype_size(t->dtype), t->dtype,
+                                 t->device, 2, shape);
+    v.stride[0] = mt->ld;
+    return v;
+}
+
+static int find_adapter(const fl_flux_linear *lin, int set_id) {
+    for (int k = 0; k < lin->n_adapters; k++)
+        if (lin->adapters[k].set_id == set_id) return k;
+    return -1;
+}
+
+/* The per-sample form of linear_forward: sample b's rows get the base product computed on their
+ * own (the GEMM shapes of a batch of one) plus sample b's adapters, at scale (attach scale) *
+ * (multiplier), in the listed order. Inference only: nothing is saved for a backward. */
+static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *x, fl_tensor *y) {
+    fl_ctx *ctx = m->ctx;
+    const int64_t batch = m->acts.batch;
+    fl_matrix mx, my;
+    FL_CHECK(fl_tensor_matrix(x, &mx) && fl_tensor_matrix(y, &my));
+    FL_CHECKF(mx.rows == my.rows && mx.rows % batch == 0, "%s: %lld rows do not split into %lld samples", lin->name,
+              (long long)mx.rows, (long long)batch);
+    const int64_t rows = mx.rows / batch;
+    lin->saved_x = *x;
+    for (int64_t b = 0; b < batch; b++) {
+        fl_tensor xs = row_segment(x, &mx, b * rows, rows), ys = row_segment(y, &my, b * rows, rows);
+        fl_op_linear(ctx, &xs, &lin->weight, lin->bias.data ? &lin->bias : NULL, &ys);
+        const fl_flux_sample_adapters *sel = &m->sample_sel[b];
+        for (int j = 0; j < sel->n; j++) {
+            int k = find_adapter(lin, sel->set_ids[j]);
+            if (k < 0) continue; /* this set does not adapt this Linear */
+            fl_flux_adapter *ad = &lin->adapters[k];
+            float scale = ad->scale * sel->multipliers[j];
+            if (scale == 0.0f) continue;
+            size_t mark = fl_arena_mark(&m->arena);
+            fl_tensor h = act(m, m->dtype, 2, rows, ad->a.shape[0], 0, 0);
+            fl_op_gemm(ctx, &xs, false, &ad->a, true, &h, 1.0f, 0.0f);
+            fl_op_gemm(ctx, &h, false, &ad->b, true, &ys, scale, 1.0f);
+            fl_arena_reset(&m->arena, mark);
+        }
+    }
+}
+
 /* y = x W^T + b + sum_k s_k (x A_k^T) B_k^T; saves x and every x A_k^T for the backward. */
 static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *x, fl_tensor *y) {
+    if (m->per_sample) {
+        linear_forward_per_sample(m, lin, x, y);
+        return;
+    }
     fl_ctx *ctx = m->ctx;
     fl_op_linear(ctx, x, &lin->weight, lin->bias.data ? &lin->bias : NULL, y);
     lin->saved_x = *x;
@@ -489,6 +544,7 @@ static void mlp_embed_backward(fl_flux_model *m, fl_flux_linear *pair[2], const 
 }
 
 void flux_run_backward(fl_flux_model *m) {
+    FL_CHECKF(!m->per_sample, "the per-sample forward saves nothing for a backward");
     fl_ctx *ctx = m->ctx;
     const fl_flux_params *p = &m->p;
     flux_acts *a = &m->acts;

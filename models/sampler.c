@@ -1,5 +1,6 @@
 /*
- * sampler.c — Euler sampling on the shifted schedule and PNG encoding (see sampler.h).
+ * sampler.c — Euler sampling on the shifted schedule, for one request or a batch of requests
+ * with per-sample adapters, and PNG encoding (see sampler.h).
  */
 #include "models/sampler.h"
 
@@ -15,6 +16,7 @@
 #include "fl_build_config.h"
 #include "kernels/ops.h"
 #include "models/codec_pixels.h"
+#include "models/flux_internal.h"
 #include "models/text_hash.h"
 
 #ifdef FL_HAVE_STB
@@ -32,58 +34,108 @@ double fl_flux_time_shift(double mu, double t) {
     return exp(mu) / (exp(mu) + (1.0 / t - 1.0));
 }
 
-int fl_flux_sample_pixels(fl_flux_model *m, const fl_sample_params *sp, float *image, fl_error *err) {
+/* The Euler loop over n requests of one size, one forward per step for all of them. Request r
+ * owns rows [r*L, (r+1)*L) of every input, so with n == 1 this is exactly the single-request
+ * sampler. With per_sample the requests' adapters are installed as per-sample adapters for the
+ * run (the caller restores the model's selection); otherwise the model's adapters apply as set. */
+static int sample_run(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
+                      const fl_sample_request *reqs, int n, bool per_sample, float **images, fl_error *err) {
     const fl_flux_params *p = fl_flux_get_params(m);
     int patch = (int)lround(sqrt(p->in_channels / 3.0));
     if (3 * patch * patch != p->in_channels || p->out_channels != p->in_channels)
         return fl_fail(err, FL_EUNSUPPORTED, "sampling needs the pixel image space (3 p^2 channels)");
-    if (sp->width < patch || sp->height < patch || sp->width % patch || sp->height % patch)
-        return fl_fail(err, FL_EINVAL, "size %dx%d is not a positive multiple of %d", sp->width, sp->height, patch);
-    if (sp->steps < 1 || sp->steps > 1000) return fl_fail(err, FL_EINVAL, "steps %d is outside [1, 1000]", sp->steps);
-    if (sp->max_text_tokens < 1 || sp->max_text_tokens > 512)
-        return fl_fail(err, FL_EINVAL, "max text tokens %d is outside [1, 512]", sp->max_text_tokens);
+    if (width < patch || height < patch || width % patch || height % patch)
+        return fl_fail(err, FL_EINVAL, "size %dx%d is not a positive multiple of %d", width, height, patch);
+    if (steps < 1 || steps > 1000) return fl_fail(err, FL_EINVAL, "steps %d is outside [1, 1000]", steps);
+    if (max_text_tokens < 1 || max_text_tokens > 512)
+        return fl_fail(err, FL_EINVAL, "max text tokens %d is outside [1, 512]", max_text_tokens);
+    if (n < 1 || !reqs || !images) return fl_fail(err, FL_EINVAL, "a batch needs at least one request");
+    for (int r = 0; r < n; r++)
+        if (!images[r]) return fl_fail(err, FL_EINVAL, "request %d has no image buffer", r);
+    if (per_sample) {
+        fl_flux_sample_adapters *sel = fl_xmalloc((size_t)n * sizeof *sel);
+        for (int r = 0; r < n; r++) sel[r] = reqs[r].adapters;
+        int rc = fl_flux_set_sample_adapters(m, n, sel, err);
+        free(sel);
+        if (rc != 0) return -1;
+    }
     fl_ctx *ctx = fl_flux_get_ctx(m);
-    int64_t li = (int64_t)(sp->width / patch) * (sp->height / patch), c = p->in_channels, lt = sp->max_text_tokens;
-    size_t tok = (size_t)(li * c);
-    float *x = fl_xmalloc(tok * sizeof(float)), *v = fl_xmalloc(tok * sizeof(float));
-    float *txt = fl_xmalloc((size_t)(lt * p->context_in_dim) * sizeof(float)), *y = fl_xmalloc((size_t)p->vec_in_dim * sizeof(float));
-    float *img_ids = fl_xmalloc((size_t)(li * 3) * sizeof(float)), *txt_ids = fl_xcalloc((size_t)(lt * 3), sizeof(float));
-    fl_pixels_ids(sp->height, sp->width, patch, img_ids);
-    fl_text_hash_encode(sp->prompt, (int)lt, p->context_in_dim, p->vec_in_dim, txt, y);
-    fl_rng rng;
-    fl_rng_seed(&rng, sp->seed);
-    fl_rng_fill_normal(&rng, x, tok, 0.0f, 1.0f);
+    int64_t li = (int64_t)(width / patch) * (height / patch), c = p->in_channels, lt = max_text_tokens;
+    int64_t cd = p->context_in_dim, vd = p->vec_in_dim, nb = n;
+    size_t tok = (size_t)(li * c), all = (size_t)nb * tok;
+    float *x = fl_xmalloc(all * sizeof(float)), *v = fl_xmalloc(all * sizeof(float));
+    float *txt = fl_xmalloc((size_t)(nb * lt * cd) * sizeof(float)), *y = fl_xmalloc((size_t)(nb * vd) * sizeof(float));
+    float *img_ids = fl_xmalloc((size_t)(nb * li * 3) * sizeof(float));
+    float *txt_ids = fl_xcalloc((size_t)(nb * lt * 3), sizeof(float));
+    float *t = fl_xmalloc((size_t)nb * sizeof(float)), *g = fl_xmalloc((size_t)nb * sizeof(float));
+    for (int r = 0; r < n; r++) {
+        fl_pixels_ids(height, width, patch, img_ids + (size_t)r * (size_t)(li * 3));
+        fl_text_hash_encode(reqs[r].prompt, (int)lt, (int)cd, (int)vd, txt + (size_t)(r * lt * cd), y + (size_t)(r * vd));
+        fl_rng rng;
+        fl_rng_seed(&rng, reqs[r].seed);
+        fl_rng_fill_normal(&rng, x + (size_t)r * tok, tok, 0.0f, 1.0f);
+        g[r] = reqs[r].guidance;
+    }
 
     fl_dtype storage = ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
-    int64_t s_img[3] = {1, li, c}, s_txt[3] = {1, lt, p->context_in_dim}, s_y[2] = {1, p->vec_in_dim}, s_one[1] = {1};
+    int64_t s_img[3] = {nb, li, c}, s_txt[3] = {nb, lt, cd}, s_y[2] = {nb, vd}, s_b[1] = {nb};
     fl_tensor d_img = fl_ctx_tensor(ctx, storage, 3, s_img), d_txt = fl_ctx_tensor(ctx, storage, 3, s_txt);
-    fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_one);
-    fl_tensor d_g = fl_ctx_tensor(ctx, FL_F32, 1, s_one);
-    fl_ctx_upload_f32(ctx, &d_txt, txt, (size_t)(lt * p->context_in_dim));
-    fl_ctx_upload_f32(ctx, &d_y, y, (size_t)p->vec_in_dim);
-    fl_ctx_upload_f32(ctx, &d_g, &sp->guidance, 1);
+    fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
+    fl_tensor d_g = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
+    fl_ctx_upload_f32(ctx, &d_txt, txt, (size_t)(nb * lt * cd));
+    fl_ctx_upload_f32(ctx, &d_y, y, (size_t)(nb * vd));
+    fl_ctx_upload_f32(ctx, &d_g, g, (size_t)nb);
     fl_flux_inputs in = {&d_img, &d_txt, &d_y, &d_t, p->guidance_embed ? &d_g : NULL, img_ids, txt_ids};
     double mu = fl_flux_time_shift_mu(li);
     int rc = 0;
-    for (int i = 0; i < sp->steps && rc == 0; i++) {
-        float t_cur = (float)fl_flux_time_shift(mu, 1.0 - (double)i / sp->steps);
-        float t_next = (float)fl_flux_time_shift(mu, 1.0 - (double)(i + 1) / sp->steps);
-        fl_ctx_upload_f32(ctx, &d_img, x, tok);
-        fl_ctx_upload_f32(ctx, &d_t, &t_cur, 1);
+    for (int i = 0; i < steps && rc == 0; i++) {
+        float t_cur = (float)fl_flux_time_shift(mu, 1.0 - (double)i / steps);
+        float t_next = (float)fl_flux_time_shift(mu, 1.0 - (double)(i + 1) / steps);
+        for (int r = 0; r < n; r++) t[r] = t_cur;
+        fl_ctx_upload_f32(ctx, &d_img, x, all);
+        fl_ctx_upload_f32(ctx, &d_t, t, (size_t)nb);
         fl_tensor out;
         rc = fl_flux_forward(m, &in, &out, err);
         if (rc == 0) {
-            fl_ctx_download_f32(ctx, v, &out, tok);
-            for (size_t k = 0; k < tok; k++) x[k] += (t_next - t_cur) * v[k];
+            fl_ctx_download_f32(ctx, v, &out, all);
+            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
         }
     }
     if (rc == 0) {
-        for (size_t k = 0; k < tok; k++) x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
-        fl_pixels_unpack(x, sp->height, sp->width, patch, image);
+        for (size_t k = 0; k < all; k++) x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
+        for (int r = 0; r < n; r++) fl_pixels_unpack(x + (size_t)r * tok, height, width, patch, images[r]);
     }
     fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
     for (int i = 0; i < 5; i++) fl_ctx_tensor_free(ctx, dev[i]);
-    free(x), free(v), free(txt), free(y), free(img_ids), free(txt_ids);
+    free(x), free(v), free(txt), free(y), free(img_ids), free(txt_ids), free(t), free(g);
+    return rc;
+}
+
+int fl_flux_sample_pixels(fl_flux_model *m, const fl_sample_params *sp, float *image, fl_error *err) {
+    fl_sample_request req;
+    memset(&req, 0, sizeof req);
+    req.prompt = sp->prompt;
+    req.seed = sp->seed;
+    req.guidance = sp->guidance;
+    return sample_run(m, sp->width, sp->height, sp->steps, sp->max_text_tokens, &req, 1, false, &image, err);
+}
+
+int fl_flux_sample_pixels_batch(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
+                                const fl_sample_request *reqs, int n, float **images, fl_error *err) {
+    /* Keep the caller's selection to put it back afterwards. */
+    int prev_batch = m->sample_batch;
+    fl_flux_sample_adapters *prev = NULL;
+    if (prev_batch) {
+        prev = fl_xmalloc((size_t)prev_batch * sizeof *prev);
+        memcpy(prev, m->sample_sel, (size_t)prev_batch * sizeof *prev);
+    }
+    int rc = sample_run(m, width, height, steps, max_text_tokens, reqs, n, true, images, err);
+    if (prev) {
+        if (fl_flux_set_sample_adapters(m, prev_batch, prev, NULL) != 0) fl_flux_clear_sample_adapters(m);
+        free(prev);
+    } else {
+        fl_flux_clear_sample_adapters(m);
+    }
     return rc;
 }
 

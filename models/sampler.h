@@ -6,6 +6,10 @@
  * trainer.h; each step does x += (t_{i+1} - t_i) * v(x, t_i). Guidance-distilled models get the
  * guidance value as an embedding (one forward per step). Noise comes from the seed alone, so the
  * same request gives the same image.
+ *
+ * The batch sampler runs several requests — each with its own prompt, seed, guidance and
+ * adapters — through one forward per step; per-sample adapters (flux.h) make each request's
+ * image bitwise the image it gets when sampled alone.
  */
 #ifndef FL_MODELS_SAMPLER_H
 #define FL_MODELS_SAMPLER_H
@@ -29,8 +33,30 @@ typedef struct fl_sample_params {
 double fl_flux_time_shift_mu(int64_t image_tokens);
 double fl_flux_time_shift(double mu, double t);
 
-/* Writes the generated image [height, width, 3] (values clamped to [-1, 1]) into image. */
+/* Writes the generated image [height, width, 3] (values clamped to [-1, 1]) into image. Applies
+ * whatever adapters the model has: every attached one on every row, or a per-sample selection
+ * set for batch 1. */
 int fl_flux_sample_pixels(fl_flux_model *m, const fl_sample_params *sp, float *image, fl_error *err);
+
+/* One request of a batch: its prompt, noise seed, guidance (for guidance-distilled models) and
+ * its adapters (set ids of fl_flux_add_adapter with multipliers; n == 0 for the base model). */
+typedef struct fl_sample_request {
+    const char *prompt;
+    uint64_t seed;
+    float guidance;
+    fl_flux_sample_adapters adapters;
+} fl_sample_request;
+
+/* Samples n requests of one size in one batch: images[r] ([height, width, 3], clamped to
+ * [-1, 1]) gets request r's image, bitwise the image the same request gives alone (n == 1) and,
+ * when its adapters list every attached set in attach order with multiplier 1, the image of
+ * fl_flux_sample_pixels. Each request's noise is drawn from its own seed as
+ * fl_flux_sample_pixels draws it. The requests' adapters apply through the per-sample mode; the
+ * model's previous per-sample selection is restored afterwards. Errors: FL_EINVAL for bad
+ * sizes, n < 1, a request's adapters naming a set not attached; FL_EUNSUPPORTED outside the
+ * pixel image space. */
+int fl_flux_sample_pixels_batch(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
+                                const fl_sample_request *reqs, int n, float **images, fl_error *err);
 
 /* Encodes an image [height, width, 3] in [-1, 1] as 8-bit PNG: into a malloc'ed buffer, or into a
  * file written atomically. Needs stb (FL_HAVE_STB); otherwise FL_EUNSUPPORTED. */
