@@ -4,20 +4,19 @@
  *   flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors
  *                   --model BASE.safetensors [options]
  *
- * Loads and validates the image set (datasets/), resolves captions, crops and resizes to the
- * training resolution, trains a LoRA (trainer/), checkpoints every N steps and on SIGINT/SIGTERM,
- * resumes with --resume, writes the canonical adapter (and kohya / PEFT exports on request) and
- * optional preview images. Progress: a bar on a terminal, JSON lines on stdout with --json (one
- * object per event: start, rejected, progress, checkpoint, preview, done, error).
+ * Parses the flags, loads the base model and hands the job to fl_train_run (trainer/run.h), which
+ * loads and validates the image set, trains the LoRA, checkpoints every N steps and when a
+ * SIGINT/SIGTERM asks it to stop (exit 128 + signal), resumes with --resume, and writes the
+ * canonical adapter and optional preview images; kohya / PEFT exports follow on request.
+ * Progress: a bar on a terminal, JSON lines on stdout with --json (one object per event: start,
+ * rejected, progress, checkpoint, preview, done, error).
  */
 #include <errno.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,11 +28,7 @@
 #include "core/device.h"
 #include "core/sha256.h"
 #include "core/threads.h"
-#include "datasets/captions.h"
-#include "datasets/imageset.h"
-#include "datasets/preprocess.h"
-#include "models/sampler.h"
-#include "trainer/trainer.h"
+#include "trainer/run.h"
 
 static volatile sig_atomic_t stop_signal = 0;
 
@@ -105,15 +100,8 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void show_progress(const train_args *a, const fl_train_progress *p, double elapsed, int steps_this_run) {
-    double rate = elapsed > 0 ? steps_this_run / elapsed : 0.0;
-    double eta = rate > 0 ? (p->total - p->step) / rate : 0.0;
-    if (a->json) {
-        emit_json(json_pack("{s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:f}", "event", "progress", "step", p->step, "total",
-                            p->total, "loss", p->loss, "lr", p->lr, "grad_norm", p->grad_norm, "it_per_s", rate,
-                            "eta_s", eta));
-        return;
-    }
+/* The bar on a terminal; a line every 10 steps otherwise. */
+static void show_progress(const fl_train_progress *p, double rate, double eta) {
     if (!isatty(STDERR_FILENO)) {
         if (p->step % 10 == 0 || p->step == p->total)
             fprintf(stderr, "step %d/%d loss %.4f %.2f it/s\n", p->step, p->total, p->loss, rate);
@@ -239,85 +227,59 @@ static int parse_args(int argc, char **argv, train_args *a) {
     return 0;
 }
 
-/* ---- pieces of the run ------------------------------------------------------------------------- */
+/* ---- events -------------------------------------------------------------------------------------- */
 
-typedef struct prepared_set {
-    float **pixels;
-    char **captions;
-    fl_train_example *examples;
-    size_t n;
-} prepared_set;
+typedef struct cli_state {
+    const train_args *a;
+    const char *checkpoint;
+    bool checkpoint_existed; /* when --resume was given: whether the run will continue from it */
+    double t_start;
+    json_t *done;            /* held back until the exports are written */
+} cli_state;
 
-static void free_prepared(prepared_set *ps) {
-    for (size_t i = 0; i < ps->n; i++) {
-        free(ps->pixels[i]);
-        free(ps->captions[i]);
-    }
-    free(ps->pixels);
-    free(ps->captions);
-    free(ps->examples);
+static bool stop_hook(void *arg) {
+    (void)arg;
+    return stop_signal != 0;
 }
 
-/* Loads, reports rejections, resolves captions and crops to the resolution (or to each image's
- * aspect bucket, sides multiples of patch). */
-static int prepare_images(const train_args *a, int patch, prepared_set *ps, fl_error *err) {
-    memset(ps, 0, sizeof *ps);
-    fl_imageset_limits limits = fl_imageset_limits_default();
-    limits.min_images = (size_t)a->min_images;
-    limits.max_images = (size_t)a->max_images;
-    fl_imageset *set = NULL;
-    if (fl_imageset_load(a->images, &limits, &set, err) != 0) return -1;
-    for (size_t i = 0; i < set->rejected_count; i++) {
-        if (a->json)
-            emit_json(json_pack("{s:s, s:s, s:s}", "event", "rejected", "name", set->rejected[i].name, "reason",
-                                set->rejected[i].reason));
-        else
-            fprintf(stderr, "skipped %s: %s\n", set->rejected[i].name, set->rejected[i].reason);
+static void event_hook(void *arg, json_t *ev) {
+    cli_state *cs = arg;
+    const train_args *a = cs->a;
+    const char *kind = json_string_value(json_object_get(ev, "event"));
+    if (!kind) return;
+    if (!strcmp(kind, "done")) {
+        json_decref(cs->done);
+        cs->done = json_deep_copy(ev);
+        return;
     }
-    ps->n = set->count;
-    ps->pixels = fl_xcalloc(ps->n, sizeof *ps->pixels);
-    ps->captions = fl_xcalloc(ps->n, sizeof *ps->captions);
-    ps->examples = fl_xcalloc(ps->n, sizeof *ps->examples);
-    int rc = 0;
-    for (size_t i = 0; i < ps->n && rc == 0; i++) {
-        ps->captions[i] = fl_caption_resolve(set->items[i].caption, a->trigger, a->caption, a->is_style);
-        const fl_image *img = &set->items[i].image;
-        int w = a->resolution, h = a->resolution;
-        if (a->buckets && fl_bucket_choose(img->width, img->height, a->resolution, patch, &w, &h) != 0)
-            rc = fl_fail(err, FL_EINVAL, "--resolution %d has no buckets with sides a multiple of %d", a->resolution,
-                         patch);
-        ps->pixels[i] = fl_xmalloc((size_t)w * (size_t)h * 3 * sizeof(float));
-        if (rc == 0) rc = fl_preprocess_sample(img, w, h, false, ps->pixels[i], err);
-        ps->examples[i] = (fl_train_example){ps->pixels[i], w, h, ps->captions[i]};
+    if (!strcmp(kind, "start")) {
+        /* Signals stop the run from here on (a checkpoint, then exit 128 + signal). */
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        int resumed_at = (int)json_integer_value(json_object_get(ev, "resumed_at"));
+        if (a->resume && cs->checkpoint_existed) say(a, "resumed from %s at step %d\n", cs->checkpoint, resumed_at);
+        else if (a->resume) say(a, "no checkpoint at %s: starting from step 0\n", cs->checkpoint);
     }
-    fl_imageset_free(set);
-    return rc;
-}
-
-static int write_previews(const train_args *a, fl_flux_model *m, const prepared_set *ps, int step, fl_error *err) {
-    if (!a->preview_dir) return 0;
-    if (mkdir(a->preview_dir, 0755) != 0 && errno != EEXIST)
-        return fl_fail(err, FL_EIO, "%s: %s", a->preview_dir, strerror(errno));
-    float *img = fl_xmalloc((size_t)a->resolution * (size_t)a->resolution * 3 * sizeof(float));
-    int rc = 0;
-    for (int k = 0; k < a->preview_count && rc == 0; k++) {
-        fl_sample_params sp = {a->preview_prompt ? a->preview_prompt : ps->captions[0], a->resolution, a->resolution,
-                               a->preview_steps, a->cfg.guidance, (uint64_t)k + 1, a->cfg.max_text_tokens};
-        char path[4096];
-        snprintf(path, sizeof path, "%s/step%06d_%d.png", a->preview_dir, step, k);
-        rc = fl_flux_sample_pixels(m, &sp, img, err);
-        if (rc == 0) rc = fl_png_write(path, img, a->resolution, a->resolution, err);
-        if (rc == 0 && a->json) emit_json(json_pack("{s:s, s:i, s:s}", "event", "preview", "step", step, "path", path));
+    if (a->json) {
+        emit_json(json_incref(ev));
+        return;
     }
-    free(img);
-    return rc;
-}
-
-static int save_checkpoint(const train_args *a, fl_trainer *t, const char *path, fl_error *err) {
-    if (fl_trainer_save_checkpoint(t, path, err) != 0) return -1;
-    if (a->json)
-        emit_json(json_pack("{s:s, s:i, s:s}", "event", "checkpoint", "step", fl_trainer_steps_done(t), "path", path));
-    return 0;
+    if (!strcmp(kind, "rejected")) {
+        fprintf(stderr, "skipped %s: %s\n", json_string_value(json_object_get(ev, "name")),
+                json_string_value(json_object_get(ev, "reason")));
+    } else if (!strcmp(kind, "start")) {
+        fprintf(stderr, "training on %d images at %dx%d, %d steps, rank %d, targets %s\n",
+                (int)json_integer_value(json_object_get(ev, "images")), a->resolution, a->resolution, a->cfg.steps,
+                a->cfg.rank, a->cfg.targets);
+    } else if (!strcmp(kind, "progress")) {
+        fl_train_progress p = {(int)json_integer_value(json_object_get(ev, "step")),
+                               (int)json_integer_value(json_object_get(ev, "total")),
+                               json_real_value(json_object_get(ev, "loss")),
+                               json_real_value(json_object_get(ev, "grad_norm")),
+                               json_real_value(json_object_get(ev, "lr"))};
+        show_progress(&p, json_real_value(json_object_get(ev, "it_per_s")),
+                      json_real_value(json_object_get(ev, "eta_s")));
+    }
 }
 
 /* Re-reads the canonical file and writes it in another layout, carrying its metadata along. */
@@ -339,97 +301,73 @@ static int export_layout(const char *canonical, fl_lora_layout layout, const cha
     return rc;
 }
 
-static int run(train_args *a, fl_error *err) {
-    double t_start = now_s();
+static fl_train_job make_job(const train_args *a, const char *checkpoint, const char *base_hash) {
+    fl_train_job job = fl_train_job_default();
+    job.images = a->images;
+    job.trigger = a->trigger;
+    job.caption = a->caption;
+    job.is_style = a->is_style;
+    job.buckets = a->buckets;
+    job.resolution = a->resolution;
+    job.min_images = a->min_images;
+    job.max_images = a->max_images;
+    job.out = a->out;
+    job.checkpoint = checkpoint;
+    job.checkpoint_every = a->checkpoint_every;
+    job.resume = a->resume;
+    job.base_model_hash = base_hash;
+    job.device = a->device;
+    job.preview_dir = a->preview_dir;
+    job.preview_prompt = a->preview_prompt;
+    job.preview_every = a->preview_every;
+    job.preview_count = a->preview_count;
+    job.preview_steps = a->preview_steps;
+    job.cfg = a->cfg;
+    return job;
+}
+
+static int run(const train_args *a, fl_error *err) {
+    cli_state cs = {.a = a, .t_start = now_s()};
     char checkpoint[4096];
     snprintf(checkpoint, sizeof checkpoint, "%s", a->checkpoint ? a->checkpoint : "");
     if (!a->checkpoint) snprintf(checkpoint, sizeof checkpoint, "%s.ckpt", a->out);
+    cs.checkpoint = checkpoint;
     if (fl_train_config_validate(&a->cfg, err) != 0) return -1;
 
-    prepared_set ps;
-    memset(&ps, 0, sizeof ps);
     fl_device dev;
     fl_ctx *ctx = NULL;
     fl_flux_model *m = NULL;
-    fl_trainer *t = NULL;
     char base_hash[65] = "";
+    fl_train_result result = {0};
     int rc = fl_device_parse(a->device, &dev, err);
     if (rc == 0 && !(ctx = fl_ctx_create(dev, err))) rc = -1;
     if (rc == 0) rc = fl_flux_load(ctx, a->model, NULL, &m, err);
     if (rc == 0) rc = fl_sha256_file(a->model, base_hash, err);
     if (rc == 0) {
-        int patch = (int)lround(sqrt(fl_flux_get_params(m)->in_channels / 3.0));
-        rc = prepare_images(a, patch > 0 ? patch : 1, &ps, err);
+        fl_train_job job = make_job(a, checkpoint, base_hash);
+        fl_train_hooks hooks = {event_hook, stop_hook, &cs};
+        cs.checkpoint_existed = a->resume && access(checkpoint, F_OK) == 0;
+        rc = fl_train_run(m, &job, &hooks, &result, err);
     }
-    if (rc == 0 && !(t = fl_trainer_create(m, &a->cfg, ps.examples, ps.n, err))) rc = -1;
-    if (rc == 0 && a->resume) {
-        if (access(checkpoint, F_OK) == 0) {
-            rc = fl_trainer_load_checkpoint(t, checkpoint, err);
-            if (rc == 0) say(a, "resumed from %s at step %d\n", checkpoint, fl_trainer_steps_done(t));
-        } else {
-            say(a, "no checkpoint at %s: starting from step 0\n", checkpoint);
-        }
-    }
-    if (rc == 0) {
-        if (a->json)
-            emit_json(json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "event", "start", "images", (int)ps.n, "steps",
-                                a->cfg.steps, "resumed_at", fl_trainer_steps_done(t), "device", a->device, "resolution",
-                                a->resolution));
-        else
-            fprintf(stderr, "training on %zu images at %dx%d, %d steps, rank %d, targets %s\n", ps.n, a->resolution,
-                    a->resolution, a->cfg.steps, a->cfg.rank, a->cfg.targets);
-    }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    double t_loop = now_s();
-    int first_step = t ? fl_trainer_steps_done(t) : 0;
-    fl_train_progress pr = {0};
-    while (rc == 0 && fl_trainer_steps_done(t) < a->cfg.steps && !stop_signal) {
-        rc = fl_trainer_step(t, &pr, err);
-        if (rc != 0) break;
-        show_progress(a, &pr, now_s() - t_loop, pr.step - first_step);
-        if (a->checkpoint_every > 0 && pr.step % a->checkpoint_every == 0 && pr.step < a->cfg.steps)
-            rc = save_checkpoint(a, t, checkpoint, err);
-        if (rc == 0 && a->preview_every > 0 && pr.step % a->preview_every == 0 && pr.step < a->cfg.steps)
-            rc = write_previews(a, m, &ps, pr.step, err);
-    }
-    if (rc == 0 && stop_signal) {
-        rc = save_checkpoint(a, t, checkpoint, err);
-        if (rc == 0) {
-            say(a, "\ninterrupted at step %d: checkpoint %s (continue with --resume)\n", fl_trainer_steps_done(t),
-                checkpoint);
-            rc = fl_fail(err, FL_EINVAL, "interrupted by signal %d at step %d", (int)stop_signal,
-                         fl_trainer_steps_done(t));
-        }
-    }
-    if (rc == 0) {
-        char images[32], resolution[32];
-        snprintf(images, sizeof images, "%zu", ps.n);
-        snprintf(resolution, sizeof resolution, "%d", a->resolution);
-        fl_safetensors_kv extra[5] = {{"base_model", base_hash}, {"trigger", a->trigger}, {"images", images},
-                                      {"resolution", resolution}, {"is_style", a->is_style ? "true" : "false"}};
-        rc = fl_trainer_save_adapter(t, a->out, extra, 5, err);
+    if (rc != 0 && stop_signal && err->code == FL_EUNAVAILABLE) {
+        say(a, "\ninterrupted at step %d: checkpoint %s (continue with --resume)\n", result.steps, checkpoint);
+        fl_fail(err, FL_EINVAL, "interrupted by signal %d at step %d", (int)stop_signal, result.steps);
     }
     if (rc == 0 && a->export_kohya) rc = export_layout(a->out, FL_LORA_KOHYA, a->export_kohya, err);
     if (rc == 0 && a->export_peft) rc = export_layout(a->out, FL_LORA_PEFT, a->export_peft, err);
-    if (rc == 0) rc = write_previews(a, m, &ps, fl_trainer_steps_done(t), err);
     if (rc == 0) {
-        char adapter_hash[65];
-        rc = fl_sha256_file(a->out, adapter_hash, err);
-        double total = now_s() - t_start, loop = now_s() - t_loop;
-        if (rc == 0 && a->json)
-            emit_json(json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f}", "event", "done", "adapter", a->out, "sha256",
-                                adapter_hash, "steps", fl_trainer_steps_done(t), "final_loss", fl_trainer_last_loss(t),
-                                "training_time_s", loop, "total_time_s", total));
-        else if (rc == 0)
+        double total = now_s() - cs.t_start;
+        if (a->json) {
+            json_object_set_new(cs.done, "total_time_s", json_real(total));
+            emit_json(json_incref(cs.done));
+        } else {
             fprintf(stderr, "done: %s (sha256 %.16s…), %d steps, final loss %.4f, %.1f s training, %.1f s total\n",
-                    a->out, adapter_hash, fl_trainer_steps_done(t), fl_trainer_last_loss(t), loop, total);
-        if (rc == 0) unlink(checkpoint); /* the adapter supersedes it */
+                    a->out, result.sha256, result.steps, result.final_loss, result.training_s, total);
+        }
     }
-    fl_trainer_free(t);
+    json_decref(cs.done);
     fl_flux_free(m);
     fl_ctx_destroy(ctx);
-    free_prepared(&ps);
     return rc;
 }
 

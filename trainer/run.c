@@ -1,1 +1,265 @@
-/* placeholder */
+/*
+ * run.c — one training job on a resident model: the image set is loaded and checked, captions
+ * resolved, images cropped to the resolution (or their aspect buckets), then the trainer runs
+ * with checkpoints, previews and a stop request polled between steps, and the adapter is written
+ * with the job's metadata. Every event goes to the caller's hook as a JSON object; the model's
+ * adapters are detached on every return, so the next job (or a generation) starts clean.
+ */
+#include "trainer/run.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/device.h"
+#include "core/sha256.h"
+#include "datasets/captions.h"
+#include "datasets/imageset.h"
+#include "datasets/preprocess.h"
+#include "models/sampler.h"
+
+fl_train_job fl_train_job_default(void) {
+    fl_train_job j;
+    memset(&j, 0, sizeof j);
+    j.resolution = 64;
+    j.min_images = 4;
+    j.max_images = 100;
+    j.preview_count = 2;
+    j.preview_steps = 20;
+    j.cfg = fl_train_config_default();
+    return j;
+}
+
+/* ---- events ------------------------------------------------------------------------------------- */
+
+typedef struct run_state {
+    fl_flux_model *m;
+    const fl_train_job *job;
+    const fl_train_hooks *hooks;
+    char checkpoint[4096];
+    float **pixels;
+    char **captions;
+    fl_train_example *examples;
+    size_t n;
+} run_state;
+
+/* Hands the event to the hook (if any) and releases it; a NULL event (json_pack failed) is dropped. */
+static void emit(const run_state *s, json_t *event) {
+    if (event && s->hooks && s->hooks->event) s->hooks->event(s->hooks->arg, event);
+    json_decref(event);
+}
+
+static bool stop_requested(const run_state *s) {
+    return s->hooks && s->hooks->should_stop && s->hooks->should_stop(s->hooks->arg);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ---- pieces of the run ------------------------------------------------------------------------- */
+
+static int validate_job(const fl_train_job *j, int patch, fl_error *err) {
+    if (!j->images || !*j->images) return fl_fail(err, FL_EINVAL, "no image source given");
+    if (!j->out || !*j->out) return fl_fail(err, FL_EINVAL, "no adapter path given");
+    if (j->trigger && strpbrk(j->trigger, " \t\r\n")) return fl_fail(err, FL_EINVAL, "the trigger must be one word");
+    if ((!j->trigger || !*j->trigger) && !j->is_style)
+        return fl_fail(err, FL_EINVAL, "a subject adapter needs a trigger word");
+    if (j->resolution < patch || j->resolution > 4096 || j->resolution % patch)
+        return fl_fail(err, FL_EINVAL, "resolution %d must be a multiple of the patch size %d, at most 4096",
+                       j->resolution, patch);
+    if (j->min_images < 1 || j->max_images < j->min_images)
+        return fl_fail(err, FL_EINVAL, "image limits %d..%d are invalid", j->min_images, j->max_images);
+    if (j->checkpoint_every < 0 || j->preview_every < 0)
+        return fl_fail(err, FL_EINVAL, "checkpoint and preview intervals must not be negative");
+    if (j->preview_dir && (j->preview_count < 1 || j->preview_count > 16 || j->preview_steps < 1 ||
+                           j->preview_steps > 1000))
+        return fl_fail(err, FL_EINVAL, "previews: count must be in [1, 16] and steps in [1, 1000]");
+    return fl_train_config_validate(&j->cfg, err);
+}
+
+static bool has_adapters(fl_flux_model *m) {
+    for (size_t i = 0; i < fl_flux_linear_count(m); i++)
+        if (fl_flux_linear_at(m, i)->n_adapters > 0) return true;
+    return false;
+}
+
+static void free_prepared(run_state *s) {
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->pixels) free(s->pixels[i]);
+        if (s->captions) free(s->captions[i]);
+    }
+    free(s->pixels);
+    free(s->captions);
+    free(s->examples);
+}
+
+/* Loads, reports rejections, resolves captions and crops to the resolution (or to each image's
+ * aspect bucket, sides multiples of patch). */
+static int prepare_images(run_state *s, int patch, fl_error *err) {
+    const fl_train_job *j = s->job;
+    fl_imageset_limits limits = fl_imageset_limits_default();
+    limits.min_images = (size_t)j->min_images;
+    limits.max_images = (size_t)j->max_images;
+    fl_imageset *set = NULL;
+    if (fl_imageset_load(j->images, &limits, &set, err) != 0) return -1;
+    for (size_t i = 0; i < set->rejected_count; i++)
+        emit(s, json_pack("{s:s, s:s, s:s}", "event", "rejected", "name", set->rejected[i].name, "reason",
+                          set->rejected[i].reason));
+    s->n = set->count;
+    s->pixels = fl_xcalloc(s->n, sizeof *s->pixels);
+    s->captions = fl_xcalloc(s->n, sizeof *s->captions);
+    s->examples = fl_xcalloc(s->n, sizeof *s->examples);
+    const char *caption = j->caption ? j->caption : "a photo of [trigger]";
+    int rc = 0;
+    for (size_t i = 0; i < s->n && rc == 0; i++) {
+        s->captions[i] = fl_caption_resolve(set->items[i].caption, j->trigger, caption, j->is_style);
+        const fl_image *img = &set->items[i].image;
+        int w = j->resolution, h = j->resolution;
+        if (j->buckets && fl_bucket_choose(img->width, img->height, j->resolution, patch, &w, &h) != 0)
+            rc = fl_fail(err, FL_EINVAL, "resolution %d has no buckets with sides a multiple of %d", j->resolution,
+                         patch);
+        s->pixels[i] = fl_xmalloc((size_t)w * (size_t)h * 3 * sizeof(float));
+        if (rc == 0) rc = fl_preprocess_sample(img, w, h, false, s->pixels[i], err);
+        s->examples[i] = (fl_train_example){s->pixels[i], w, h, s->captions[i]};
+    }
+    fl_imageset_free(set);
+    return rc;
+}
+
+static int write_previews(const run_state *s, int step, fl_error *err) {
+    const fl_train_job *j = s->job;
+    if (!j->preview_dir) return 0;
+    if (mkdir(j->preview_dir, 0755) != 0 && errno != EEXIST)
+        return fl_fail(err, FL_EIO, "%s: %s", j->preview_dir, strerror(errno));
+    float *img = fl_xmalloc((size_t)j->resolution * (size_t)j->resolution * 3 * sizeof(float));
+    int rc = 0;
+    for (int k = 0; k < j->preview_count && rc == 0; k++) {
+        fl_sample_params sp = {j->preview_prompt ? j->preview_prompt : s->captions[0], j->resolution, j->resolution,
+                               j->preview_steps, j->cfg.guidance, (uint64_t)k + 1, j->cfg.max_text_tokens};
+        char path[4096];
+        snprintf(path, sizeof path, "%s/step%06d_%d.png", j->preview_dir, step, k);
+        rc = fl_flux_sample_pixels(s->m, &sp, img, err);
+        if (rc == 0) rc = fl_png_write(path, img, j->resolution, j->resolution, err);
+        if (rc == 0) emit(s, json_pack("{s:s, s:i, s:s}", "event", "preview", "step", step, "path", path));
+    }
+    free(img);
+    return rc;
+}
+
+static int save_checkpoint(const run_state *s, fl_trainer *t, fl_error *err) {
+    if (fl_trainer_save_checkpoint(t, s->checkpoint, err) != 0) return -1;
+    emit(s, json_pack("{s:s, s:i, s:s}", "event", "checkpoint", "step", fl_trainer_steps_done(t), "path",
+                      s->checkpoint));
+    return 0;
+}
+
+static int save_adapter(const run_state *s, fl_trainer *t, fl_error *err) {
+    const fl_train_job *j = s->job;
+    char images[32], resolution[32];
+    snprintf(images, sizeof images, "%zu", s->n);
+    snprintf(resolution, sizeof resolution, "%d", j->resolution);
+    fl_safetensors_kv extra[5];
+    size_t n = 0;
+    if (j->base_model_hash) extra[n++] = (fl_safetensors_kv){"base_model", j->base_model_hash};
+    extra[n++] = (fl_safetensors_kv){"trigger", j->trigger ? j->trigger : ""};
+    extra[n++] = (fl_safetensors_kv){"images", images};
+    extra[n++] = (fl_safetensors_kv){"resolution", resolution};
+    extra[n++] = (fl_safetensors_kv){"is_style", j->is_style ? "true" : "false"};
+    return fl_trainer_save_adapter(t, j->out, extra, n, err);
+}
+
+/* ---- the run ------------------------------------------------------------------------------------ */
+
+static int run(run_state *s, fl_train_result *r, fl_error *err) {
+    const fl_train_job *j = s->job;
+    double t_start = now_s();
+    if (has_adapters(s->m)) return fl_fail(err, FL_EINVAL, "the model has adapters attached: detach them first");
+    const fl_flux_params *p = fl_flux_get_params(s->m);
+    int patch = (int)lround(sqrt(p->in_channels / 3.0));
+    if (patch < 1) patch = 1;
+    if (validate_job(j, patch, err) != 0) return -1;
+    snprintf(s->checkpoint, sizeof s->checkpoint, "%s", j->checkpoint ? j->checkpoint : "");
+    if (!j->checkpoint) snprintf(s->checkpoint, sizeof s->checkpoint, "%s.ckpt", j->out);
+
+    if (prepare_images(s, patch, err) != 0) return -1;
+    r->images = (int)s->n;
+    fl_trainer *t = fl_trainer_create(s->m, &j->cfg, s->examples, s->n, err);
+    if (!t) return -1;
+    int rc = 0;
+    if (j->resume && access(s->checkpoint, F_OK) == 0) rc = fl_trainer_load_checkpoint(t, s->checkpoint, err);
+    r->resumed_at = fl_trainer_steps_done(t);
+    r->steps = r->resumed_at;
+    if (rc == 0) {
+        char device[32];
+        const char *dev = j->device ? j->device : fl_device_str(fl_flux_get_ctx(s->m)->device, device, sizeof device);
+        emit(s, json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "event", "start", "images", (int)s->n, "steps",
+                          j->cfg.steps, "resumed_at", r->resumed_at, "device", dev, "resolution", j->resolution));
+    }
+    double t_loop = now_s();
+    bool stopped = false;
+    fl_train_progress pr = {0};
+    while (rc == 0 && fl_trainer_steps_done(t) < j->cfg.steps) {
+        if (stop_requested(s)) {
+            stopped = true;
+            break;
+        }
+        rc = fl_trainer_step(t, &pr, err);
+        if (rc != 0) break;
+        r->steps = pr.step;
+        r->final_loss = pr.loss;
+        double elapsed = now_s() - t_loop;
+        double rate = elapsed > 0 ? (pr.step - r->resumed_at) / elapsed : 0.0;
+        double eta = rate > 0 ? (pr.total - pr.step) / rate : 0.0;
+        emit(s, json_pack("{s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:f}", "event", "progress", "step", pr.step, "total",
+                          pr.total, "loss", pr.loss, "lr", pr.lr, "grad_norm", pr.grad_norm, "it_per_s", rate,
+                          "eta_s", eta));
+        if (j->checkpoint_every > 0 && pr.step % j->checkpoint_every == 0 && pr.step < j->cfg.steps)
+            rc = save_checkpoint(s, t, err);
+        if (rc == 0 && j->preview_every > 0 && pr.step % j->preview_every == 0 && pr.step < j->cfg.steps)
+            rc = write_previews(s, pr.step, err);
+    }
+    r->steps = fl_trainer_steps_done(t);
+    r->final_loss = fl_trainer_last_loss(t);
+    if (rc == 0 && stopped) {
+        rc = save_checkpoint(s, t, err);
+        if (rc == 0)
+            rc = fl_fail(err, FL_EUNAVAILABLE, "stopped at step %d: checkpoint %s", r->steps, s->checkpoint);
+    }
+    if (rc == 0) rc = save_adapter(s, t, err);
+    if (rc == 0) rc = write_previews(s, r->steps, err);
+    if (rc == 0) rc = fl_sha256_file(j->out, r->sha256, err);
+    r->training_s = now_s() - t_loop;
+    r->total_s = now_s() - t_start;
+    if (rc == 0) {
+        emit(s, json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f}", "event", "done", "adapter", j->out, "sha256",
+                          r->sha256, "steps", r->steps, "final_loss", r->final_loss, "training_time_s", r->training_s,
+                          "total_time_s", r->total_s));
+        unlink(s->checkpoint); /* the adapter supersedes it */
+    }
+    fl_trainer_free(t);
+    return rc;
+}
+
+int fl_train_run(fl_flux_model *m, const fl_train_job *job, const fl_train_hooks *hooks, fl_train_result *result,
+                 fl_error *err) {
+    fl_train_result scratch;
+    fl_train_result *r = result ? result : &scratch;
+    memset(r, 0, sizeof *r);
+    run_state s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    s.job = job;
+    s.hooks = hooks;
+    int rc = run(&s, r, err);
+    free_prepared(&s);
+    fl_flux_clear_adapters(m); /* success or failure: the next job starts from the bare model */
+    return rc;
+}

@@ -21,7 +21,7 @@
 
 typedef struct fl_train_job {
     const char *images;          /* folder, archive file, or http(s) URL */
-    const char *trigger;         /* one word */
+    const char *trigger;         /* one word (may be NULL or empty for a style adapter) */
     const char *caption;         /* for images without a sidecar; NULL: "a photo of [trigger]" */
     bool is_style;
     bool buckets;
@@ -31,9 +31,12 @@ typedef struct fl_train_job {
     const char *checkpoint;      /* NULL: "<out>.ckpt" */
     int checkpoint_every;        /* 0: only when stopped */
     bool resume;                 /* continue from the checkpoint when it exists */
-    const char *base_model_hash; /* sha256 of the model file, recorded in the adapter */
+    const char *base_model_hash; /* sha256 of the model file, recorded in the adapter (NULL: not recorded) */
+    const char *device;          /* named in the start event; NULL: the model's device ("cpu", "cuda:0") */
     const char *preview_dir;     /* NULL: no previews */
-    const char *preview_prompt;
+    const char *preview_prompt;  /* NULL: the first image's caption */
+    /* Previews: preview_count images (seeds 1..count, preview_steps sampling steps, resolution
+     * square) as preview_dir/stepNNNNNN_K.png every preview_every steps (0: only at the end). */
     int preview_every, preview_count, preview_steps;
     fl_train_config cfg;
 } fl_train_job;
@@ -59,8 +62,18 @@ typedef struct fl_train_result {
     int resumed_at;      /* step the run started from */
 } fl_train_result;
 
-/* Runs the job on m. hooks may be NULL. A stop request returns -1 with FL_EUNAVAILABLE after
- * writing the checkpoint; the checkpoint is removed once the adapter is written. */
+/* Runs the job on m. hooks and result may be NULL. A stop request returns -1 with FL_EUNAVAILABLE
+ * after writing the checkpoint; the checkpoint is removed once the adapter is written. A model that
+ * already has adapters attached is refused (FL_EINVAL). On every return, success or failure, m has
+ * no adapters attached. result is filled as far as the run got (sha256 only on success).
+ *
+ * Events (each has "event" naming it; the same objects `flashlora train --json` prints):
+ *   rejected    name, reason                    a file of the set that cannot be used
+ *   start       images, steps, resumed_at, device, resolution
+ *   progress    step, total, loss, lr, grad_norm, it_per_s, eta_s    after every step
+ *   checkpoint  step, path
+ *   preview     step, path
+ *   done        adapter, sha256, steps, final_loss, training_time_s, total_time_s */
 int fl_train_run(fl_flux_model *m, const fl_train_job *job, const fl_train_hooks *hooks, fl_train_result *result,
                  fl_error *err);
 
