@@ -572,11 +572,9 @@ static int build_pairs(const reader *r, fl_lora *l, entry *es, size_t n, fl_erro
 
 /* ---- loading ------------------------------------------------------------------------------------ */
 
-static int load(const char *path, const char *const *paths, const fl_lora_dims *dims, size_t n_paths, fl_lora **out,
-                fl_error *err) {
-    *out = NULL;
-    fl_safetensors *st = NULL;
-    if (fl_safetensors_open(path, &st, err) != 0) return fl_fail_prefix(err, "%s", path);
+/* Reads an open file; label names it in errors (a path, or "upload"). */
+static int load_open(fl_safetensors *st, const char *label, const char *const *paths, const fl_lora_dims *dims,
+                     size_t n_paths, fl_lora **out, fl_error *err) {
     fl_lora *l = fl_lora_new();
     reader r = {.st = st, .paths = paths, .path_dims = dims, .n_paths = paths ? n_paths : 0};
     r.kind = detect_kind(st);
@@ -600,13 +598,88 @@ static int load(const char *path, const char *const *paths, const fl_lora_dims *
     if (rc == 0) rc = build_pairs(&r, l, es, n, err);
     free(es);
     json_decref(r.peft);
-    fl_safetensors_close(st);
     if (rc != 0) {
         fl_lora_free(l);
-        return fl_fail_prefix(err, "%s", path);
+        return fl_fail_prefix(err, "%s", label);
     }
     *out = l;
     return 0;
+}
+
+static int load(const char *path, const char *const *paths, const fl_lora_dims *dims, size_t n_paths, fl_lora **out,
+                fl_error *err) {
+    *out = NULL;
+    fl_safetensors *st = NULL;
+    if (fl_safetensors_open(path, &st, err) != 0) return fl_fail_prefix(err, "%s", path);
+    int rc = load_open(st, path, paths, dims, n_paths, out, err);
+    fl_safetensors_close(st);
+    return rc;
+}
+
+int fl_lora_load_memory(const void *data, size_t size, const char *label, const char *const *module_paths,
+                        const fl_lora_dims *dims, size_t n_paths, fl_lora **out, fl_error *err) {
+    *out = NULL;
+    if (!label) label = "adapter";
+    fl_safetensors *st = NULL;
+    if (fl_safetensors_open_memory(data, size, &st, err) != 0) return fl_fail_prefix(err, "%s", label);
+    int rc = load_open(st, label, module_paths, dims, n_paths, out, err);
+    fl_safetensors_close(st);
+    return rc;
+}
+
+/* Appends ", item" (or "item" first) to a list message while it has room; counts every item. */
+static void list_item(char *buf, size_t size, size_t *shown, size_t *count, const char *item) {
+    (*count)++;
+    if (*shown >= 5) return;
+    size_t used = strlen(buf);
+    int n = snprintf(buf + used, size - used, "%s%s", *shown ? ", " : "", item);
+    if (n < 0 || (size_t)n >= size - used) {
+        buf[used] = '\0';
+        return;
+    }
+    for (char *c = buf + used; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?'; /* keys come from outside: keep one line */
+    (*shown)++;
+}
+
+int fl_lora_check_dims(const fl_lora *l, const char *const *module_paths, const fl_lora_dims *dims, size_t n_paths,
+                       fl_error *err) {
+    char unknown[320] = "", shapes[320] = "", item[256];
+    size_t n_unknown = 0, shown_unknown = 0, n_shapes = 0, shown_shapes = 0;
+    for (size_t i = 0; i < l->n_unmatched; i++)
+        list_item(unknown, sizeof unknown, &shown_unknown, &n_unknown, l->unmatched[i]);
+    for (size_t i = 0; i < l->n_pairs; i++) {
+        const char *module = l->pairs[i].module;
+        size_t k = 0;
+        while (k < n_paths && strcmp(module_paths[k], module)) k++;
+        if (k == n_paths) {
+            list_item(unknown, sizeof unknown, &shown_unknown, &n_unknown, module);
+            continue;
+        }
+        if (l->dims[i].in != dims[k].in || l->dims[i].out != dims[k].out) {
+            snprintf(item, sizeof item, "%s is [%lld, %lld], the model's [%lld, %lld]", module,
+                     (long long)l->dims[i].out, (long long)l->dims[i].in, (long long)dims[k].out,
+                     (long long)dims[k].in);
+            list_item(shapes, sizeof shapes, &shown_shapes, &n_shapes, item);
+        }
+    }
+    if (!n_unknown && !n_shapes) {
+        if (l->n_pairs == 0) return fl_fail(err, FL_EINVAL, "the file holds no LoRA pairs");
+        return 0;
+    }
+    char more_unknown[48] = "", more_shapes[48] = "";
+    if (n_unknown > shown_unknown)
+        snprintf(more_unknown, sizeof more_unknown, " and %zu more", n_unknown - shown_unknown);
+    if (n_shapes > shown_shapes)
+        snprintf(more_shapes, sizeof more_shapes, " and %zu more", n_shapes - shown_shapes);
+    if (n_unknown && n_shapes)
+        return fl_fail(err, FL_EINVAL, "%zu key(s) adapt no Linear of the model (%s%s); %zu pair(s) have the wrong "
+                                       "shape (%s%s)",
+                       n_unknown, unknown, more_unknown, n_shapes, shapes, more_shapes);
+    if (n_unknown)
+        return fl_fail(err, FL_EINVAL, "%zu key(s) adapt no Linear of the model: %s%s", n_unknown, unknown,
+                       more_unknown);
+    return fl_fail(err, FL_EINVAL, "%zu pair(s) have the wrong shape: %s%s", n_shapes, shapes, more_shapes);
 }
 
 int fl_lora_load(const char *path, const char *const *module_paths, size_t n_paths, fl_lora **out, fl_error *err) {

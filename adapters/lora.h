@@ -60,6 +60,17 @@ int fl_lora_load(const char *path, const char *const *module_paths, size_t n_pat
 /* The same against a model's Linears, whose shapes also size the parts a peft file leaves out. */
 int fl_lora_load_for_model(const char *path, fl_flux_model *m, fl_lora **out, fl_error *err);
 void fl_lora_free(fl_lora *lora);
+/* The same over bytes in memory (an upload; not copied, need not outlive the call). label names
+ * the bytes in errors ("upload"); dims (may be NULL) are the shapes of module_paths, which size
+ * the parts a peft file leaves out, as fl_lora_load_for_model does. */
+int fl_lora_load_memory(const void *data, size_t size, const char *label, const char *const *module_paths,
+                        const fl_lora_dims *dims, size_t n_paths, fl_lora **out, fl_error *err);
+/* Checks a loaded adapter against a model's Linears (module_paths with shapes dims): fails with
+ * FL_EINVAL listing (the first few and a count) the keys that adapt no Linear (lora->unmatched,
+ * or a pair whose module is not among module_paths) and the pairs whose [out, in] differ from
+ * the Linear's; also fails for an adapter with no pairs. */
+int fl_lora_check_dims(const fl_lora *lora, const char *const *module_paths, const fl_lora_dims *dims,
+                       size_t n_paths, fl_error *err);
 
 /* An empty adapter, and appending a pair (a [rank, in] and b [out, rank] are copied). Fails for a
  * module already present or rank/in/out < 1. */

@@ -5,10 +5,12 @@
  *   fl:adapter:<id>              hash: the fields of fl_adapter_info
  *   fl:tenant:<tenant>:adapters  sorted set of ids scored by creation time (listing, pagination)
  *   fl:tenant:<tenant>:names     hash name -> id, and trigger word -> id under "trigger:<word>"
- *   fl:blob:<sha256>             number of registry entries using that stored file
+ *                                (a trigger word names the tenant's latest adapter that has it)
+ *   fl:blob:<sha256>             number of registry entries using that stored file ("-1" while
+ *                                the file of a last deleted entry is being removed)
  * Creation happens only after the file is durably in the store (adapters/store.h) and is one
- * MULTI/EXEC transaction, so an entry never exists without its file. Deletion removes the entry
- * first (one transaction), then the file when no other entry uses it. Every read takes the
+ * atomic step (a Lua script), so an entry never exists without its file. Deletion removes the
+ * entry first (one atomic step), then the file when no other entry uses it. Every read takes the
  * caller's tenant: an adapter of another tenant is FL_ENOTFOUND, exactly like a missing one.
  *
  * Import: an uploaded or downloaded file in any layout adapters/lora.h reads is converted once to

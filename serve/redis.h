@@ -10,7 +10,9 @@
  *
  * The private server: redis-server started with its data directory under the service's state
  * directory, AOF on (appendfsync everysec), no TCP port, a unix socket in that directory. It is
- * stopped with SHUTDOWN (which writes the AOF) when the service exits.
+ * stopped with SHUTDOWN (which writes the AOF) when the service exits. It receives SIGTERM when
+ * the thread that started it exits (PR_SET_PDEATHSIG), so a killed service never leaves one behind:
+ * start it from the thread that lives as long as the service.
  */
 #ifndef FL_SERVE_REDIS_H
 #define FL_SERVE_REDIS_H
