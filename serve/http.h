@@ -7,7 +7,10 @@
  * streaming body (server-sent events). Bodies are buffered in memory up to a limit: JSON and
  * other bodies up to max_body_bytes, multipart/form-data up to max_upload_bytes (parsed into
  * parts by MHD's post processor). A body over its limit never reaches the handler: the client
- * gets 413 with a JSON error as soon as the limit is crossed (Content-Length is checked first).
+ * gets 413 with a JSON error, at once when Content-Length declares too much; a body without one
+ * (chunked) stops being stored as soon as it crosses the limit, the rest is read and discarded
+ * (up to 16 MiB more, then the connection is cut) and the 413 follows when it ends, because
+ * libmicrohttpd 0.9 cannot answer while a body is still arriving. Malformed multipart is 400.
  * Errors are JSON: {"error": {"code": "...", "message": "..."}}.
  */
 #ifndef FL_SERVE_HTTP_H
@@ -26,7 +29,7 @@ typedef struct fl_http_part {
     char *name;
     char *filename;     /* NULL for a plain field */
     char *content_type; /* may be NULL */
-    unsigned char *data;
+    unsigned char *data; /* followed by a NUL byte (not counted in size), like the raw body */
     size_t size;
 } fl_http_part;
 
@@ -51,7 +54,12 @@ const char *fl_http_header(const fl_http_request *req, const char *name);
 const fl_http_part *fl_http_part_get(const fl_http_request *req, const char *name);
 
 /* Streaming body: fill buf with up to max bytes and return how many; return 0 to be called again
- * later (after a short wait), -1 to end the stream. May block. */
+ * later (after a short wait, about 20 ms, during which the layer also checks whether the client
+ * hung up), -1 to end the stream. May block, but briefly: the layer ends the stream itself
+ * when the client leaves or the server stops, yet only between calls, so a function that waits
+ * for events should wait in slices (say up to a second) and return 0 when nothing came, and
+ * return -1 once fl_http_stopping() is true. A stream that stays silent longer than
+ * connection_timeout_s is closed as idle: send a keep-alive (an SSE comment) before that. */
 typedef ssize_t (*fl_http_stream_fn)(void *arg, char *buf, size_t max);
 
 #define FL_HTTP_MAX_HEADERS 8
@@ -75,24 +83,33 @@ void fl_http_reply_error(fl_http_response *res, int status, const char *code, co
 void fl_http_reply_bytes(fl_http_response *res, int status, const char *content_type, const void *data, size_t size);
 void fl_http_add_header(fl_http_response *res, const char *name, const char *value);
 
-/* The handler: runs on the connection's thread; must set res (status and body or stream). */
+/* The handler: runs on the connection's thread; must set res (status and body or stream). A
+ * response with neither a status, a body nor a stream becomes 500; a body without a status is
+ * 200. Streamed responses get `Cache-Control: no-cache` and `X-Accel-Buffering: no` unless the
+ * handler set those headers. Request strings are valid only during the call. */
 typedef void (*fl_http_handler)(void *app, const fl_http_request *req, fl_http_response *res);
 
 typedef struct fl_http_config {
     const char *bind_address;  /* "127.0.0.1" (default), "0.0.0.0" */
-    int port;                  /* 0: any free port (see fl_http_port) */
+    int port;                  /* default 8080; 0: any free port (see fl_http_port) */
     int max_connections;       /* default 256 */
     size_t max_body_bytes;     /* default 1 MiB */
     size_t max_upload_bytes;   /* default 256 MiB */
     int connection_timeout_s;  /* idle connections close after this (default 60) */
 } fl_http_config;
 
+/* The defaults above; fl_http_start also treats a zero (or NULL) field as its default. */
 fl_http_config fl_http_config_default(void);
 
 typedef struct fl_http_server fl_http_server;
 int fl_http_start(const fl_http_config *config, fl_http_handler handler, void *app, fl_http_server **out,
                   fl_error *err);
+/* The port actually listened on (the chosen one when the config said 0). */
 int fl_http_port(const fl_http_server *s);
+/* True once fl_http_stop has begun: long-running handlers and stream functions should finish. */
+bool fl_http_stopping(const fl_http_server *s);
+/* Stop listening, end every stream, wait for every connection thread (so for every running
+ * handler to return), and free the server. */
 void fl_http_stop(fl_http_server *s);
 
 #endif
