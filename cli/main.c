@@ -16,8 +16,14 @@ typedef struct command {
 static const command commands[] = {
     {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
     {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
+    {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
+#if FL_HAVE_SERVICE
+    {"serve", fl_cmd_serve, "run the HTTP API with in-process workers (private Redis unless --redis)"},
+    {"worker", fl_cmd_worker, "run training and generation jobs from the shared Redis"},
+    {"keys", fl_cmd_keys, "create or revoke API keys of a tenant"},
+#endif
 };
 
 static void usage(FILE *out) {

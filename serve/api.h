@@ -1,0 +1,53 @@
+/*
+ * api.h — the HTTP API of the service (serve/openapi.yaml describes it): authentication, request
+ * validation into plain JSON job requests, the routes, and the mapping of errors to statuses.
+ *
+ *   POST /v1/trainings                 archive upload (multipart) or {images_url}, options -> 202 job
+ *   GET  /v1/jobs/{id}                 state, progress, result or error
+ *   GET  /v1/jobs/{id}/events          server-sent events until the job ends
+ *   POST /v1/generations               {prompt, adapters:[{id, scale}], ...} -> 202 job, or 200
+ *                                      with base64 PNGs when "sync": true
+ *   GET  /v1/images/{id}.png
+ *   GET  /v1/adapters, POST /v1/adapters (import), GET|DELETE /v1/adapters/{id}
+ *   GET  /healthz, GET /metrics        (no key needed)
+ *
+ * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
+ * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming
+ * the field; bodies over the limits 413; full queues 429 with Retry-After; Redis unreachable 503.
+ */
+#ifndef FL_SERVE_API_H
+#define FL_SERVE_API_H
+#include <stddef.h>
+
+#include "core/error.h"
+#include "models/flux.h"
+#include "serve/http.h"
+#include "serve/metrics.h"
+
+typedef struct fl_api_config {
+    const char *redis_address;
+    const char *state_dir;
+    fl_flux_params params;       /* of the resident base model */
+    char base_model_hash[65];
+    long max_pending_generate;   /* generation jobs queued or running before 429 (default 64) */
+    long max_pending_train;      /* training jobs (default 8) */
+    int max_resolution;          /* largest width / height / training resolution (default 1024) */
+    int max_generation_steps;    /* default 100 */
+    int max_num_images;          /* per generation request (default 8) */
+    int max_train_steps;         /* default 5000 */
+    int max_rank;                /* default 128 */
+    int max_text_tokens;         /* text length every request is encoded to (default 32) */
+    int sync_timeout_s;          /* how long "sync": true waits (default 120) */
+    int retry_after_s;           /* Retry-After of a 429 (default 2) */
+    fl_metrics *metrics;         /* required */
+} fl_api_config;
+
+fl_api_config fl_api_config_default(void);
+
+typedef struct fl_api fl_api;
+int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err);
+void fl_api_free(fl_api *api);
+/* The fl_http_handler of the service (app is the fl_api). */
+void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res);
+
+#endif
