@@ -2,7 +2,7 @@
 adapters against the real `flashlora serve` (private redis-server, in-process workers).
 
   load_test.py FLASHLORA SOURCE_DIR [--clients 16] [--requests 200] [--adapters 8] [--workers 1]
-               [--size 16] [--steps 4] [--max-queue 32] [--threads N]
+               [--size 16] [--steps 4] [--max-queue 32] [--batch 8] [--threads N]
 
 Each client sends synchronous generations naming one or two of the adapters (random scales);
 a 429 is retried after its Retry-After. Prints throughput, latency percentiles of completed
@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--max-queue", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8, help="images per worker batch")
     ap.add_argument("--threads", type=int, default=0, help="FLASHLORA_THREADS for the service (0: default)")
     args = ap.parse_args()
 
@@ -53,7 +54,8 @@ def main():
     if args.threads:
         env["FLASHLORA_THREADS"] = str(args.threads)
     svc = sc.Service(args.binary, model, os.path.join(work, "state"),
-                     ["--workers", str(args.workers), "--max-queue", str(args.max_queue), "--batch-wait-ms", "5"],
+                     ["--workers", str(args.workers), "--max-queue", str(args.max_queue), "--batch-wait-ms", "5",
+                      "--batch", str(args.batch)],
                      env=env)
     failures = []
     try:
@@ -101,14 +103,15 @@ def main():
                     failures.append("%d %s" % (r.status, r.body[:200]))
         wall = time.time() - t_start
         ok = counts.get(200, 0)
-        print("requests %d, clients %d, adapters %d, workers %d, %dx%d, %d steps" %
-              (args.requests, args.clients, len(ids), args.workers, args.size, args.size, args.steps))
+        print("requests %d, clients %d, adapters %d, workers %d, batch %d, %dx%d, %d steps" %
+              (args.requests, args.clients, len(ids), args.workers, args.batch, args.size, args.size, args.steps))
         print("completed %d in %.2f s: %.2f requests/s" % (ok, wall, ok / wall if wall > 0 else 0))
         print("latency p50 %.3f s, p90 %.3f s, p99 %.3f s, max %.3f s" %
               (percentile(latencies, 0.5), percentile(latencies, 0.9), percentile(latencies, 0.99),
                max(latencies) if latencies else float("nan")))
         print("mean batch size %.2f; 429 answers (retried) %d; statuses %s" %
               (sum(batch_sizes) / len(batch_sizes) if batch_sizes else 0, rejected[0], counts))
+        time.sleep(1.0)  # one worker heartbeat, which carries the cache counters
         metrics = sc.request(svc.base, "GET", "/metrics").body.decode()
         for line in metrics.splitlines():
             if line.startswith(("flashlora_adapter_cache", "flashlora_resident_adapters ")):

@@ -171,7 +171,7 @@ static void fail_job(worker_state *w, fl_job_kind kind, const work_item *it, con
 
 static void heartbeat(worker_state *w, bool force) {
     int64_t now = fl_now_ms();
-    if (!force && now - w->last_heartbeat_ms < 2000) return;
+    if (!force && now - w->last_heartbeat_ms < 500) return;
     w->last_heartbeat_ms = now;
     fl_adapter_cache_stats cs = fl_adapter_cache_get_stats(w->cache);
     const char *hashes[32];
