@@ -335,12 +335,15 @@ static void adapters_list(fl_api *api, fl_redis *r, const char *tenant, const fl
     const char *q_off = fl_http_query(req, "offset"), *q_lim = fl_http_query(req, "limit");
     char *end = NULL;
     if (q_off && ((offset = strtoll(q_off, &end, 10)) < 0 || *end))
-        return fl_http_reply_error(res, 400, "invalid_input", "query 'offset': expected an integer >= 0");
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'offset': expected an integer >= 0"); return; }
     if (q_lim && ((limit = strtoll(q_lim, &end, 10)) < 1 || limit > 500 || *end))
-        return fl_http_reply_error(res, 400, "invalid_input", "query 'limit': expected an integer in [1, 500]");
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'limit': expected an integer in [1, 500]"); return; }
     fl_adapter_info *items = NULL;
     size_t n = 0, total = 0;
-    if (fl_registry_list(r, tenant, (size_t)offset, (size_t)limit, &items, &n, &total, &err) != 0) return reply_err(res, &err);
+    if (fl_registry_list(r, tenant, (size_t)offset, (size_t)limit, &items, &n, &total, &err) != 0) {
+        reply_err(res, &err);
+        return;
+    }
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(list, adapter_json(&items[i]));
@@ -358,7 +361,7 @@ static void adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
                             fl_http_response *res) {
     fl_error err = {0};
     json_t *o = request_object(req, &err);
-    if (!o) return reply_err(res, &err);
+    if (!o) { reply_err(res, &err); return; }
     static const char *const allowed[] = {"name", "trigger_word", "url", NULL};
     const char *name = NULL, *trigger = NULL, *url = NULL;
     const fl_http_part *file = fl_http_part_get(req, "file");
@@ -385,7 +388,7 @@ static void adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
     json_decref(o);
     if (rc != 0) {
         fl_adapter_info_clear(&info);
-        return reply_err(res, &err);
+        { reply_err(res, &err); return; }
     }
     fl_http_reply_json(res, 201, adapter_json(&info));
     fl_adapter_info_clear(&info);
@@ -395,7 +398,7 @@ static void adapters_one(fl_api *api, fl_redis *r, const char *tenant, const cha
                          fl_http_response *res) {
     fl_error err = {0};
     fl_adapter_info info;
-    if (find_adapter(r, tenant, id, &info, &err) != 0) return reply_err(res, &err);
+    if (find_adapter(r, tenant, id, &info, &err) != 0) { reply_err(res, &err); return; }
     if (!strcmp(req->method, "GET")) {
         fl_http_reply_json(res, 200, adapter_json(&info));
     } else if (fl_registry_delete(r, api->store, tenant, info.id, &err) != 0) {
@@ -429,7 +432,7 @@ static void trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
                              fl_http_response *res) {
     fl_error err = {0};
     json_t *o = request_object(req, &err);
-    if (!o) return reply_err(res, &err);
+    if (!o) { reply_err(res, &err); return; }
     static const char *const allowed[] = {"images_url", "trigger_word", "name", "steps", "rank", "alpha",
                                           "learning_rate", "resolution", "caption", "is_style", "buckets", "seed",
                                           "batch_size", "targets", NULL};
@@ -488,7 +491,7 @@ static void trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
     }
     if (rc != 0) {
         json_decref(o);
-        return reply_err(res, &err);
+        { reply_err(res, &err); return; }
     }
     json_t *job = json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:I, s:I, s:I, s:b, s:b}", "images",
                             archive ? upload_path : url, "trigger_word", trigger, "steps", (json_int_t)steps, "rank",
@@ -507,8 +510,8 @@ static void trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
     free(text);
     if (rc != 0 || full) {
         if (*upload_path) unlink(upload_path);
-        if (rc != 0) return reply_err(res, &err);
-        return reply_queue_full(api, res, "training", api->cfg.max_pending_train);
+        if (rc != 0) { reply_err(res, &err); return; }
+        { reply_queue_full(api, res, "training", api->cfg.max_pending_train); return; }
     }
     reply_accepted(res, job_id);
 }
@@ -535,7 +538,7 @@ static json_t *job_json(const fl_job *job) {
 static void jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
     fl_error err = {0};
     fl_job job;
-    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) return reply_err(res, &err);
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { reply_err(res, &err); return; }
     fl_http_reply_json(res, 200, job_json(&job));
     fl_job_clear(&job);
 }
@@ -624,13 +627,13 @@ static void jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char
                         fl_http_response *res) {
     fl_error err = {0};
     fl_job job;
-    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) return reply_err(res, &err);
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { reply_err(res, &err); return; }
     fl_job_clear(&job);
     event_stream *es = fl_xcalloc(1, sizeof *es);
     if (fl_redis_connect(api->cfg.redis_address, &es->r, &err) != 0) {
         free(es);
         err.code = FL_EUNAVAILABLE;
-        return reply_err(res, &err);
+        { reply_err(res, &err); return; }
     }
     snprintf(es->key, sizeof es->key, "fl:job:%s:events", id);
     const char *last = fl_http_header(req, "Last-Event-ID");
@@ -679,9 +682,9 @@ static int wait_for_job(fl_api *api, const char *id, int timeout_s, fl_error *er
 static void reply_sync_result(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
     fl_error err = {0};
     int w = wait_for_job(api, id, api->cfg.sync_timeout_s, &err);
-    if (w < 0) return reply_err(res, &err);
+    if (w < 0) { reply_err(res, &err); return; }
     fl_job job;
-    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) return reply_err(res, &err);
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { reply_err(res, &err); return; }
     if (w == 1) {
         fl_job_clear(&job);
         fl_http_reply_error(res, 504, "timeout", "job %s did not finish within %d s; follow it at /v1/jobs/%s", id,
@@ -723,7 +726,7 @@ static void generations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res) {
     fl_error err = {0};
     json_t *o = request_object(req, &err);
-    if (!o) return reply_err(res, &err);
+    if (!o) { reply_err(res, &err); return; }
     static const char *const allowed[] = {"prompt", "adapters", "width", "height", "steps", "guidance", "seed",
                                           "num_images", "sync", NULL};
     const char *prompt = NULL;
@@ -778,7 +781,7 @@ static void generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     if (rc != 0) {
         json_decref(adapters);
         json_decref(o);
-        return reply_err(res, &err);
+        { reply_err(res, &err); return; }
     }
     json_t *job = json_pack("{s:s, s:o, s:I, s:I, s:I, s:f, s:I, s:I, s:i}", "prompt", prompt, "adapters", adapters,
                             "width", (json_int_t)width, "height", (json_int_t)height, "steps", (json_int_t)steps,
@@ -792,9 +795,9 @@ static void generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     bool full = false;
     rc = fl_jobs_enqueue(r, FL_JOB_GENERATE, job_id, tenant, text, api->cfg.max_pending_generate, &full, &err);
     free(text);
-    if (rc != 0) return reply_err(res, &err);
-    if (full) return reply_queue_full(api, res, "generation", api->cfg.max_pending_generate);
-    if (sync) return reply_sync_result(api, r, tenant, job_id, res);
+    if (rc != 0) { reply_err(res, &err); return; }
+    if (full) { reply_queue_full(api, res, "generation", api->cfg.max_pending_generate); return; }
+    if (sync) { reply_sync_result(api, r, tenant, job_id, res); return; }
     reply_accepted(res, job_id);
 }
 
@@ -802,21 +805,21 @@ static void images_get(fl_api *api, fl_redis *r, const char *tenant, const char 
     fl_error err = {0};
     size_t n = strlen(name);
     if (n < 5 || n > 60 || strcmp(name + n - 4, ".png") != 0)
-        return fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name);
+        { fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name); return; }
     char id[64];
     snprintf(id, sizeof id, "%.*s", (int)(n - 4), name);
     if (strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(id))
-        return fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name);
+        { fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name); return; }
     redisReply *rep = fl_redis_cmd(r, &err, "HGET fl:image:%s tenant", id);
-    if (!rep) return reply_err(res, &err);
+    if (!rep) { reply_err(res, &err); return; }
     bool mine = rep->type == REDIS_REPLY_STRING && !strcmp(rep->str, tenant);
     freeReplyObject(rep);
-    if (!mine) return fl_http_reply_error(res, 404, "not_found", "no image '%s'", name);
+    if (!mine) { fl_http_reply_error(res, 404, "not_found", "no image '%s'", name); return; }
     char path[4300];
     snprintf(path, sizeof path, "%s/images/%s.png", api->cfg.state_dir, id);
     size_t size = 0;
     char *png = read_whole(path, &size);
-    if (!png) return fl_http_reply_error(res, 404, "not_found", "image '%s' is no longer stored", name);
+    if (!png) { fl_http_reply_error(res, 404, "not_found", "image '%s' is no longer stored", name); return; }
     fl_http_reply_bytes(res, 200, "image/png", png, size);
     free(png);
 }
@@ -829,7 +832,10 @@ static void healthz(fl_api *api, fl_http_response *res) {
     redisReply *rep = r ? fl_redis_cmd(r, &err, "PING") : NULL;
     if (!rep) {
         pool_put(api, r);
-        return fl_http_reply_json(res, 503, json_pack("{s:s, s:s}", "status", "unavailable", "redis", err.message));
+        {
+            fl_http_reply_json(res, 503, json_pack("{s:s, s:s}", "status", "unavailable", "redis", err.message));
+            return;
+        }
     }
     freeReplyObject(rep);
     long long workers = 0, gen = 0, train = 0;
@@ -959,22 +965,22 @@ static bool split_path(const char *path, char *collection, char *id, char *tail)
 static void route(fl_api *api, const fl_http_request *req, fl_http_response *res, const char **label) {
     if (!strcmp(req->path, "/healthz")) {
         *label = "GET /healthz";
-        return method_is(req, "GET") ? healthz(api, res) : not_allowed(res, "GET");
+        { method_is(req, "GET") ? healthz(api, res) : not_allowed(res, "GET"); return; }
     }
     if (!strcmp(req->path, "/metrics")) {
         *label = "GET /metrics";
-        return method_is(req, "GET") ? metrics(api, res) : not_allowed(res, "GET");
+        { method_is(req, "GET") ? metrics(api, res) : not_allowed(res, "GET"); return; }
     }
     char collection[128], id[128], tail[128];
     if (!split_path(req->path, collection, id, tail)) {
         *label = "other";
-        return fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path);
+        { fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path); return; }
     }
     fl_error err = {0};
     fl_redis *r = pool_get(api, &err);
     if (!r) {
         *label = "other";
-        return reply_err(res, &err);
+        { reply_err(res, &err); return; }
     }
     char tenant[FL_TENANT_MAX];
     if (fl_auth_tenant(r, req->authorization, tenant, &err) != 0) {
