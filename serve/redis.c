@@ -453,7 +453,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
                     "--unixsocketperm", "700",
                     "--dir", abs_dir,
                     "--appendonly", "yes",
-                    "--appendfsync", "everysec",
+                    "--appendfsync", "always", /* an accepted job (202) is on disk */
                     "--save", "", /* the AOF is the persistence; no RDB snapshots */
                     "--daemonize", "no",
                     "--logfile", log_path,

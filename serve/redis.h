@@ -9,7 +9,8 @@
  * the reply's text. One fl_redis belongs to one thread.
  *
  * The private server: redis-server started with its data directory under the service's state
- * directory, AOF on (appendfsync everysec), no TCP port, a unix socket in that directory. It is
+ * directory, AOF on with appendfsync always (a job answered 202, an adapter registered, is on disk
+ * even if redis-server is killed), no TCP port, a unix socket in that directory. It is
  * stopped with SHUTDOWN (which writes the AOF) when the service exits. It receives SIGTERM when
  * the thread that started it exits (PR_SET_PDEATHSIG), so a killed service never leaves one behind:
  * start it from the thread that lives as long as the service.

@@ -541,13 +541,18 @@ static int read_file(const char *path, unsigned char **data, size_t *size, fl_er
     return 0;
 }
 
+/* The adapter of training job "job_X" is "ad_X": a retried job can find what it registered. */
+static void adapter_id_of_job(const char *job_id, char id[FL_ID_MAX]) {
+    const char *suffix = strchr(job_id, '_') ? strchr(job_id, '_') + 1 : job_id;
+    snprintf(id, FL_ID_MAX, "ad_%.56s", suffix);
+}
+
 /* Stores and registers the adapter of a finished training under an id derived from the job, so
  * a job that is retried after a crash between registering and finishing registers nothing twice. */
 static int register_adapter(worker_state *w, const fl_job *job, json_t *req, const char *path, fl_adapter_info *info,
                             fl_error *err) {
     memset(info, 0, sizeof *info);
-    const char *suffix = strchr(job->id, '_') ? strchr(job->id, '_') + 1 : job->id;
-    snprintf(info->id, sizeof info->id, "ad_%.56s", suffix);
+    adapter_id_of_job(job->id, info->id);
     fl_adapter_info existing;
     fl_error ignored = {0};
     if (fl_registry_get(w->r, job->tenant, info->id, &existing, &ignored) == 0) {
@@ -629,7 +634,24 @@ static void process_train(worker_state *w, const work_item *item) {
     int rc = mkdir_p(dir) == 0 ? 0 : fl_fail(&err, FL_EIO, "%s: %s", dir, strerror(errno));
     keep_claim(w, FL_JOB_TRAIN, item->entry);
     if (rc == 0 && attempts > 1) fl_log_info("worker %s: job %s: attempt %d, resuming from its checkpoint", w->name, job.id, attempts);
-    if (rc == 0) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
+    /* An earlier attempt that registered its adapter but died before finishing the job: finish
+     * it from the registry instead of training again. */
+    fl_adapter_info prior;
+    fl_error ignored = {0};
+    char adapter_id[FL_ID_MAX];
+    adapter_id_of_job(job.id, adapter_id);
+    bool registered = fl_registry_get(w->r, job.tenant, adapter_id, &prior, &ignored) == 0;
+    if (registered) {
+        json_t *meta = prior.metadata_json ? json_loads(prior.metadata_json, 0, &jerr) : NULL;
+        const char *steps = json_string_value(json_object_get(meta, "steps"));
+        const char *loss = json_string_value(json_object_get(meta, "final_loss"));
+        res.steps = res.resumed_at = steps ? atoi(steps) : 0;
+        res.final_loss = loss ? atof(loss) : 0.0;
+        json_decref(meta);
+        fl_adapter_info_clear(&prior);
+        fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
+    }
+    if (rc == 0 && !registered) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
     fl_flux_clear_adapters(w->model);
     if (rc != 0 && *w->stop) {
         fl_log_info("worker %s: stopping; job %s keeps its checkpoint and will be taken over", w->name, job.id);

@@ -8,8 +8,9 @@ adapter (the PNG decodes), adapter metadata through GET, imports (and refused im
 batches giving each request exactly its solo image, tenant isolation (404) and keys (401),
 validation (400 naming the field, 413, 404, 429 with Retry-After), metrics, a worker killed with
 SIGKILL mid-training whose job another worker completes from its checkpoint (one adapter in the
-registry, byte-identical to an uninterrupted run), the delivery cap, and a restart of the service
-and its redis-server with every adapter and job still there. Ends with "N passed, N failed".
+registry, byte-identical to an uninterrupted run), the delivery cap, a restart of the service and
+its private redis-server, and a shared redis-server killed and restarted under a running service,
+with every adapter and job still there. Ends with "N passed, N failed".
 """
 
 import base64
@@ -278,6 +279,53 @@ def run_all(svc, work, state, archive, procs):
         fault_tests(svc2, work, state, archive, alpha, procs)
     finally:
         svc2.stop()
+    external_redis_restart(work, procs)
+
+
+def start_redis(rdir):
+    sock = os.path.join(rdir, "redis.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)  # left by a killed server
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--dir", rdir, "--appendonly",
+                             "yes", "--appendfsync", "always", "--save", "", "--logfile", os.path.join(rdir, "log")])
+    deadline = time.time() + 20
+    while not os.path.exists(sock) and time.time() < deadline:
+        time.sleep(0.05)
+    return proc, "unix:" + sock
+
+
+def external_redis_restart(work, procs):
+    """A shared redis-server killed (SIGKILL) and restarted under a running service: the service and
+    its worker reconnect, and every adapter and job is still there."""
+    rdir = os.path.join(work, "shared-redis")
+    os.makedirs(rdir)
+    redis, address = start_redis(rdir)
+    procs.append(redis)
+    svc = sc.Service(BIN, MODEL, os.path.join(work, "state-shared"), ["--redis", address, "--workers", "1"])
+    try:
+        key = subprocess.check_output([BIN, "keys", "create", "--tenant", "gamma", "--redis", address],
+                                      text=True).strip()
+        r = import_adapter(svc, key, os.path.join(SRC, "tests/fixtures/flux_b.lora.safetensors"), "shared")
+        ad = r.json().get("id") if r.status == 201 else None
+        g = generate(svc, key, [{"id": ad}], 3)
+        check("a service on a shared Redis imports and generates", ad and g.status == 200, (r.body[:200], g.status))
+        redis.kill()
+        redis.wait()
+        r = sc.request(svc.base, "GET", "/v1/adapters/" + str(ad), key)
+        check("with redis-server down the API answers 503", r.status == 503, r.status)
+        redis, _ = start_redis(rdir)
+        procs.append(redis)
+        r = sc.request(svc.base, "GET", "/v1/adapters/" + str(ad), key)
+        j = sc.request(svc.base, "GET", "/v1/jobs/" + g.json().get("job_id", "x"), key)
+        check("after redis-server restarts, the adapter and the job are still there",
+              r.status == 200 and j.status == 200 and j.json()["state"] == "succeeded", (r.status, j.body[:200]))
+        g2 = generate(svc, key, [{"id": ad}], 3)
+        same = g2.status == 200 and g2.json()["images"][0]["png_base64"] == g.json()["images"][0]["png_base64"]
+        check("the running service and its worker reconnect and generate the same image", same, g2.body[:300])
+    finally:
+        svc.stop()
+        redis.terminate()
+        redis.wait()
 
 
 def fault_tests(svc, work, state, archive, key, procs):
