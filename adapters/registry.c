@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +29,7 @@
 #include "adapters/lora.h"
 #include "adapters/lora_formats.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "datasets/imageset_internal.h"
 
@@ -152,21 +152,7 @@ void fl_adapter_info_clear(fl_adapter_info *a) {
 }
 
 void fl_registry_new_id(char id[FL_ID_MAX]) {
-    unsigned char raw[12];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0 && errno == EINTR) continue;
-        FL_CHECKF(n > 0, "getrandom failed: %s", strerror(errno));
-        got += (size_t)n;
-    }
-    static const char digits[] = "0123456789abcdef";
-    memcpy(id, "ad_", 3);
-    for (size_t i = 0; i < sizeof raw; i++) {
-        id[3 + 2 * i] = digits[raw[i] >> 4];
-        id[4 + 2 * i] = digits[raw[i] & 15];
-    }
-    id[3 + 2 * sizeof raw] = '\0';
+    fl_random_id("ad_", 12, id, FL_ID_MAX);
 }
 
 static int64_t unix_ms(void) {

@@ -3,6 +3,13 @@
  */
 #include "core/rng.h"
 
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "core/error.h"
+
 #include <math.h>
 
 static uint64_t splitmix64(uint64_t *x) {
@@ -50,4 +57,23 @@ void fl_rng_fill_normal(fl_rng *rng, float *out, size_t n, float mean, float std
 
 void fl_rng_fill_uniform(fl_rng *rng, float *out, size_t n, float lo, float hi) {
     for (size_t i = 0; i < n; i++) out[i] = lo + (hi - lo) * fl_rng_uniform(rng);
+}
+
+void fl_random_id(const char *prefix, size_t n_bytes, char *out, size_t cap) {
+    unsigned char raw[64];
+    FL_CHECK(n_bytes <= sizeof raw && cap > 0);
+    size_t got = 0;
+    while (got < n_bytes) {
+        ssize_t n = getrandom(raw + got, n_bytes - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        FL_CHECKF(n > 0, "getrandom failed: %s", strerror(errno));
+        got += (size_t)n;
+    }
+    static const char digits[] = "0123456789abcdef";
+    size_t off = (size_t)snprintf(out, cap, "%s", prefix);
+    for (size_t i = 0; i < n_bytes && off + 2 < cap; i++) {
+        out[off++] = digits[raw[i] >> 4];
+        out[off++] = digits[raw[i] & 15];
+    }
+    out[off < cap ? off : cap - 1] = '\0';
 }

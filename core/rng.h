@@ -22,4 +22,8 @@ float fl_rng_normal(fl_rng *rng);
 void fl_rng_fill_normal(fl_rng *rng, float *out, size_t n, float mean, float stddev);
 void fl_rng_fill_uniform(fl_rng *rng, float *out, size_t n, float lo, float hi);
 
+/* Unpredictable identifiers (not the deterministic generator above): prefix, then n_bytes bytes
+ * from the kernel's random source as lower-case hex, into out (cap bytes, truncated safely). */
+void fl_random_id(const char *prefix, size_t n_bytes, char *out, size_t cap);
+
 #endif

@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
+#include "core/rng.h"
 #include "core/sha256.h"
 #include "serve/jobs.h"
 
@@ -25,15 +25,7 @@ int fl_auth_check_tenant_name(const char *tenant, fl_error *err) {
 
 int fl_auth_create_key(fl_redis *r, const char *tenant, const char *label, char key[FL_API_KEY_MAX], fl_error *err) {
     if (fl_auth_check_tenant_name(tenant, err) != 0) return -1;
-    unsigned char raw[20];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        FL_CHECKF(n > 0, "getrandom failed");
-        got += (size_t)n;
-    }
-    int off = snprintf(key, FL_API_KEY_MAX, "fl_");
-    for (size_t i = 0; i < sizeof raw; i++) off += snprintf(key + off, (size_t)(FL_API_KEY_MAX - off), "%02x", raw[i]);
+    fl_random_id("fl_", 20, key, FL_API_KEY_MAX);
     char hash[65], now[32];
     fl_sha256_hex(key, strlen(key), hash);
     snprintf(now, sizeof now, "%lld", (long long)fl_now_ms());

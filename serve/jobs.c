@@ -7,12 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include <jansson.h>
 
+#include "core/rng.h"
 #include "core/sha256.h"
 
 static const char *const enqueue_script =
@@ -77,15 +77,9 @@ bool fl_job_state_terminal(const char *state) {
 }
 
 void fl_jobs_new_id(const char *prefix, char id[FL_ID_MAX]) {
-    unsigned char raw[12];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        FL_CHECKF(n > 0, "getrandom failed");
-        got += (size_t)n;
-    }
-    int off = snprintf(id, FL_ID_MAX, "%s_", prefix);
-    for (size_t i = 0; i < sizeof raw; i++) off += snprintf(id + off, (size_t)(FL_ID_MAX - off), "%02x", raw[i]);
+    char full[16];
+    snprintf(full, sizeof full, "%.10s_", prefix);
+    fl_random_id(full, 12, id, FL_ID_MAX);
 }
 
 int64_t fl_now_ms(void) {

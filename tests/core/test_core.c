@@ -189,6 +189,17 @@ static void test_errors(void) {
     FL_EXPECT(err.code == FL_OK && err.message[0] == '\0');
 }
 
+static void test_random_id(void) {
+    char a[64], b[64], small[8];
+    fl_random_id("job_", 12, a, sizeof a);
+    fl_random_id("job_", 12, b, sizeof b);
+    FL_EXPECT(strlen(a) == 4 + 24 && !strncmp(a, "job_", 4));
+    FL_EXPECT(strspn(a + 4, "0123456789abcdef") == 24);
+    FL_EXPECT(strcmp(a, b) != 0);
+    fl_random_id("ad_", 12, small, sizeof small); /* truncated, still terminated */
+    FL_EXPECT(strlen(small) < sizeof small && !strncmp(small, "ad_", 3));
+}
+
 static void test_rng(void) {
     fl_rng a, b;
     fl_rng_seed(&a, 42);
@@ -263,6 +274,7 @@ int main(void) {
     FL_RUN(test_device_parse);
     FL_RUN(test_errors);
     FL_RUN(test_rng);
+    FL_RUN(test_random_id);
     FL_RUN(test_threads);
     FL_RUN(test_sha256);
     return fl_test_finish();
