@@ -566,11 +566,12 @@ done:
 }
 
 int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *url,
-                           fl_adapter_info *inout, fl_error *err) {
+                           bool allow_private, fl_adapter_info *inout, fl_error *err) {
     if (!url || !*url) return fl_fail(err, FL_EINVAL, "no URL");
     if (check_info(inout, false, err) != 0) return -1;
     fl_imageset_limits limits = fl_imageset_limits_default();
     limits.url_max_bytes = (size_t)IMPORT_URL_MAX_BYTES;
+    limits.url_allow_private = allow_private;
     unsigned char *data = NULL;
     size_t size = 0;
     if (fl_ds_fetch_url(url, &limits, &data, &size, err) != 0) return fl_fail_prefix(err, "downloading the adapter");

@@ -72,8 +72,9 @@ int fl_registry_delete(fl_redis *r, fl_store *store, const char *tenant, const c
  * canonical file is stored and the entry created. */
 int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params *p, const void *data, size_t size,
                              fl_adapter_info *inout, fl_error *err);
-/* The same after downloading url with libcurl (limits of datasets/imageset.h's URL fetcher). */
+/* The same after downloading url with libcurl (limits of datasets/imageset.h's URL fetcher;
+ * loopback, private and link-local addresses only with allow_private). */
 int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *url,
-                           fl_adapter_info *inout, fl_error *err);
+                           bool allow_private, fl_adapter_info *inout, fl_error *err);
 
 #endif

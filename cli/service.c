@@ -48,6 +48,7 @@ static void install_stop_handlers(void) {
 
 typedef struct service_args {
     const char *model, *state, *redis, *listen, *device, *name, *port_file;
+    bool allow_private_urls;
     long workers, max_queue, max_train_queue, max_body, max_upload, claim_timeout_s, max_deliveries, batch,
         batch_wait_ms, cache_mb, checkpoint_every, sync_timeout_s, max_connections;
 } service_args;
@@ -70,6 +71,8 @@ static void serve_usage(FILE *out) {
             "  --max-upload BYTES     multipart upload limit (default 268435456)\n"
             "  --max-connections N    (default 256)\n"
             "  --sync-timeout S       longest wait of a \"sync\": true generation (default 120)\n"
+            "  --allow-private-urls   fetch images_url and adapter URLs on loopback/private networks too\n"
+            "                         (off by default: requests cannot make the service probe its own network)\n"
             "workers:\n"
             "  --batch N              images per generation batch (default 8)\n"
             "  --batch-wait-ms N      wait for more requests to batch (default 5)\n"
@@ -83,7 +86,8 @@ static void worker_usage(FILE *out) {
     fprintf(out,
             "usage: flashlora worker --model BASE.safetensors [--state DIR] [--redis ADDR] [--name NAME]\n"
             "                        [--device cpu|cuda|auto] [--batch N] [--batch-wait-ms N] [--claim-timeout S]\n"
-            "                        [--max-deliveries N] [--cache-mb N] [--checkpoint-every N]\n\n"
+            "                        [--max-deliveries N] [--cache-mb N] [--checkpoint-every N]\n"
+            "                        [--allow-private-urls]\n\n"
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
             "Redis of a `flashlora serve` running on the same --state directory.\n");
 }
@@ -122,6 +126,10 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) return 1;
+        if (!strcmp(f, "--allow-private-urls")) {
+            a->allow_private_urls = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "flashlora: %s needs a value (see --help)\n", f);
             return -1;
@@ -200,6 +208,7 @@ static fl_worker_config worker_config_of(const service_args *a, const char *redi
     wc.max_deliveries = (int)a->max_deliveries;
     wc.cache_bytes = (size_t)a->cache_mb << 20;
     wc.checkpoint_every = (int)a->checkpoint_every;
+    wc.allow_private_urls = a->allow_private_urls;
     return wc;
 }
 
@@ -239,6 +248,7 @@ static int serve_run(const service_args *a, fl_error *err) {
     ac.max_pending_generate = a->max_queue;
     ac.max_pending_train = a->max_train_queue;
     ac.sync_timeout_s = (int)a->sync_timeout_s;
+    ac.allow_private_urls = a->allow_private_urls;
     if (rc == 0) rc = read_model_params(a->model, &ac.params, err);
     if (rc == 0) rc = fl_model_hash_cached(r, a->model, ac.base_model_hash, err);
     if (rc == 0) rc = fl_api_create(&ac, &api, err);

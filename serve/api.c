@@ -381,8 +381,8 @@ static void adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
         if (name) snprintf(info.name, sizeof info.name, "%s", name);
         if (trigger) snprintf(info.trigger, sizeof info.trigger, "%s", trigger);
         snprintf(info.base_model, sizeof info.base_model, "%s", api->cfg.base_model_hash);
-        snprintf(info.source, sizeof info.source, "%.150s", url ? url : "upload");
-        rc = url ? fl_registry_import_url(r, api->store, &api->cfg.params, url, &info, &err)
+        if (!url) snprintf(info.source, sizeof info.source, "upload"); /* a URL is recorded without its query */
+        rc = url ? fl_registry_import_url(r, api->store, &api->cfg.params, url, api->cfg.allow_private_urls, &info, &err)
                  : fl_registry_import_bytes(r, api->store, &api->cfg.params, file->data, file->size, &info, &err);
     }
     json_decref(o);

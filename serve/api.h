@@ -17,6 +17,7 @@
  */
 #ifndef FL_SERVE_API_H
 #define FL_SERVE_API_H
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -39,6 +40,7 @@ typedef struct fl_api_config {
     int max_text_tokens;         /* text length every request is encoded to (default 32) */
     int sync_timeout_s;          /* how long "sync": true waits (default 120) */
     int retry_after_s;           /* Retry-After of a 429 (default 2) */
+    bool allow_private_urls;     /* fetch images_url / adapter URLs on loopback and private networks */
     fl_metrics *metrics;         /* required */
 } fl_api_config;
 

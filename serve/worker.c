@@ -609,6 +609,7 @@ static void process_train(worker_state *w, const work_item *item) {
     snprintf(out, sizeof out, "%s/adapter.safetensors", dir);
     fl_train_job tj = fl_train_job_default();
     tj.images = json_string_value(json_object_get(req, "images"));
+    tj.url_allow_private = w->cfg.allow_private_urls;
     tj.trigger = json_string_value(json_object_get(req, "trigger_word"));
     const char *caption = json_string_value(json_object_get(req, "caption"));
     if (caption) tj.caption = caption;

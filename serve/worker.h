@@ -36,6 +36,7 @@ typedef struct fl_worker_config {
     int max_deliveries;         /* delivery cap (default 3) */
     size_t cache_bytes;         /* adapter cache budget (default 1 GiB) */
     int checkpoint_every;       /* training checkpoint period in steps (default 10) */
+    bool allow_private_urls;    /* fetch images_url on loopback and private networks */
     fl_metrics *metrics;        /* optional: batch and job figures of this process */
 } fl_worker_config;
 

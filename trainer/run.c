@@ -108,6 +108,7 @@ static int prepare_images(run_state *s, int patch, fl_error *err) {
     fl_imageset_limits limits = fl_imageset_limits_default();
     limits.min_images = (size_t)j->min_images;
     limits.max_images = (size_t)j->max_images;
+    limits.url_allow_private = j->url_allow_private;
     fl_imageset *set = NULL;
     if (fl_imageset_load(j->images, &limits, &set, err) != 0) return -1;
     for (size_t i = 0; i < set->rejected_count; i++)

@@ -21,6 +21,7 @@
 
 typedef struct fl_train_job {
     const char *images;          /* folder, archive file, or http(s) URL */
+    bool url_allow_private;      /* fetch URLs on loopback and private networks too (default false) */
     const char *trigger;         /* one word (may be NULL or empty for a style adapter) */
     const char *caption;         /* for images without a sidecar; NULL: "a photo of [trigger]" */
     bool is_style;

@@ -2,12 +2,15 @@
 and stop `flashlora serve` / `flashlora worker`, talk HTTP (JSON, multipart, server-sent events),
 decode PNG, and write LoRA files for the test model."""
 
+import functools
+import http.server
 import json
 import os
 import random
 import signal
 import struct
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -168,3 +171,12 @@ def wait_job(base, key, job_id, timeout=300, until=None):
             return job
         time.sleep(0.05)
     raise TimeoutError("job %s did not finish" % job_id)
+
+
+def file_server(directory):
+    """A static HTTP server on a free loopback port in a thread; returns (server, base URL)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, "http://127.0.0.1:%d" % server.server_address[1]

@@ -251,6 +251,19 @@ def run_all(svc, work, state, archive, procs):
         if x.status == 202:
             sc.wait_job(base, alpha, x.json()["job_id"], timeout=600)
 
+    # ---- URLs: refused on loopback unless the service allows private addresses ------------------------
+    files, files_url = sc.file_server(work)
+    try:
+        r = sc.request(base, "POST", "/v1/adapters", alpha, {"url": files_url + "/rand0.safetensors", "name": "u0"})
+        check("an adapter URL on loopback is refused by default (SSRF)", r.status == 400, r.body)
+        r = sc.request(base, "POST", "/v1/trainings", alpha, {"images_url": files_url + "/images.zip",
+                                                              "trigger_word": "sks", "steps": 5, "resolution": 16})
+        job = sc.wait_job(base, alpha, r.json()["job_id"]) if r.status == 202 else {}
+        check("a training images_url on loopback fails its job with the reason",
+              job.get("state") == "failed" and "private" in job["error"]["message"], job)
+    finally:
+        files.shutdown()
+
     # ---- delete ------------------------------------------------------------------------------------------------------
     r = sc.request(base, "DELETE", "/v1/adapters/" + ids[3], alpha)
     gone = sc.request(base, "GET", "/v1/adapters/" + ids[3], alpha)
@@ -267,7 +280,7 @@ def run_all(svc, work, state, archive, procs):
     # ---- restart of the service and its private redis-server --------------------------------------------------------
     code = svc.stop()
     check("SIGTERM stops the service cleanly", code == 0, code)
-    svc2 = sc.Service(BIN, MODEL, state, ["--workers", "0", "--claim-timeout", "3"])
+    svc2 = sc.Service(BIN, MODEL, state, ["--workers", "0", "--claim-timeout", "3", "--allow-private-urls"])
     try:
         base = svc2.base
         r = sc.request(base, "GET", "/v1/adapters/" + adapter_id, alpha)
@@ -276,6 +289,7 @@ def run_all(svc, work, state, archive, procs):
         check("after a restart of redis-server the adapters and jobs are all there (AOF)",
               r.status == 200 and j.status == 200 and j.json()["state"] == "succeeded" and lst.json()["total"] == 4,
               (r.status, j.body[:200], lst.body[:200]))
+        url_tests(svc2, work, state, alpha, procs)
         fault_tests(svc2, work, state, archive, alpha, procs)
     finally:
         svc2.stop()
@@ -326,6 +340,28 @@ def external_redis_restart(work, procs):
         svc.stop()
         redis.terminate()
         redis.wait()
+
+
+def url_tests(svc, work, state, key, procs):
+    """With --allow-private-urls: an adapter imported by URL (recorded without its query) and a
+    training whose images come from a URL."""
+    files, files_url = sc.file_server(work)
+    w = sc.start_worker(BIN, MODEL, state, ["--allow-private-urls"])
+    procs.append(w)
+    try:
+        r = sc.request(svc.base, "POST", "/v1/adapters", key,
+                       {"url": files_url + "/rand1.safetensors?token=secret", "name": "from-url"})
+        check("an adapter imports from a URL, recorded without its query",
+              r.status == 201 and r.json()["source"] == files_url + "/rand1.safetensors", r.body)
+        r = sc.request(svc.base, "POST", "/v1/trainings", key, {"images_url": files_url + "/images.zip",
+                                                                "trigger_word": "sks", "steps": 10, "rank": 2,
+                                                                "resolution": 16})
+        job = sc.wait_job(svc.base, key, r.json()["job_id"]) if r.status == 202 else {}
+        check("a training from images_url succeeds", job.get("state") == "succeeded", job)
+    finally:
+        files.shutdown()
+        w.terminate()
+        w.wait(timeout=60)
 
 
 def fault_tests(svc, work, state, archive, key, procs):
