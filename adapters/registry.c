@@ -507,8 +507,12 @@ int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params 
     char *canonical = NULL, *metadata = NULL;
     bool generated_id = false;
     int rc = -1;
-    if (fl_lora_load_memory(data, size, "adapter file", (const char *const *)paths, dims, n_paths, &l, err) != 0)
+    if (fl_lora_load_memory(data, size, "adapter file", (const char *const *)paths, dims, n_paths, &l, err) != 0) {
+        /* The bytes already passed the upload limits: a size the file's own header claims beyond
+         * them is a malformed file (400), not an oversized request (413). */
+        if (err && err->code == FL_ELIMIT) err->code = FL_EINVAL;
         goto done;
+    }
     if (fl_lora_check_dims(l, (const char *const *)paths, dims, n_paths, err) != 0) {
         fl_fail_prefix(err, "adapter file");
         goto done;

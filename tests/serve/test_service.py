@@ -175,6 +175,10 @@ def run_all(svc, work, state, archive, procs):
         f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     r = import_adapter(svc, alpha, garbage, "garbage")
     check("a malformed file is refused with 400", r.status == 400, r.body)
+    with open(garbage, "wb") as f:
+        f.write(b"\xff\xff\xff\xff\x00\x00\x00\x00{}")  # claims a 4 GiB header
+    r = import_adapter(svc, alpha, garbage, "garbage")
+    check("a file whose header claims more bytes than it has is refused with 400", r.status == 400, r.body)
 
     # ---- mixed batches: each request gets exactly its solo image ------------------------------------------
     ids = [adapter_id]
