@@ -46,7 +46,7 @@ typedef struct worker_state {
     char base_hash[65];
     fl_store *store;
     fl_adapter_cache *cache;
-    int64_t last_reclaim_ms, last_heartbeat_ms, last_keepalive_ms;
+    int64_t last_reclaim_ms, last_heartbeat_ms, last_keepalive_ms, last_prune_ms;
     unsigned long long jobs_done;
     char current_job[FL_ID_MAX];
     fl_job_kind current_kind;
@@ -710,6 +710,35 @@ static int deliveries_of(worker_state *w, fl_job_kind kind, const char *entry) {
     return n;
 }
 
+/* Consumers of workers long gone (nothing pending, idle for an hour) are removed from the group,
+ * so restarts do not grow its consumer list without bound. */
+static void prune_consumers(worker_state *w) {
+    int64_t now = fl_now_ms();
+    if (now - w->last_prune_ms < 60000) return;
+    w->last_prune_ms = now;
+    for (int k = 0; k < 2; k++) {
+        const char *stream = fl_job_stream_key((fl_job_kind)k);
+        fl_error err = {0};
+        redisReply *rep = fl_redis_cmd(w->r, &err, "XINFO CONSUMERS %s %s", stream, FL_JOBS_GROUP);
+        for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+            const redisReply *c = rep->element[i];
+            const char *name = NULL;
+            long long pending = -1, idle = 0;
+            for (size_t f = 0; c->type == REDIS_REPLY_ARRAY && f + 1 < c->elements; f += 2) {
+                const char *key = c->element[f]->str;
+                const redisReply *v = c->element[f + 1];
+                if (!strcmp(key, "name") && v->type == REDIS_REPLY_STRING) name = v->str;
+                else if (!strcmp(key, "pending") && v->type == REDIS_REPLY_INTEGER) pending = v->integer;
+                else if (!strcmp(key, "idle") && v->type == REDIS_REPLY_INTEGER) idle = v->integer;
+            }
+            if (!name || pending != 0 || idle < 3600 * 1000LL || !strcmp(name, w->name)) continue;
+            redisReply *d = fl_redis_cmd(w->r, &err, "XGROUP DELCONSUMER %s %s %s", stream, FL_JOBS_GROUP, name);
+            if (d) freeReplyObject(d);
+        }
+        if (rep) freeReplyObject(rep);
+    }
+}
+
 static void reclaim(worker_state *w) {
     int64_t now = fl_now_ms();
     int period = w->cfg.claim_timeout_ms / 4 > 250 ? w->cfg.claim_timeout_ms / 4 : 250;
@@ -797,6 +826,7 @@ static int worker_loop(worker_state *w, fl_error *err) {
     while (!*w->stop) {
         heartbeat(w, false);
         reclaim(w);
+        prune_consumers(w);
         work_item gen[MAX_ITEMS], train[MAX_ITEMS];
         int n_gen = 0, n_train = 0;
         fl_error e = {0};

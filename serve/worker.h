@@ -12,7 +12,8 @@
  * the claim timeout are taken over with XAUTOCLAIM; a training job then resumes from its last
  * checkpoint in the shared state directory. An entry delivered more than max_deliveries times
  * fails its job with the reason instead of running again. While a job runs the worker renews
- * its claim, so a long training is never taken over from a live worker. Heartbeats in
+ * its claim, so a long training is never taken over from a live worker. Consumers of workers gone
+ * for an hour with nothing pending are removed from the group. Heartbeats in
  * fl:worker:<name> (TTL 30 s) list the worker's resident adapters and cache counters.
  */
 #ifndef FL_SERVE_WORKER_H
