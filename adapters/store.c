@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/fileio.h"
 #include "core/sha256.h"
 
 #define TMP_PREFIX ".tmp-"
@@ -27,40 +28,6 @@ struct fl_store {
     char *root;
     char *blobs; /* <root>/blobs */
 };
-
-static int make_dir(const char *path, fl_error *err) {
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return fl_fail(err, FL_EIO, "cannot create %s: %s", path, strerror(errno));
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return fl_fail(err, FL_EIO, "%s is not a directory", path);
-    return 0;
-}
-
-/* mkdir -p */
-static int make_dirs(const char *path, fl_error *err) {
-    char *p = fl_xstrdup(path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            fl_fail(err, FL_EIO, "cannot create %s: %s", p, strerror(errno));
-            free(p);
-            return -1;
-        }
-        *s = '/';
-    }
-    free(p);
-    return make_dir(path, err);
-}
-
-static int sync_dir(const char *path, fl_error *err) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = 0;
-    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != EROFS))
-        rc = fl_fail(err, FL_EIO, "cannot sync directory %s: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    return rc;
-}
 
 static int write_all(int fd, const void *data, size_t n) {
     const unsigned char *p = data;
@@ -94,13 +61,13 @@ static void remove_stale_temps(const char *blobs) {
 int fl_store_open(const char *root, fl_store **out, fl_error *err) {
     *out = NULL;
     if (!root || !*root) return fl_fail(err, FL_EINVAL, "no adapter store directory");
-    if (make_dirs(root, err) != 0) return -1;
+    if (fl_mkdirs(root, err) != 0) return -1;
     fl_store *s = fl_xcalloc(1, sizeof *s);
     s->root = fl_xstrdup(root);
     size_t n = strlen(root);
     while (n > 1 && s->root[n - 1] == '/') s->root[--n] = '\0';
     if (asprintf(&s->blobs, "%s/blobs", s->root) < 0) FL_CHECK(!"out of memory");
-    if (make_dir(s->blobs, err) != 0) {
+    if (fl_mkdirs(s->blobs, err) != 0) {
         fl_store_close(s);
         return -1;
     }
@@ -175,13 +142,13 @@ static int commit_temp(fl_store *s, int fd, char *tmp, const char *hex, fl_error
     if (fl_store_path(s, hex, path, sizeof path, err) != 0) goto done;
     struct stat st;
     bool new_dir = stat(dir, &st) != 0;
-    if (make_dir(dir, err) != 0) goto done;
-    if (new_dir && sync_dir(s->blobs, err) != 0) goto done;
+    if (fl_mkdirs(dir, err) != 0) goto done;
+    if (new_dir && fl_fsync_dir(s->blobs, err) != 0) goto done;
     if (rename(tmp, path) != 0) {
         fl_fail(err, FL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
         goto done;
     }
-    rc = sync_dir(dir, err);
+    rc = fl_fsync_dir(dir, err);
 done:
     if (rc != 0) unlink(tmp);
     free(tmp);
@@ -266,5 +233,5 @@ int fl_store_remove(fl_store *s, const char *hex, fl_error *err) {
         return fl_fail(err, FL_EIO, "cannot remove %s: %s", path, strerror(errno));
     }
     snprintf(dir, sizeof dir, "%s/%.2s", s->blobs, hex);
-    return sync_dir(dir, err);
+    return fl_fsync_dir(dir, err);
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
@@ -185,11 +186,6 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     return 0;
 }
 
-static int mkdir_one(const char *path, fl_error *err) {
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-    return 0;
-}
-
 /* The private server's address under the state directory. */
 static void private_address(const char *state, char *addr, size_t cap) {
     snprintf(addr, cap, "unix:%s/redis/redis.sock", state);
@@ -230,7 +226,7 @@ static int serve_run(const service_args *a, fl_error *err) {
     fl_api *api = NULL;
     fl_http_server *http = NULL;
     fl_worker *workers[64] = {0};
-    int rc = mkdir_one(a->state, err);
+    int rc = fl_mkdirs(a->state, err);
     if (rc == 0 && !a->redis) {
         snprintf(path, sizeof path, "%s/redis", a->state);
         rc = fl_redis_server_start(path, &private_server, err);
@@ -276,14 +272,10 @@ static int serve_run(const service_args *a, fl_error *err) {
         fl_log_info("flashlora serve: listening on http://%s:%d (%ld workers, state %s)", host, fl_http_port(http),
                     a->workers, a->state);
         if (a->port_file) {
-            char tmp[4200];
-            snprintf(tmp, sizeof tmp, "%s.tmp", a->port_file);
-            FILE *f = fopen(tmp, "w");
-            if (f) {
-                fprintf(f, "%d\n", fl_http_port(http));
-                fclose(f);
-                rename(tmp, a->port_file);
-            }
+            char port_text[16];
+            int n = snprintf(port_text, sizeof port_text, "%d\n", fl_http_port(http));
+            fl_error perr = {0};
+            if (fl_write_file_atomic(a->port_file, port_text, (size_t)n, &perr) != 0) fl_log_warn("%s", perr.message);
         }
         while (!stop_requested) usleep(100 * 1000);
         fl_log_info("flashlora serve: stopping (signal %d)", (int)stop_requested);
@@ -398,7 +390,7 @@ int fl_cmd_keys(int argc, char **argv) {
         if (!r) {
             char dir[4200];
             snprintf(dir, sizeof dir, "%s/redis", state);
-            rc = mkdir_one(state, &err);
+            rc = fl_mkdirs(state, &err);
             if (rc == 0) rc = fl_redis_server_start(dir, &temporary, &err);
         }
     }

@@ -21,6 +21,8 @@
 
 #include <jansson.h>
 
+#include "core/fileio.h"
+
 /* ---- dtypes ------------------------------------------------------------------------------- */
 
 static const struct {
@@ -639,22 +641,6 @@ static char *build_header(const fl_safetensors_entry *tensors, size_t n, const f
     return text;
 }
 
-static int sync_directory_of(const char *path, fl_error *err) {
-    char *dir = fl_xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    const char *d = dir;
-    if (!slash) d = ".";
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
-    int rc = 0;
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || (fsync(fd) && errno != EINVAL && errno != EROFS))
-        rc = fl_fail(err, FL_EIO, "%s: written, but syncing its directory failed: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(dir);
-    return rc;
-}
-
 int fl_safetensors_write(const char *path, const fl_safetensors_entry *tensors, size_t n,
                          const fl_safetensors_kv *metadata, size_t n_metadata, fl_error *err) {
     if (!path || !*path) return fl_fail(err, FL_EINVAL, "no output path");
@@ -723,7 +709,7 @@ int fl_safetensors_write(const char *path, const fl_safetensors_entry *tensors, 
         fl_fail(err, FL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
         goto fail_unlink;
     }
-    rc = sync_directory_of(path, err);
+    rc = fl_fsync_parent_dir(path, err);
     goto done;
 
 fail_unlink:

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/fileio.h"
 #include "core/rng.h"
 #include "fl_build_config.h"
 #include "kernels/ops.h"
@@ -187,23 +188,7 @@ int fl_png_write(const char *path, const float *image, int width, int height, fl
     unsigned char *png = NULL;
     size_t size = 0;
     if (fl_png_encode(image, width, height, &png, &size, err) != 0) return -1;
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int rc = 0;
-    if (fd < 0) rc = fl_fail(err, FL_EIO, "%s: %s", tmp, strerror(errno));
-    else {
-        size_t done = 0;
-        while (done < size && rc == 0) {
-            ssize_t n = write(fd, png + done, size - done);
-            if (n <= 0) rc = fl_fail(err, FL_EIO, "%s: %s", tmp, strerror(errno));
-            else done += (size_t)n;
-        }
-        if (rc == 0 && fsync(fd) != 0) rc = fl_fail(err, FL_EIO, "%s: %s", tmp, strerror(errno));
-        close(fd);
-        if (rc == 0 && rename(tmp, path) != 0) rc = fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-        if (rc != 0) unlink(tmp);
-    }
+    int rc = fl_write_file_atomic(path, png, size, err);
     free(png);
     return rc;
 }

@@ -22,6 +22,7 @@
 
 #include "adapters/registry.h"
 #include "adapters/store.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "datasets/imageset.h"
 #include "serve/auth.h"
@@ -29,6 +30,7 @@
 #include "serve/redis.h"
 
 #define POOL_MAX 64
+#define MAX_IMAGE_BYTES ((size_t)1 << 30) /* a PNG the service wrote */
 
 struct fl_api {
     fl_api_config cfg;
@@ -256,52 +258,6 @@ static json_t *adapter_json(const fl_adapter_info *a) {
     return o;
 }
 
-/* Durable file write: temporary file, fsync, rename, fsync of the directory. */
-static int write_durable(const char *dir, const char *name, const void *data, size_t size, fl_error *err) {
-    char tmp[4500], path[4500];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return fl_fail(err, FL_EIO, "%s: %s", tmp, strerror(errno));
-    size_t done = 0;
-    while (done < size) {
-        ssize_t n = write(fd, (const char *)data + done, size - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            close(fd);
-            unlink(tmp);
-            return fl_fail(err, FL_EIO, "%s: %s", tmp, strerror(errno));
-        }
-        done += (size_t)n;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
-}
-
-static char *read_whole(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *data = n >= 0 ? fl_xmalloc((size_t)n + 1) : NULL;
-    if (data && fread(data, 1, (size_t)n, f) != (size_t)n) {
-        free(data);
-        data = NULL;
-    }
-    fclose(f);
-    if (data) *size = (size_t)n;
-    return data;
-}
-
 static char *base64(const unsigned char *data, size_t n) {
     static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *out = fl_xmalloc((n + 2) / 3 * 4 + 1), *o = out;
@@ -486,8 +442,9 @@ static void trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
         char dir[4200], file[160];
         snprintf(dir, sizeof dir, "%s/uploads", api->cfg.state_dir);
         snprintf(file, sizeof file, "%s%.10s", job_id, ext);
-        if (rc == 0) rc = write_durable(dir, file, archive->data, archive->size, &err);
-        if (rc == 0) snprintf(upload_path, sizeof upload_path, "%s/%s", dir, file);
+        snprintf(upload_path, sizeof upload_path, "%s/%s", dir, file);
+        if (rc == 0) rc = fl_write_file_atomic(upload_path, archive->data, archive->size, &err);
+        if (rc != 0) upload_path[0] = '\0';
     }
     if (rc != 0) {
         json_decref(o);
@@ -709,9 +666,10 @@ static void reply_sync_result(fl_api *api, fl_redis *r, const char *tenant, cons
         char path[4300];
         snprintf(path, sizeof path, "%s/images/%s.png", api->cfg.state_dir, json_string_value(json_object_get(img, "id")));
         size_t size = 0;
-        char *png = read_whole(path, &size);
-        if (png) {
-            char *b64 = base64((const unsigned char *)png, size);
+        unsigned char *png = NULL;
+        fl_error ignored = {0};
+        if (fl_read_file(path, MAX_IMAGE_BYTES, &png, &size, &ignored) == 0) {
+            char *b64 = base64(png, size);
             json_object_set_new(img, "png_base64", json_string(b64));
             free(b64);
             free(png);
@@ -818,8 +776,11 @@ static void images_get(fl_api *api, fl_redis *r, const char *tenant, const char 
     char path[4300];
     snprintf(path, sizeof path, "%s/images/%s.png", api->cfg.state_dir, id);
     size_t size = 0;
-    char *png = read_whole(path, &size);
-    if (!png) { fl_http_reply_error(res, 404, "not_found", "image '%s' is no longer stored", name); return; }
+    unsigned char *png = NULL;
+    if (fl_read_file(path, MAX_IMAGE_BYTES, &png, &size, &err) != 0) {
+        fl_http_reply_error(res, 404, "not_found", "image '%s' is no longer stored", name);
+        return;
+    }
     fl_http_reply_bytes(res, 200, "image/png", png, size);
     free(png);
 }

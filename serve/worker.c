@@ -21,6 +21,7 @@
 #include "adapters/registry.h"
 #include "adapters/store.h"
 #include "core/device.h"
+#include "core/fileio.h"
 #include "core/log.h"
 #include "models/sampler.h"
 #include "serve/jobs.h"
@@ -503,18 +504,6 @@ static bool train_should_stop(void *arg) {
     return *tc->w->stop != 0;
 }
 
-static int mkdir_p(const char *path) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 static void remove_job_dir(const char *dir) {
     char path[4200];
     const char *files[] = {"adapter.safetensors", "adapter.safetensors.ckpt"};
@@ -523,22 +512,6 @@ static void remove_job_dir(const char *dir) {
         unlink(path);
     }
     rmdir(dir);
-}
-
-static int read_file(const char *path, unsigned char **data, size_t *size, fl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *data = fl_xmalloc(n > 0 ? (size_t)n : 1);
-    *size = n > 0 && fread(*data, 1, (size_t)n, f) == (size_t)n ? (size_t)n : 0;
-    fclose(f);
-    if (n <= 0 || *size != (size_t)n) {
-        free(*data);
-        return fl_fail(err, FL_EIO, "%s: short read", path);
-    }
-    return 0;
 }
 
 /* The adapter of training job "job_X" is "ad_X": a retried job can find what it registered. */
@@ -568,7 +541,7 @@ static int register_adapter(worker_state *w, const fl_job *job, json_t *req, con
     snprintf(info->source, sizeof info->source, "training:%s", job->id);
     unsigned char *data = NULL;
     size_t size = 0;
-    if (read_file(path, &data, &size, err) != 0) return -1;
+    if (fl_read_file(path, (size_t)1 << 40, &data, &size, err) != 0) return -1;
     int rc = fl_registry_import_bytes(w->r, w->store, &w->params, data, size, info, err);
     if (rc != 0 && err->code == FL_ECONFLICT) {
         /* The name was taken while the job ran: keep the adapter under a suffixed name. */
@@ -632,7 +605,7 @@ static void process_train(worker_state *w, const work_item *item) {
     fl_train_hooks hooks = {on_train_event, train_should_stop, &tc};
     fl_train_result res;
     memset(&res, 0, sizeof res);
-    int rc = mkdir_p(dir) == 0 ? 0 : fl_fail(&err, FL_EIO, "%s: %s", dir, strerror(errno));
+    int rc = fl_mkdirs(dir, &err);
     keep_claim(w, FL_JOB_TRAIN, item->entry);
     if (rc == 0 && attempts > 1) fl_log_info("worker %s: job %s: attempt %d, resuming from its checkpoint", w->name, job.id, attempts);
     /* An earlier attempt that registered its adapter but died before finishing the job: finish
@@ -796,7 +769,7 @@ static int open_worker(worker_state *w, fl_error *err) {
     const char *dirs[] = {"images", "jobs", "uploads"};
     for (size_t i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", w->cfg.state_dir, dirs[i]);
-        if (mkdir_p(path) != 0) return fl_fail(err, FL_EIO, "%s: %s", path, strerror(errno));
+        if (fl_mkdirs(path, err) != 0) return -1;
     }
     return 0;
 }

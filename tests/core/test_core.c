@@ -4,6 +4,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include "core/arena.h"
 #include "core/device.h"
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/rng.h"
 #include "core/sha256.h"
 #include "core/tensor.h"
@@ -189,6 +191,32 @@ static void test_errors(void) {
     FL_EXPECT(err.code == FL_OK && err.message[0] == '\0');
 }
 
+static void test_fileio(void) {
+    char dir[] = "/tmp/fl-fileio-XXXXXX", path[600], nested[512];
+    FL_EXPECT(mkdtemp(dir) != NULL);
+    snprintf(nested, sizeof nested, "%s/a/b/c", dir);
+    fl_error err = {0};
+    FL_EXPECT(fl_mkdirs(nested, &err) == 0 && fl_mkdirs(nested, &err) == 0);
+    snprintf(path, sizeof path, "%s/file.bin", nested);
+    FL_EXPECT(fl_write_file_atomic(path, "hello", 5, &err) == 0);
+    FL_EXPECT(fl_write_file_atomic(path, "bye", 3, &err) == 0); /* replaces */
+    unsigned char *data = NULL;
+    size_t size = 0;
+    FL_EXPECT(fl_read_file(path, 100, &data, &size, &err) == 0 && size == 3 && !memcmp(data, "bye", 4));
+    free(data);
+    FL_EXPECT(fl_read_file(path, 2, &data, &size, &err) != 0 && err.code == FL_ELIMIT && !data);
+    FL_EXPECT(fl_mkdirs(path, &err) != 0); /* a file is in the way */
+    snprintf(nested, sizeof nested, "%s/missing", dir);
+    FL_EXPECT(fl_read_file(nested, 100, &data, &size, &err) != 0 && err.code == FL_ENOTFOUND);
+    unlink(path);
+    const char *levels[] = {"a/b/c", "a/b", "a"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(nested, sizeof nested, "%s/%s", dir, levels[i]);
+        rmdir(nested);
+    }
+    FL_EXPECT(rmdir(dir) == 0);
+}
+
 static void test_random_id(void) {
     char a[64], b[64], small[8];
     fl_random_id("job_", 12, a, sizeof a);
@@ -275,6 +303,7 @@ int main(void) {
     FL_RUN(test_errors);
     FL_RUN(test_rng);
     FL_RUN(test_random_id);
+    FL_RUN(test_fileio);
     FL_RUN(test_threads);
     FL_RUN(test_sha256);
     return fl_test_finish();
