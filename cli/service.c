@@ -23,7 +23,6 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
-#include "models/family.h"
 #include "models/flux.h"
 #include "serve/api.h"
 #include "serve/auth.h"
@@ -211,9 +210,7 @@ static fl_worker_config worker_config_of(const service_args *a, const char *redi
 static int read_model_params(const char *path, fl_flux_params *p, fl_error *err) {
     fl_safetensors *st = NULL;
     if (fl_safetensors_open(path, &st, err) != 0) return fl_fail_prefix(err, "%s", path);
-    const char *meta = fl_safetensors_metadata_get(st, "flux_params");
-    int rc = meta ? fl_flux_params_from_json(meta, p, err) : fl_flux_params_from_safetensors(st, p, err);
-    if (rc == 0) rc = fl_flux_params_validate(p, err);
+    int rc = fl_flux_params_of_checkpoint(st, p, err);
     fl_safetensors_close(st);
     return rc;
 }

@@ -36,6 +36,7 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 #include "kernels/context.h"
 
@@ -109,6 +110,10 @@ typedef struct fl_flux_linear {
 } fl_flux_linear;
 
 typedef struct fl_flux_model fl_flux_model;
+
+/* The parameters of an open checkpoint: its "flux_params" metadata when present, else inferred
+ * from its shapes (models/family.h); validated. */
+int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, fl_error *err);
 
 /* Build a model with parameters p on ctx's device, binding weights from a safetensors file.
  * Keys may carry the "model.diffusion_model." prefix. Every expected tensor must be present

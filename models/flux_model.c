@@ -176,6 +176,12 @@ fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint6
     return m;
 }
 
+int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, fl_error *err) {
+    const char *meta = fl_safetensors_metadata_get(st, "flux_params");
+    int rc = meta ? fl_flux_params_from_json(meta, out, err) : fl_flux_params_from_safetensors(st, out, err);
+    return rc == 0 ? fl_flux_params_validate(out, err) : rc;
+}
+
 int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p_in, fl_flux_model **out, fl_error *err) {
     *out = NULL;
     fl_safetensors *st = NULL;
@@ -188,12 +194,10 @@ int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p_in, fl_f
     int rc = 0;
     if (p_in) {
         p = *p_in;
+        rc = fl_flux_params_validate(&p, err);
     } else {
-        const char *meta = fl_safetensors_metadata_get(st, "flux_params");
-        if (meta) rc = fl_flux_params_from_json(meta, &p, err);
-        else rc = fl_flux_params_from_safetensors(st, &p, err);
+        rc = fl_flux_params_of_checkpoint(st, &p, err);
     }
-    if (rc == 0) rc = fl_flux_params_validate(&p, err);
     if (rc == 0) rc = fl_flux_check_safetensors(st, &p, err);
     if (rc != 0) {
         fl_safetensors_close(st);
