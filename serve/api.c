@@ -284,8 +284,7 @@ static int find_adapter(fl_redis *r, const char *tenant, const char *id_or_name,
     return -1;
 }
 
-static void adapters_list(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
-                          fl_http_response *res) {
+static void adapters_list(fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res) {
     fl_error err = {0};
     long long offset = 0, limit = 50;
     const char *q_off = fl_http_query(req, "offset"), *q_lim = fl_http_query(req, "limit");
@@ -309,7 +308,6 @@ static void adapters_list(fl_api *api, fl_redis *r, const char *tenant, const fl
     json_t *o = json_pack("{s:o, s:I, s:I}", "adapters", list, "total", (json_int_t)total, "offset", (json_int_t)offset);
     size_t next = (size_t)offset + n;
     json_object_set_new(o, "next_offset", next < total ? json_integer((json_int_t)next) : json_null());
-    (void)api;
     fl_http_reply_json(res, 200, o);
 }
 
@@ -972,7 +970,7 @@ static void route(fl_api *api, const fl_http_request *req, fl_http_response *res
         method_is(req, "GET") ? images_get(api, r, tenant, id, res) : not_allowed(res, "GET");
     } else if (!strcmp(collection, "adapters") && !*id) {
         *label = method_is(req, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
-        if (method_is(req, "GET")) adapters_list(api, r, tenant, req, res);
+        if (method_is(req, "GET")) adapters_list(r, tenant, req, res);
         else if (method_is(req, "POST")) adapters_import(api, r, tenant, req, res);
         else not_allowed(res, "GET, POST");
     } else if (!strcmp(collection, "adapters") && *id && !*tail) {

@@ -49,8 +49,9 @@ static const char *const finish_script =
     "redis.call('HINCRBY', KEYS[2], st, -1)\n"
     "redis.call('HINCRBY', KEYS[2], ARGV[1], 1)\n"
     "redis.call('HSET', KEYS[1], 'state', ARGV[1], ARGV[2], ARGV[3], 'updated_ms', ARGV[4], 'finished_ms', ARGV[4])\n"
-    "if redis.call('DECR', KEYS[3]) < 0 then redis.call('SET', KEYS[3], 0) end\n"
-    "redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'data', ARGV[5])\n"
+    "local queue = redis.call('HGET', KEYS[1], 'kind') == 'train' and KEYS[3] or KEYS[4]\n"
+    "if redis.call('DECR', queue) < 0 then redis.call('SET', queue, 0) end\n"
+    "redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'data', ARGV[5])\n"
     "return 1\n";
 
 const char *fl_job_kind_name(fl_job_kind kind) {
@@ -241,17 +242,11 @@ int fl_jobs_finish(fl_redis *r, const char *id, bool succeeded, const char *json
     char *event_text = json_dumps(event, JSON_COMPACT);
     json_decref(event);
     FL_CHECK(event_text);
-    /* The job's kind decides which queue counter drops. */
-    fl_job job;
-    if (fl_jobs_get(r, NULL, id, &job, err) != 0) {
-        free(event_text);
-        return -1;
-    }
-    const char *keys[4] = {job_key, "fl:jobs:states", queue_key(job.kind), events_key};
+    /* Both queue counters are named; the script drops the one of the job's kind. */
+    const char *keys[5] = {job_key, "fl:jobs:states", queue_key(FL_JOB_TRAIN), queue_key(FL_JOB_GENERATE), events_key};
     const char *args[5] = {succeeded ? "succeeded" : "failed", succeeded ? "result" : "error", json, now, event_text};
-    fl_job_clear(&job);
     long long res = 0;
-    int rc = eval_int(r, finish_script, 4, keys, 5, args, &res, err);
+    int rc = eval_int(r, finish_script, 5, keys, 5, args, &res, err);
     free(event_text);
     if (rc != 0) return -1;
     if (res < 0) return fl_fail(err, FL_ENOTFOUND, "no job '%s'", id);

@@ -340,21 +340,22 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
     for (int i = 0; i < n; i++) {
         gen_request *g = reqs[i];
         if (g->done) continue;
+        int first_sample = s;
+        s += g->num_images; /* the next request's images start there, whatever happens to this one */
         if (rc != 0) {
             fail_job(w, FL_JOB_GENERATE, &g->item, fl_error_code_name(err.code), err.message);
             g->done = true;
-            s += g->num_images;
             continue;
         }
         json_t *result = json_pack("{s:[], s:i}", "images", "batch_size", total);
         json_t *list = json_object_get(result, "images");
         int wrc = 0;
         fl_error werr = {0};
-        for (int k = 0; k < g->num_images && wrc == 0; k++, s++) {
+        for (int k = 0; k < g->num_images && wrc == 0; k++) {
             char img_id[FL_ID_MAX], path[4096], url[160];
             fl_jobs_new_id("img", img_id);
             snprintf(path, sizeof path, "%s/images/%s.png", w->cfg.state_dir, img_id);
-            wrc = fl_png_write(path, images[s], g->width, g->height, &werr);
+            wrc = fl_png_write(path, images[first_sample + k], g->width, g->height, &werr);
             if (wrc != 0) break;
             char seed_s[32], now_s[32], w_s[16], h_s[16];
             snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)(g->seed + (uint64_t)k));
@@ -374,7 +375,6 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
                                                   g->height));
         }
         if (wrc != 0) {
-            s = s; /* images of a failed request are simply not referenced */
             json_decref(result);
             fail_job(w, FL_JOB_GENERATE, &g->item, "io_error", werr.message);
             g->done = true;
