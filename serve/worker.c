@@ -524,14 +524,12 @@ static void adapter_id_of_job(const char *job_id, char id[FL_ID_MAX]) {
  * a job that is retried after a crash between registering and finishing registers nothing twice. */
 static int register_adapter(worker_state *w, const fl_job *job, json_t *req, const char *path, fl_adapter_info *info,
                             fl_error *err) {
-    memset(info, 0, sizeof *info);
-    adapter_id_of_job(job->id, info->id);
-    fl_adapter_info existing;
+    char id[FL_ID_MAX];
+    adapter_id_of_job(job->id, id);
     fl_error ignored = {0};
-    if (fl_registry_get(w->r, job->tenant, info->id, &existing, &ignored) == 0) {
-        fl_adapter_info_clear(&existing);
-        return fl_registry_get(w->r, job->tenant, info->id, info, err);
-    }
+    if (fl_registry_get(w->r, job->tenant, id, info, &ignored) == 0) return 0; /* registered already */
+    memset(info, 0, sizeof *info);
+    snprintf(info->id, sizeof info->id, "%s", id);
     snprintf(info->tenant, sizeof info->tenant, "%s", job->tenant);
     const char *name = json_string_value(json_object_get(req, "name"));
     snprintf(info->name, sizeof info->name, "%s", name && *name ? name : info->id);
