@@ -18,7 +18,8 @@ typedef struct slot {
 } slot;
 
 struct fl_adapter_cache {
-    fl_store *store;
+    fl_adapter_locate_fn locate;
+    void *locate_arg;
     fl_flux_model *model;
     const char **paths; /* the model's Linears and their shapes, for checking loaded files */
     fl_lora_dims *dims;
@@ -28,9 +29,11 @@ struct fl_adapter_cache {
     fl_adapter_cache_stats stats;
 };
 
-fl_adapter_cache *fl_adapter_cache_create(fl_store *store, fl_flux_model *m, size_t budget_bytes) {
+fl_adapter_cache *fl_adapter_cache_create(fl_adapter_locate_fn locate, void *locate_arg, fl_flux_model *m,
+                                          size_t budget_bytes) {
     fl_adapter_cache *c = fl_xcalloc(1, sizeof *c);
-    c->store = store;
+    c->locate = locate;
+    c->locate_arg = locate_arg;
     c->model = m;
     c->paths = fl_lora_model_paths(m, &c->n_paths);
     c->dims = fl_xmalloc((c->n_paths ? c->n_paths : 1) * sizeof *c->dims);
@@ -89,7 +92,6 @@ static void evict(fl_adapter_cache *c) {
 int fl_adapter_cache_get(fl_adapter_cache *c, const char *sha256, const fl_lora **out, fl_error *err) {
     *out = NULL;
     char path[4096];
-    if (fl_store_path(c->store, sha256, path, sizeof path, err) != 0) return -1;
     ptrdiff_t at = find(c, sha256);
     if (at >= 0) {
         c->stats.hits++;
@@ -97,8 +99,7 @@ int fl_adapter_cache_get(fl_adapter_cache *c, const char *sha256, const fl_lora 
     } else {
         c->stats.misses++;
         fl_lora *l = NULL;
-        if (!fl_store_has(c->store, sha256))
-            return fl_fail(err, FL_ENOTFOUND, "adapter file %s is not in the store", sha256);
+        if (c->locate(c->locate_arg, sha256, path, sizeof path, err) != 0) return -1;
         if (fl_lora_load_for_model(path, c->model, &l, err) != 0) return -1;
         if (fl_lora_check_dims(l, c->paths, c->dims, c->n_paths, err) != 0) {
             fl_lora_free(l);

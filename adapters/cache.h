@@ -3,7 +3,8 @@
  * memory, least recently used evicted first once their bytes pass a budget.
  *
  * Keyed by the adapter file's SHA-256, so two registry entries with one file share one slot.
- * A miss loads the file from the store against the worker's model (shapes checked). Counts hits,
+ * A miss asks the owner where that file is (the service's content-addressed store) and loads it
+ * against the worker's model (shapes checked). Counts hits,
  * misses and evictions for /metrics. One cache belongs to one worker thread (no locking); an
  * adapter obtained by fl_adapter_cache_get stays valid until the next get that may evict it, so
  * a batch pins what it uses with fl_adapter_cache_pin / fl_adapter_cache_unpin_all.
@@ -14,7 +15,7 @@
 #include <stdint.h>
 
 #include "adapters/lora.h"
-#include "adapters/store.h"
+#include "serve/store.h"
 #include "core/error.h"
 #include "models/flux.h"
 
@@ -27,8 +28,13 @@ typedef struct fl_adapter_cache_stats {
     size_t budget_bytes;
 } fl_adapter_cache_stats;
 
+/* Where the file of an adapter is: writes the path of the file whose SHA-256 is sha256 (64 hex
+ * digits) into path; FL_ENOTFOUND when there is none, FL_EINVAL for a malformed hash. */
+typedef int (*fl_adapter_locate_fn)(void *arg, const char *sha256, char *path, size_t cap, fl_error *err);
+
 /* budget_bytes: evict beyond this (a single adapter larger than the budget is still loaded). */
-fl_adapter_cache *fl_adapter_cache_create(fl_store *store, fl_flux_model *m, size_t budget_bytes);
+fl_adapter_cache *fl_adapter_cache_create(fl_adapter_locate_fn locate, void *locate_arg, fl_flux_model *m,
+                                          size_t budget_bytes);
 void fl_adapter_cache_free(fl_adapter_cache *c);
 
 /* The adapter stored under sha256 (64 hex digits), loading it on a miss. The pointer stays

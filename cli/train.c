@@ -25,6 +25,7 @@
 #include "adapters/lora.h"
 #include "adapters/lora_formats.h"
 #include "cli/commands.h"
+#include "core/clock.h"
 #include "core/device.h"
 #include "core/sha256.h"
 #include "core/threads.h"
@@ -92,12 +93,6 @@ static void say(const train_args *a, const char *fmt, ...) {
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* The bar on a terminal; a line every 10 steps otherwise. */
@@ -327,7 +322,7 @@ static fl_train_job make_job(const train_args *a, const char *checkpoint, const 
 }
 
 static int run(const train_args *a, fl_error *err) {
-    cli_state cs = {.a = a, .t_start = now_s()};
+    cli_state cs = {.a = a, .t_start = fl_monotonic_s()};
     char checkpoint[4096];
     snprintf(checkpoint, sizeof checkpoint, "%s", a->checkpoint ? a->checkpoint : "");
     if (!a->checkpoint) snprintf(checkpoint, sizeof checkpoint, "%s.ckpt", a->out);
@@ -356,7 +351,7 @@ static int run(const train_args *a, fl_error *err) {
     if (rc == 0 && a->export_kohya) rc = export_layout(a->out, FL_LORA_KOHYA, a->export_kohya, err);
     if (rc == 0 && a->export_peft) rc = export_layout(a->out, FL_LORA_PEFT, a->export_peft, err);
     if (rc == 0) {
-        double total = now_s() - cs.t_start;
+        double total = fl_monotonic_s() - cs.t_start;
         if (a->json) {
             json_object_set_new(cs.done, "total_time_s", json_real(total));
             emit_json(json_incref(cs.done));

@@ -1,21 +1,15 @@
 /*
- * fetch.c — downloading an image-set archive from an http(s) URL into memory, with libcurl.
- *
- * The transfer is bounded every way a hostile server could stretch it: http and https only, for
- * the first request and for redirects (at most 5); a wall-clock timeout; HTTP status >= 400 is a
- * failure; the body is counted as it arrives and the transfer aborted past url_max_bytes (a
- * declared Content-Length above it is refused before the body starts). Unless url_allow_private
- * is set, connections to loopback, private, link-local, CGNAT, multicast and reserved addresses
- * are refused at connect time (redirects and DNS answers included), so a URL cannot reach
- * services inside our network. Messages never repeat the URL, which may carry a signed token.
+ * fetch.c — bounded downloads from client-given http(s) URLs with libcurl (see fetch.h): limits on
+ * bytes, time, protocols and redirects, and no connections to internal addresses.
  */
-#include "datasets/imageset_internal.h"
+#include "datasets/fetch.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "datasets/imageset_internal.h" /* fl_ds_format_bytes */
 #include "fl_build_config.h"
 
 #if defined(FL_HAVE_CURL)
@@ -117,8 +111,7 @@ static bool url_acceptable(const char *url) {
     return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
 }
 
-int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned char **data, size_t *size,
-                    fl_error *err) {
+int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err) {
     *data = NULL;
     *size = 0;
     if (!url_acceptable(url))
@@ -127,9 +120,9 @@ int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned 
     CURL *h = curl_easy_init();
     if (!h) return fl_fail(err, FL_ENOMEM, "download failed: cannot create a transfer");
 
-    download d = {.max = limits->url_max_bytes, .allow_private = limits->url_allow_private};
+    download d = {.max = limits->max_bytes, .allow_private = limits->allow_private};
     char errbuf[CURL_ERROR_SIZE] = "";
-    long timeout = limits->url_timeout_seconds;
+    long timeout = limits->timeout_seconds;
     curl_easy_setopt(h, CURLOPT_URL, url);
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -144,7 +137,7 @@ int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned 
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, timeout < 20 ? timeout : 20L);
     curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->url_max_bytes);
+    curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_bytes);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
     curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_socket);
@@ -163,7 +156,7 @@ int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned 
         result = fl_fail(err, FL_EINVAL, "download refused: the host is a loopback, private or link-local address");
     else if (d.too_large || rc == CURLE_FILESIZE_EXCEEDED)
         result = fl_fail(err, FL_ELIMIT, "download is larger than the %s limit",
-                         fl_ds_format_bytes(limits->url_max_bytes, lim, sizeof lim));
+                         fl_ds_format_bytes(limits->max_bytes, lim, sizeof lim));
     else if (d.no_memory)
         result = fl_fail(err, FL_ENOMEM, "download failed: not enough memory");
     else if (rc == CURLE_HTTP_RETURNED_ERROR)
@@ -189,8 +182,7 @@ int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned 
 
 #else /* no libcurl */
 
-int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned char **data, size_t *size,
-                    fl_error *err) {
+int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err) {
     *data = NULL;
     *size = 0;
     return fl_fail(err, FL_EUNSUPPORTED, "downloading needs libcurl, which this build lacks");

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 
 #include "core/log.h"
+#include "core/utf8.h"
+#include "datasets/fetch.h"
 #include "datasets/imageset_internal.h"
 #include "fl_build_config.h"
 
@@ -96,47 +98,8 @@ const char *fl_ds_format_bytes(size_t n, char *buf, size_t size) {
     return buf;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0: no overlongs, surrogates or > U+10FFFF. */
-static size_t utf8_sequence(const unsigned char *s, size_t n) {
-    unsigned char b = s[0];
-    if (b < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xbf;
-    if (b >= 0xc2 && b <= 0xdf) len = 2;
-    else if (b >= 0xe0 && b <= 0xef) len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
-    else if (b >= 0xf0 && b <= 0xf4) len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
-    else return 0;
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t k = 2; k < len; k++)
-        if (s[k] < 0x80 || s[k] > 0xbf) return 0;
-    return len;
-}
-
-bool fl_ds_utf8_valid(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        size_t len = utf8_sequence(s + i, n - i);
-        if (!len) return false;
-        i += len;
-    }
-    return true;
-}
-
 void fl_ds_display_name(const char *raw, char *out, size_t size) {
-    const unsigned char *s = (const unsigned char *)raw;
-    size_t n = strlen(raw), o = 0, limit = size - 1 < 200 ? size - 1 : 200;
-    for (size_t i = 0; i < n && o < limit;) {
-        size_t len = utf8_sequence(s + i, n - i);
-        if (len == 1 && (s[i] < 0x20 || s[i] == 0x7f)) len = 0;
-        if (len == 0 || o + len > limit) {
-            out[o++] = '?';
-            i += len ? len : 1;
-            continue;
-        }
-        memcpy(out + o, s + i, len);
-        o += len;
-        i += len;
-    }
-    out[o] = '\0';
+    fl_utf8_display(raw, 200, out, size);
 }
 
 /* ---- from files to a set ------------------------------------------------------------------------ */
@@ -195,7 +158,7 @@ static char *read_caption(const fl_ds_file *f, size_t max_bytes, const char **re
     if (n >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) s += 3, n -= 3; /* byte-order mark */
     if (n > max_bytes) return *reason = "caption file too long", NULL;
     if (n && memchr(s, '\0', n)) return *reason = "caption contains a NUL byte", NULL;
-    if (!fl_ds_utf8_valid(s, n)) return *reason = "caption is not valid UTF-8", NULL;
+    if (!fl_utf8_valid(s, n)) return *reason = "caption is not valid UTF-8", NULL;
     while (n > 0 && (s[n - 1] == ' ' || (s[n - 1] >= '\t' && s[n - 1] <= '\r'))) n--;
     if (n == 0) return NULL;
     char *caption = fl_xmalloc(n + 1);
@@ -373,7 +336,8 @@ int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_im
         if (!http) return fl_fail(err, FL_EUNSUPPORTED, "only http:// and https:// URLs are supported");
         unsigned char *data = NULL;
         size_t size = 0;
-        if (fl_ds_fetch_url(source, limits, &data, &size, err)) return -1;
+        fl_fetch_limits fetch = {limits->url_max_bytes, limits->url_timeout_seconds, limits->url_allow_private};
+        if (fl_fetch_url(source, &fetch, &data, &size, err)) return -1;
         int rc = fl_imageset_load_memory(data, size, "download", limits, out, err);
         free(data);
         return rc;

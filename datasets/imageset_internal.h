@@ -43,7 +43,6 @@ int fl_ds_count_entry(fl_ds_collect *c, fl_error *err);
 int fl_ds_count_bytes(fl_ds_collect *c, size_t n, fl_error *err);
 /* "25 MiB", "64 KiB" or "1000 bytes". */
 const char *fl_ds_format_bytes(size_t n, char *buf, size_t size);
-bool fl_ds_utf8_valid(const unsigned char *s, size_t n);
 /* A printable copy of an untrusted name for messages: control bytes and invalid UTF-8 become '?',
  * cut at 200 bytes. */
 void fl_ds_display_name(const char *raw, char *out, size_t size);
@@ -59,8 +58,5 @@ fl_ds_name_kind fl_ds_clean_name(const char *raw, char *out, const char **reason
 int fl_ds_collect_dir(fl_ds_collect *c, const char *path, fl_error *err);
 int fl_ds_collect_archive_file(fl_ds_collect *c, const char *path, const char *label, fl_error *err);
 int fl_ds_collect_archive_memory(fl_ds_collect *c, const void *bytes, size_t n, const char *label, fl_error *err);
-/* Download url into *data (malloc'ed, *size bytes), within the URL limits. */
-int fl_ds_fetch_url(const char *url, const fl_imageset_limits *limits, unsigned char **data, size_t *size,
-                    fl_error *err);
 
 #endif

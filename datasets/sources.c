@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/utf8.h"
 #include "fl_build_config.h"
 
 #if defined(FL_HAVE_ARCHIVE)
@@ -41,7 +42,7 @@ fl_ds_name_kind fl_ds_clean_name(const char *raw, char *out, const char **reason
     out[0] = '\0';
     if (len == 0) return *reason = "empty name", FL_DS_NAME_REFUSED;
     if (len > FL_DS_NAME_MAX) return *reason = "name longer than 1024 bytes", FL_DS_NAME_REFUSED;
-    if (!fl_ds_utf8_valid((const unsigned char *)raw, len))
+    if (!fl_utf8_valid(raw, len))
         return *reason = "name is not valid UTF-8", FL_DS_NAME_REFUSED;
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)raw[i] < 0x20 || raw[i] == 0x7f)
@@ -166,7 +167,7 @@ static int visit_dir_entry(fl_ds_collect *c, int dirfd, const char *entry, const
     size_t elen = strlen(entry);
     bool control = false;
     for (size_t i = 0; i < elen; i++) control |= (unsigned char)entry[i] < 0x20 || entry[i] == 0x7f;
-    if (control || !fl_ds_utf8_valid((const unsigned char *)entry, elen)) {
+    if (control || !fl_utf8_valid(entry, elen)) {
         fl_ds_display_name(rel, shown, sizeof shown);
         fl_ds_reject(c, shown, control ? "name contains control characters" : "name is not valid UTF-8");
         return 0;

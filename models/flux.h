@@ -70,6 +70,9 @@ int fl_flux_params_validate(const fl_flux_params *p, fl_error *err);
 char *fl_flux_params_to_json(const fl_flux_params *p);
 int fl_flux_mlp_hidden(const fl_flux_params *p); /* int(hidden_size * mlp_ratio) as Python computes it */
 int fl_flux_head_dim(const fl_flux_params *p);
+/* The pixel image space: each token packs a p x p patch of RGB pixels (in_channels = out_channels
+ * = 3 p^2). Returns p, or 0 when the model does not work in pixels. */
+int fl_flux_pixel_patch(const fl_flux_params *p);
 
 /* ---- the parameter list --------------------------------------------------------------------- */
 

@@ -92,6 +92,12 @@ int fl_flux_mlp_hidden(const fl_flux_params *p) {
     return (int)floor(p->hidden_size * p->mlp_ratio + 1e-9);
 }
 
+int fl_flux_pixel_patch(const fl_flux_params *p) {
+    int patch = (int)lround(sqrt(p->in_channels / 3.0));
+    if (patch < 1 || 3 * patch * patch != p->in_channels || p->out_channels != p->in_channels) return 0;
+    return patch;
+}
+
 int fl_flux_head_dim(const fl_flux_params *p) {
     return p->hidden_size / p->num_heads;
 }

@@ -42,8 +42,8 @@ double fl_flux_time_shift(double mu, double t) {
 static int sample_run(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
                       const fl_sample_request *reqs, int n, bool per_sample, float **images, fl_error *err) {
     const fl_flux_params *p = fl_flux_get_params(m);
-    int patch = (int)lround(sqrt(p->in_channels / 3.0));
-    if (3 * patch * patch != p->in_channels || p->out_channels != p->in_channels)
+    int patch = fl_flux_pixel_patch(p);
+    if (patch == 0)
         return fl_fail(err, FL_EUNSUPPORTED, "sampling needs the pixel image space (3 p^2 channels)");
     if (width < patch || height < patch || width % patch || height % patch)
         return fl_fail(err, FL_EINVAL, "size %dx%d is not a positive multiple of %d", width, height, patch);

@@ -20,8 +20,9 @@
 
 #include <jansson.h>
 
-#include "adapters/registry.h"
-#include "adapters/store.h"
+#include "serve/registry.h"
+#include "serve/store.h"
+#include "core/clock.h"
 #include "core/fileio.h"
 #include "core/log.h"
 #include "datasets/imageset.h"
@@ -61,7 +62,7 @@ int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err) {
     fl_api *api = fl_xcalloc(1, sizeof *api);
     api->cfg = *config;
     pthread_mutex_init(&api->lock, NULL);
-    api->patch = (int)lround(sqrt(config->params.in_channels / 3.0));
+    api->patch = fl_flux_pixel_patch(&config->params);
     if (api->patch < 1) api->patch = 1;
     char path[4200];
     snprintf(path, sizeof path, "%s/store", config->state_dir);
@@ -883,12 +884,6 @@ static void metrics(fl_api *api, fl_http_response *res) {
 
 /* ---- routing ---------------------------------------------------------------------------------------- */
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static bool method_is(const fl_http_request *req, const char *m) {
     return !strcmp(req->method, m);
 }
@@ -986,9 +981,9 @@ static void route(fl_api *api, const fl_http_request *req, fl_http_response *res
 
 void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res) {
     fl_api *api = app;
-    double t0 = now_s();
+    double t0 = fl_monotonic_s();
     const char *label = "other";
     route(api, req, res, &label);
-    fl_metrics_observe_http(api->cfg.metrics, label, res->status ? res->status : 200, now_s() - t0);
+    fl_metrics_observe_http(api->cfg.metrics, label, res->status ? res->status : 200, fl_monotonic_s() - t0);
     if (res->status >= 500) fl_log_warn("%s %s -> %d", req->method, req->path, res->status);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/clock.h"
 #include "core/rng.h"
 #include "core/sha256.h"
 #include "serve/jobs.h"

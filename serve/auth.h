@@ -5,7 +5,7 @@
  */
 #ifndef FL_SERVE_AUTH_H
 #define FL_SERVE_AUTH_H
-#include "adapters/registry.h"
+#include "serve/registry.h"
 #include "core/error.h"
 #include "serve/redis.h"
 

@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 /* After a body crosses its limit, this much more is read and thrown away so that the client can
@@ -210,18 +211,12 @@ static void drop_body(conn_state *st) {
     st->n_parts = st->cap_parts = 0;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-    }
-}
-
 /* Wait up to ms for the client to hang up; true when it has. A client that only half-closes
  * (shuts down its sending side and keeps reading) counts as gone: stream clients do not. */
 static bool client_gone(struct MHD_Connection *conn, int ms) {
     const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!info) {
-        sleep_ms(ms);
+        fl_sleep_ms(ms);
         return false;
     }
     struct pollfd p = {.fd = info->connect_fd, .events = POLLRDHUP};

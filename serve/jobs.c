@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "core/clock.h"
 #include "core/rng.h"
 #include "core/sha256.h"
 
@@ -81,12 +82,6 @@ void fl_jobs_new_id(const char *prefix, char id[FL_ID_MAX]) {
     char full[16];
     snprintf(full, sizeof full, "%.10s_", prefix);
     fl_random_id(full, 12, id, FL_ID_MAX);
-}
-
-int64_t fl_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void key_of(char *buf, size_t cap, const char *fmt, const char *a) {

@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "adapters/registry.h"
+#include "serve/registry.h"
 #include "core/error.h"
 #include "serve/redis.h"
 
@@ -51,7 +51,6 @@ bool fl_job_state_terminal(const char *state);
 
 /* "job_" + 24 random hex digits; "img_..." for images. */
 void fl_jobs_new_id(const char *prefix, char id[FL_ID_MAX]);
-int64_t fl_now_ms(void);
 
 /* Creates both work streams and the consumer group (idempotent). */
 int fl_jobs_init(fl_redis *r, fl_error *err);

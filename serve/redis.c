@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
+
 #define CONNECT_TIMEOUT_MS 5000
 #define START_TIMEOUT_MS 10000
 #define STOP_TIMEOUT_MS 10000
@@ -43,17 +45,6 @@ struct fl_redis_server {
     char *dir;
     char *address; /* "unix:<dir>/redis.sock" */
 };
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
-}
 
 /* ---- addresses and connecting ------------------------------------------------------------------ */
 
@@ -241,10 +232,10 @@ static redisReply *run(fl_redis *r, fl_error *err, const send_args *a) {
         }
         redisReply *reply = send_once(r->ctx, a);
         if (reply && is_loading(reply)) { /* a restarted server replaying its AOF: wait for it */
-            if (loading_deadline < 0) loading_deadline = now_ms() + LOADING_WAIT_MS;
-            if (now_ms() < loading_deadline) {
+            if (loading_deadline < 0) loading_deadline = fl_monotonic_ms() + LOADING_WAIT_MS;
+            if (fl_monotonic_ms() < loading_deadline) {
                 freeReplyObject(reply);
-                sleep_ms(50);
+                fl_sleep_ms(50);
                 attempt--;
                 continue;
             }
@@ -377,12 +368,12 @@ static void last_log_line(const char *log_path, char *out, size_t size) {
 
 /* Waits up to ms for pid to exit; true when it did (reaped). */
 static bool wait_exit(pid_t pid, int ms, int *status) {
-    int64_t deadline = now_ms() + ms;
+    int64_t deadline = fl_monotonic_ms() + ms;
     for (;;) {
         pid_t got = waitpid(pid, status, WNOHANG);
         if (got == pid || (got < 0 && errno == ECHILD)) return true;
-        if (now_ms() >= deadline) return false;
-        sleep_ms(10);
+        if (fl_monotonic_ms() >= deadline) return false;
+        fl_sleep_ms(10);
     }
 }
 
@@ -490,7 +481,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
     s->pid = pid;
     s->dir = abs_dir;
     if (asprintf(&s->address, "unix:%s", sock) < 0) FL_CHECK(!"out of memory");
-    int64_t deadline = now_ms() + START_TIMEOUT_MS;
+    int64_t deadline = fl_monotonic_ms() + START_TIMEOUT_MS;
     for (;;) {
         int status = 0;
         if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -504,7 +495,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
             return -1;
         }
         if (answers_ping(sock)) break;
-        if (now_ms() >= deadline) {
+        if (fl_monotonic_ms() >= deadline) {
             char line[400];
             last_log_line(log_path, line, sizeof line);
             fl_fail(err, FL_EUNAVAILABLE, "redis-server did not answer within %d s: %s", START_TIMEOUT_MS / 1000,
@@ -512,7 +503,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
             fl_redis_server_stop(s);
             return -1;
         }
-        sleep_ms(20);
+        fl_sleep_ms(20);
     }
     *out = s;
     return 0;

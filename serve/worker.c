@@ -18,8 +18,9 @@
 #include <jansson.h>
 
 #include "adapters/cache.h"
-#include "adapters/registry.h"
-#include "adapters/store.h"
+#include "serve/registry.h"
+#include "serve/store.h"
+#include "core/clock.h"
 #include "core/device.h"
 #include "core/fileio.h"
 #include "core/log.h"
@@ -65,11 +66,6 @@ fl_worker_config fl_worker_config_default(void) {
     c.cache_bytes = (size_t)1 << 30;
     c.checkpoint_every = 10;
     return c;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 static char *error_json(const char *code, const char *message) {
@@ -759,11 +755,11 @@ static int open_worker(worker_state *w, fl_error *err) {
     if (!(w->ctx = fl_ctx_create(dev, err))) return -1;
     if (fl_flux_load(w->ctx, w->cfg.model_path, NULL, &w->model, err) != 0) return -1;
     w->params = *fl_flux_get_params(w->model);
-    w->patch = (int)lround(sqrt(w->params.in_channels / 3.0));
+    w->patch = fl_flux_pixel_patch(&w->params);
     if (fl_model_hash_cached(w->r, w->cfg.model_path, w->base_hash, err) != 0) return -1;
     snprintf(path, sizeof path, "%s/store", w->cfg.state_dir);
     if (fl_store_open(path, &w->store, err) != 0) return -1;
-    w->cache = fl_adapter_cache_create(w->store, w->model, w->cfg.cache_bytes);
+    w->cache = fl_adapter_cache_create(fl_store_locate, w->store, w->model, w->cfg.cache_bytes);
     const char *dirs[] = {"images", "jobs", "uploads"};
     for (size_t i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", w->cfg.state_dir, dirs[i]);
@@ -807,13 +803,13 @@ static int worker_loop(worker_state *w, fl_error *err) {
         if (rc != 0) {
             if (failures++ % 10 == 0) fl_log_warn("worker %s: %s", w->name, e.message);
             if (strstr(e.message, "NOGROUP")) fl_jobs_init(w->r, &e);
-            sleep_ms(500);
+            fl_sleep_ms(500);
             continue;
         }
         failures = 0;
         if (n_gen > 0 && n_gen < batch && w->cfg.batch_wait_ms > 0) {
             /* Give requests arriving together a moment to join the batch. */
-            sleep_ms(w->cfg.batch_wait_ms);
+            fl_sleep_ms(w->cfg.batch_wait_ms);
             read_group(w, true, false, batch - n_gen, -1, gen, &n_gen, train, &n_train, &e);
         }
         if (n_gen > 0) process_generate(w, gen, n_gen);

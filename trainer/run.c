@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/device.h"
 #include "core/sha256.h"
 #include "datasets/captions.h"
@@ -56,12 +57,6 @@ static void emit(const run_state *s, json_t *event) {
 
 static bool stop_requested(const run_state *s) {
     return s->hooks && s->hooks->should_stop && s->hooks->should_stop(s->hooks->arg);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* ---- pieces of the run ------------------------------------------------------------------------- */
@@ -181,11 +176,11 @@ static int save_adapter(const run_state *s, fl_trainer *t, fl_error *err) {
 
 static int run(run_state *s, fl_train_result *r, fl_error *err) {
     const fl_train_job *j = s->job;
-    double t_start = now_s();
+    double t_start = fl_monotonic_s();
     if (has_adapters(s->m)) return fl_fail(err, FL_EINVAL, "the model has adapters attached: detach them first");
     const fl_flux_params *p = fl_flux_get_params(s->m);
-    int patch = (int)lround(sqrt(p->in_channels / 3.0));
-    if (patch < 1) patch = 1;
+    int patch = fl_flux_pixel_patch(p);
+    if (patch < 1) patch = 1; /* fl_trainer_create refuses the model with its reason */
     if (validate_job(j, patch, err) != 0) return -1;
     snprintf(s->checkpoint, sizeof s->checkpoint, "%s", j->checkpoint ? j->checkpoint : "");
     if (!j->checkpoint) snprintf(s->checkpoint, sizeof s->checkpoint, "%s.ckpt", j->out);
@@ -204,7 +199,7 @@ static int run(run_state *s, fl_train_result *r, fl_error *err) {
         emit(s, json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "event", "start", "images", (int)s->n, "steps",
                           j->cfg.steps, "resumed_at", r->resumed_at, "device", dev, "resolution", j->resolution));
     }
-    double t_loop = now_s();
+    double t_loop = fl_monotonic_s();
     bool stopped = false;
     fl_train_progress pr = {0};
     while (rc == 0 && fl_trainer_steps_done(t) < j->cfg.steps) {
@@ -216,7 +211,7 @@ static int run(run_state *s, fl_train_result *r, fl_error *err) {
         if (rc != 0) break;
         r->steps = pr.step;
         r->final_loss = pr.loss;
-        double elapsed = now_s() - t_loop;
+        double elapsed = fl_monotonic_s() - t_loop;
         double rate = elapsed > 0 ? (pr.step - r->resumed_at) / elapsed : 0.0;
         double eta = rate > 0 ? (pr.total - pr.step) / rate : 0.0;
         emit(s, json_pack("{s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:f}", "event", "progress", "step", pr.step, "total",
@@ -237,8 +232,8 @@ static int run(run_state *s, fl_train_result *r, fl_error *err) {
     if (rc == 0) rc = save_adapter(s, t, err);
     if (rc == 0) rc = write_previews(s, r->steps, err);
     if (rc == 0) rc = fl_sha256_file(j->out, r->sha256, err);
-    r->training_s = now_s() - t_loop;
-    r->total_s = now_s() - t_start;
+    r->training_s = fl_monotonic_s() - t_loop;
+    r->total_s = fl_monotonic_s() - t_start;
     if (rc == 0) {
         emit(s, json_pack("{s:s, s:s, s:s, s:i, s:f, s:f, s:f}", "event", "done", "adapter", j->out, "sha256",
                           r->sha256, "steps", r->steps, "final_loss", r->final_loss, "training_time_s", r->training_s,

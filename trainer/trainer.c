@@ -107,8 +107,8 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
                               size_t n_examples, fl_error *err) {
     if (fl_train_config_validate(config, err) != 0) return NULL;
     const fl_flux_params *p = fl_flux_get_params(m);
-    int patch = (int)lround(sqrt(p->in_channels / 3.0));
-    if (patch < 1 || 3 * patch * patch != p->in_channels || p->out_channels != p->in_channels) {
+    int patch = fl_flux_pixel_patch(p);
+    if (patch == 0) {
         fl_fail(err, FL_EUNSUPPORTED,
                 "the model takes %d input channels: training needs the pixel image space (3 p^2 channels, "
                 "equal in and out); VAE latent models are not supported yet",

@@ -17,12 +17,12 @@
  * the canonical layout, checked against the base model's Linears (unknown modules or wrong shapes
  * fail with an error listing them), stored, and registered.
  */
-#ifndef FL_ADAPTERS_REGISTRY_H
-#define FL_ADAPTERS_REGISTRY_H
+#ifndef FL_SERVE_REGISTRY_H
+#define FL_SERVE_REGISTRY_H
 #include <stddef.h>
 #include <stdint.h>
 
-#include "adapters/store.h"
+#include "serve/store.h"
 #include "core/error.h"
 #include "models/flux.h"
 #include "serve/redis.h"

@@ -6,7 +6,7 @@
  * two-digit directory was just created). A crash leaves at most a ".tmp-" file in blobs/, never
  * a partial file under a hash; fl_store_open removes such leftovers older than an hour.
  */
-#include "adapters/store.h"
+#include "serve/store.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -234,4 +234,11 @@ int fl_store_remove(fl_store *s, const char *hex, fl_error *err) {
     }
     snprintf(dir, sizeof dir, "%s/%.2s", s->blobs, hex);
     return fl_fsync_dir(dir, err);
+}
+
+int fl_store_locate(void *store, const char *hex, char *path, size_t cap, fl_error *err) {
+    fl_store *s = store;
+    if (fl_store_path(s, hex, path, cap, err) != 0) return -1;
+    if (!fl_store_has(s, hex)) return fl_fail(err, FL_ENOTFOUND, "adapter file %s is not in the store", hex);
+    return 0;
 }

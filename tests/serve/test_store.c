@@ -20,7 +20,7 @@
 #include "adapters/cache.h"
 #include "adapters/lora.h"
 #include "adapters/lora_formats.h"
-#include "adapters/store.h"
+#include "serve/store.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
 #include "harness.h"
@@ -242,7 +242,7 @@ static void test_cache(void) {
     FL_EXPECT(store_random_lora(s, m, 4, 2, 300, h[2]) == 0);
 
     /* Sizes, from an unbounded cache. */
-    fl_adapter_cache *big = fl_adapter_cache_create(s, m, SIZE_MAX);
+    fl_adapter_cache *big = fl_adapter_cache_create(fl_store_locate, s, m, SIZE_MAX);
     const fl_lora *l = NULL;
     FL_EXPECTF(fl_adapter_cache_get(big, h[0], &l, &err) == 0, "%s", err.message);
     size_t one = l ? adapter_bytes(l) : 0;
@@ -253,7 +253,7 @@ static void test_cache(void) {
     fl_adapter_cache_free(big);
 
     /* Room for two. */
-    fl_adapter_cache *c = fl_adapter_cache_create(s, m, 2 * one);
+    fl_adapter_cache *c = fl_adapter_cache_create(fl_store_locate, s, m, 2 * one);
     const fl_lora *a0 = NULL, *a1 = NULL, *again = NULL;
     FL_EXPECT(fl_adapter_cache_get(c, h[0], &a0, &err) == 0);
     FL_EXPECT(fl_adapter_cache_get(c, h[1], &a1, &err) == 0);
@@ -303,7 +303,7 @@ static void test_cache(void) {
     fl_adapter_cache_free(c);
 
     /* One adapter larger than the budget is still served. */
-    fl_adapter_cache *tiny = fl_adapter_cache_create(s, m, 1);
+    fl_adapter_cache *tiny = fl_adapter_cache_create(fl_store_locate, s, m, 1);
     FL_EXPECT(fl_adapter_cache_get(tiny, h[0], &l, &err) == 0 && l);
     FL_EXPECT(fl_adapter_cache_get(tiny, h[1], &l, &err) == 0 && l);
     st = fl_adapter_cache_get_stats(tiny);

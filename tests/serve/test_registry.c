@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include "adapters/lora.h"
-#include "adapters/registry.h"
-#include "adapters/store.h"
+#include "serve/registry.h"
+#include "serve/store.h"
 #include "core/safetensors.h"
 #include "harness.h"
 #include "models/flux.h"

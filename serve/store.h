@@ -7,8 +7,8 @@
  * directory, are fsync'ed, renamed into place, and the directory is fsync'ed. Only then may a
  * registry entry point at the hash (DESIGN §6). A put of bytes already stored is a no-op.
  */
-#ifndef FL_ADAPTERS_STORE_H
-#define FL_ADAPTERS_STORE_H
+#ifndef FL_SERVE_STORE_H
+#define FL_SERVE_STORE_H
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -29,6 +29,10 @@ int fl_store_put_file(fl_store *s, const char *src, char hex[65], fl_error *err)
  * digits, so a client-supplied value can never name a path outside the store. */
 int fl_store_path(const fl_store *s, const char *hex, char *path, size_t cap, fl_error *err);
 bool fl_store_has(const fl_store *s, const char *hex);
+/* The path of a stored hash that exists: FL_ENOTFOUND when it is not stored, FL_EINVAL for a
+ * string that is not 64 hex digits. Its signature is adapters/cache.h's fl_adapter_locate_fn
+ * (arg is the fl_store). */
+int fl_store_locate(void *store, const char *hex, char *path, size_t cap, fl_error *err);
 /* Removes a stored file (absent is not an error). */
 int fl_store_remove(fl_store *s, const char *hex, fl_error *err);
 

@@ -12,7 +12,7 @@
  * storing the file again and checks the file after its entry exists, so an entry never ends up
  * pointing at a file that a concurrent deletion removed.
  */
-#include "adapters/registry.h"
+#include "serve/registry.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,10 +28,13 @@
 
 #include "adapters/lora.h"
 #include "adapters/lora_formats.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "datasets/imageset_internal.h"
+#include "core/utf8.h"
+#include "datasets/fetch.h"
+#include "datasets/imageset.h"
 
 #define KEY_MAX 256
 #define METADATA_JSON_MAX (4u << 20)      /* bytes of an imported file's metadata kept in Redis */
@@ -103,7 +106,7 @@ static int check_text(const char *field, const char *s, size_t cap, bool allow_e
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
             return fl_fail(err, FL_EINVAL, "%s contains a control character", field);
-    if (n && !fl_ds_utf8_valid((const unsigned char *)s, n))
+    if (n && !fl_utf8_valid(s, n))
         return fl_fail(err, FL_EINVAL, "%s is not valid UTF-8", field);
     return 0;
 }
@@ -153,17 +156,6 @@ void fl_adapter_info_clear(fl_adapter_info *a) {
 
 void fl_registry_new_id(char id[FL_ID_MAX]) {
     fl_random_id("ad_", 12, id, FL_ID_MAX);
-}
-
-static int64_t unix_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 typedef struct keys {
@@ -244,7 +236,7 @@ static int create_once(fl_redis *r, const fl_adapter_info *a, fl_error *err) {
     snprintf(rank, sizeof rank, "%d", a->rank);
     snprintf(alpha, sizeof alpha, "%.17g", a->alpha);
     snprintf(bytes, sizeof bytes, "%" PRId64, a->bytes);
-    snprintf(created, sizeof created, "%" PRId64, a->created_ms > 0 ? a->created_ms : unix_ms());
+    snprintf(created, sizeof created, "%" PRId64, a->created_ms > 0 ? a->created_ms : fl_now_ms());
     keys k;
     make_keys(&k, a->tenant, a->id, a->sha256);
     const char *argv[] = {"EVAL", CREATE_SCRIPT, "4", k.adapter, k.adapters, k.names, k.blob,
@@ -472,7 +464,7 @@ static int create_stored(fl_redis *r, fl_store *store, const fl_adapter_info *a,
         if (rc == 0) break;
         if (attempt == CREATE_RETRIES)
             return fl_fail(err, FL_EUNAVAILABLE, "adapter file %s is being removed; retry", a->sha256);
-        sleep_ms(20);
+        fl_sleep_ms(20);
         if (fl_store_put_file(store, canonical_path, hex, err) != 0) return -1;
     }
     if (!fl_store_has(store, a->sha256) && fl_store_put_file(store, canonical_path, hex, err) != 0) return -1;
@@ -544,7 +536,7 @@ int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params 
     inout->rank = (int)rank;
     inout->alpha = alpha;
     inout->bytes = (int64_t)sb.st_size;
-    inout->created_ms = unix_ms();
+    inout->created_ms = fl_now_ms();
     free(inout->metadata_json);
     inout->metadata_json = metadata;
     metadata = NULL;
@@ -573,12 +565,11 @@ int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p
                            bool allow_private, fl_adapter_info *inout, fl_error *err) {
     if (!url || !*url) return fl_fail(err, FL_EINVAL, "no URL");
     if (check_info(inout, false, err) != 0) return -1;
-    fl_imageset_limits limits = fl_imageset_limits_default();
-    limits.url_max_bytes = (size_t)IMPORT_URL_MAX_BYTES;
-    limits.url_allow_private = allow_private;
+    fl_fetch_limits limits = {(size_t)IMPORT_URL_MAX_BYTES, fl_imageset_limits_default().url_timeout_seconds,
+                              allow_private};
     unsigned char *data = NULL;
     size_t size = 0;
-    if (fl_ds_fetch_url(url, &limits, &data, &size, err) != 0) return fl_fail_prefix(err, "downloading the adapter");
+    if (fl_fetch_url(url, &limits, &data, &size, err) != 0) return fl_fail_prefix(err, "downloading the adapter");
     if (!inout->source[0]) { /* the URL without its query or fragment, which may carry a token */
         size_t n = strcspn(url, "?#");
         if (n >= sizeof inout->source) n = sizeof inout->source - 1;
@@ -586,7 +577,7 @@ int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p
         inout->source[n] = '\0';
         for (size_t i = 0; i < n; i++)
             if ((unsigned char)inout->source[i] < 0x20 || inout->source[i] == 0x7f) inout->source[i] = '?';
-        if (!fl_ds_utf8_valid((const unsigned char *)inout->source, n))
+        if (!fl_utf8_valid(inout->source, n))
             snprintf(inout->source, sizeof inout->source, "url");
     }
     int rc = fl_registry_import_bytes(r, store, p, data, size, inout, err);

@@ -1,0 +1,29 @@
+/*
+ * fetch.h — downloading from an http(s) URL given by a client (an image-set archive, an adapter
+ * file), bounded every way a hostile server could stretch it.
+ *
+ * http and https only, for the first request and for redirects (at most 5); a wall-clock timeout;
+ * an HTTP status >= 400 is a failure; the body is counted as it arrives and the transfer aborted
+ * past max_bytes (a declared Content-Length above it is refused before the body starts). Unless
+ * allow_private is set, connections to loopback, private, link-local, CGNAT, multicast and
+ * reserved addresses are refused at connect time (redirects and DNS answers included), so a URL
+ * cannot reach services inside our network. Messages never repeat the URL, which may carry a
+ * signed token.
+ */
+#ifndef FL_DATASETS_FETCH_H
+#define FL_DATASETS_FETCH_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/error.h"
+
+typedef struct fl_fetch_limits {
+    size_t max_bytes;       /* body size */
+    long timeout_seconds;   /* the whole transfer */
+    bool allow_private;     /* allow loopback/private/link-local addresses */
+} fl_fetch_limits;
+
+/* Downloads url into *data (malloc'ed, *size bytes). */
+int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err);
+
+#endif
