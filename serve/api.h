@@ -32,11 +32,14 @@ typedef struct fl_api_config {
     char base_model_hash[65];
     long max_pending_generate;   /* generation jobs queued or running before 429 (default 64) */
     long max_pending_train;      /* training jobs (default 8) */
+    int default_size;            /* width, height and training resolution when a request gives none
+                                  * (default 64) */
     int max_resolution;          /* largest width / height / training resolution (default 1024) */
     int max_generation_steps;    /* default 100 */
     int max_num_images;          /* per generation request (default 8) */
     int max_train_steps;         /* default 5000 */
     int max_rank;                /* default 128 */
+    int max_batch_size;          /* training batch size (default 16) */
     int max_text_tokens;         /* text length every request is encoded to (default 32) */
     int sync_timeout_s;          /* how long "sync": true waits (default 120) */
     int retry_after_s;           /* Retry-After of a 429 (default 2) */

@@ -117,6 +117,10 @@ static int check_name(const char *field, const char *s, bool allow_empty, fl_err
     return 0;
 }
 
+int fl_registry_check_name(const char *field, const char *name, fl_error *err) {
+    return check_name(field, name, false, err);
+}
+
 /* The fields every entry needs, checked before anything is written. with_file: also the fields
  * an import fills in (sha256, format, rank, alpha, bytes). */
 static int check_info(const fl_adapter_info *a, bool with_file, fl_error *err) {

@@ -49,6 +49,10 @@ typedef struct fl_adapter_info {
 
 void fl_adapter_info_clear(fl_adapter_info *a); /* frees metadata_json */
 
+/* An adapter name a client may give: valid UTF-8 without control characters, shorter than
+ * FL_NAME_MAX, not beginning with "trigger:". Errors name the field as `field`. */
+int fl_registry_check_name(const char *field, const char *name, fl_error *err);
+
 /* A fresh random id "ad_<24 hex>" (from /dev/urandom). */
 void fl_registry_new_id(char id[FL_ID_MAX]);
 

@@ -1,7 +1,7 @@
 /*
- * worker.c — the worker loop: read jobs from the Redis work streams, batch generations across
- * adapters, run trainings with checkpoints, store results, acknowledge, reclaim what dead workers
- * left behind (see worker.h).
+ * worker.c — the worker loop (see worker.h): read jobs from the Redis work streams, hand them to
+ * the generation and training code (worker_generate.c, worker_train.c), renew claims, reclaim what
+ * dead workers left behind, and publish heartbeats.
  */
 #include "serve/worker.h"
 
@@ -17,43 +17,13 @@
 
 #include <jansson.h>
 
-#include "adapters/cache.h"
-#include "serve/registry.h"
-#include "serve/store.h"
 #include "core/clock.h"
 #include "core/device.h"
 #include "core/fileio.h"
 #include "core/log.h"
-#include "models/sampler.h"
 #include "serve/jobs.h"
 #include "serve/redis.h"
-#include "trainer/run.h"
-
-#define MAX_ITEMS 64
-
-typedef struct work_item {
-    char entry[64];       /* work-stream entry id */
-    char job[FL_ID_MAX];
-} work_item;
-
-typedef struct worker_state {
-    fl_worker_config cfg;
-    char name[96];
-    volatile sig_atomic_t *stop;
-    fl_redis *r;
-    fl_ctx *ctx;
-    fl_flux_model *model;
-    fl_flux_params params;
-    int patch;
-    char base_hash[65];
-    fl_store *store;
-    fl_adapter_cache *cache;
-    int64_t last_reclaim_ms, last_heartbeat_ms, last_keepalive_ms, last_prune_ms;
-    unsigned long long jobs_done;
-    char current_job[FL_ID_MAX];
-    fl_job_kind current_kind;
-    char current_entry[64];
-} worker_state;
+#include "serve/worker_internal.h"
 
 fl_worker_config fl_worker_config_default(void) {
     fl_worker_config c;
@@ -128,9 +98,9 @@ static int read_group(worker_state *w, bool want_gen, bool want_train, int count
             if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
             bool is_gen = !strcmp(st->element[0]->str, fl_job_stream_key(FL_JOB_GENERATE));
             if (is_gen)
-                collect_entries(st->element[1], gen, n_gen, MAX_ITEMS);
+                collect_entries(st->element[1], gen, n_gen, FL_WORKER_MAX_ITEMS);
             else
-                collect_entries(st->element[1], train, n_train, MAX_ITEMS);
+                collect_entries(st->element[1], train, n_train, FL_WORKER_MAX_ITEMS);
         }
     }
     freeReplyObject(rep);
@@ -138,7 +108,7 @@ static int read_group(worker_state *w, bool want_gen, bool want_train, int count
 }
 
 /* Renews this worker's claim on an entry so no other worker takes it over while it runs. */
-static void keep_claim(worker_state *w, fl_job_kind kind, const char *entry) {
+void fl_worker_keep_claim(worker_state *w, fl_job_kind kind, const char *entry) {
     fl_error err = {0};
     char idle[16];
     snprintf(idle, sizeof idle, "0");
@@ -148,25 +118,25 @@ static void keep_claim(worker_state *w, fl_job_kind kind, const char *entry) {
     w->last_keepalive_ms = fl_now_ms();
 }
 
-static void ack(worker_state *w, fl_job_kind kind, const char *entry) {
+void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {
     fl_error err = {0};
     if (fl_jobs_ack(w->r, kind, entry, &err) != 0) fl_log_warn("worker %s: XACK %s: %s", w->name, entry, err.message);
 }
 
-static void fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
+void fl_worker_fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
     char *text = error_json(code, message);
     fl_error err = {0};
     if (fl_jobs_finish(w->r, it->job, false, text, NULL, &err) != 0)
         fl_log_warn("worker %s: cannot finish job %s: %s", w->name, it->job, err.message);
     else
-        ack(w, kind, it->entry);
+        fl_worker_ack(w, kind, it->entry);
     fl_log_info("job %s failed: %s", it->job, message);
     free(text);
 }
 
 /* ---- heartbeat ------------------------------------------------------------------------------- */
 
-static void heartbeat(worker_state *w, bool force) {
+void fl_worker_heartbeat(worker_state *w, bool force) {
     int64_t now = fl_now_ms();
     if (!force && now - w->last_heartbeat_ms < 500) return;
     w->last_heartbeat_ms = now;
@@ -195,473 +165,6 @@ static void heartbeat(worker_state *w, bool force) {
     if (rep) freeReplyObject(rep);
     if ((rep = fl_redis_cmd(w->r, &err, "EXPIRE fl:worker:%s 30", w->name))) freeReplyObject(rep);
     if ((rep = fl_redis_cmd(w->r, &err, "SADD fl:workers %s", w->name))) freeReplyObject(rep);
-}
-
-/* ---- generation -------------------------------------------------------------------------------- */
-
-#define MAX_REQ_ADAPTERS 8
-
-typedef struct gen_request {
-    work_item item;
-    char tenant[FL_TENANT_MAX];
-    char *prompt;
-    int width, height, steps, num_images, max_text_tokens;
-    float guidance;
-    uint64_t seed;
-    int n_adapters;
-    char adapter_ids[MAX_REQ_ADAPTERS][FL_ID_MAX];
-    char adapter_sha[MAX_REQ_ADAPTERS][65];
-    float adapter_scale[MAX_REQ_ADAPTERS];
-    int64_t created_ms;
-    bool done; /* finished (or failed) already */
-} gen_request;
-
-static int parse_gen_request(const char *text, gen_request *g, fl_error *err) {
-    json_error_t jerr;
-    json_t *o = json_loads(text, 0, &jerr);
-    if (!o) return fl_fail(err, FL_EINVAL, "stored request is not JSON: %s", jerr.text);
-    const char *prompt = json_string_value(json_object_get(o, "prompt"));
-    g->prompt = fl_xstrdup(prompt ? prompt : "");
-    g->width = (int)json_integer_value(json_object_get(o, "width"));
-    g->height = (int)json_integer_value(json_object_get(o, "height"));
-    g->steps = (int)json_integer_value(json_object_get(o, "steps"));
-    g->num_images = (int)json_integer_value(json_object_get(o, "num_images"));
-    g->max_text_tokens = (int)json_integer_value(json_object_get(o, "max_text_tokens"));
-    g->guidance = (float)json_number_value(json_object_get(o, "guidance"));
-    g->seed = (uint64_t)json_integer_value(json_object_get(o, "seed"));
-    json_t *ads = json_object_get(o, "adapters");
-    int rc = 0;
-    if (g->num_images < 1 || g->steps < 1 || g->width < 1 || g->height < 1 || g->max_text_tokens < 1)
-        rc = fl_fail(err, FL_EINVAL, "stored request lacks a size, steps, text length or image count");
-    for (size_t i = 0; rc == 0 && i < json_array_size(ads); i++) {
-        if (i >= MAX_REQ_ADAPTERS) {
-            rc = fl_fail(err, FL_ELIMIT, "more than %d adapters", MAX_REQ_ADAPTERS);
-            break;
-        }
-        json_t *a = json_array_get(ads, i);
-        const char *id = json_string_value(json_object_get(a, "id"));
-        const char *sha = json_string_value(json_object_get(a, "sha256"));
-        if (!id || !sha) {
-            rc = fl_fail(err, FL_EINVAL, "stored adapter entry %zu lacks id or sha256", i);
-            break;
-        }
-        snprintf(g->adapter_ids[i], FL_ID_MAX, "%s", id);
-        snprintf(g->adapter_sha[i], 65, "%s", sha);
-        g->adapter_scale[i] = (float)json_number_value(json_object_get(a, "scale"));
-        g->n_adapters = (int)i + 1;
-    }
-    json_decref(o);
-    return rc;
-}
-
-static bool compatible(const gen_request *a, const gen_request *b) {
-    return a->width == b->width && a->height == b->height && a->steps == b->steps &&
-           a->max_text_tokens == b->max_text_tokens;
-}
-
-/* Runs one batch: attaches the union of its adapters, samples every image in one pass, writes
- * the PNGs, and finishes and acknowledges each request. */
-static void run_batch(worker_state *w, gen_request **reqs, int n) {
-    fl_flux_clear_adapters(w->model);
-    fl_adapter_cache_unpin_all(w->cache);
-    char union_sha[FL_FLUX_MAX_ADAPTERS][65];
-    int union_set[FL_FLUX_MAX_ADAPTERS];
-    int n_union = 0;
-    /* Resolve every request's adapters; a request whose adapter cannot be loaded fails alone. */
-    for (int i = 0; i < n; i++) {
-        gen_request *g = reqs[i];
-        for (int k = 0; k < g->n_adapters && !g->done; k++) {
-            int found = -1;
-            for (int u = 0; u < n_union; u++)
-                if (!strcmp(union_sha[u], g->adapter_sha[k])) found = u;
-            if (found >= 0) continue;
-            const fl_lora *lora = NULL;
-            fl_error err = {0};
-            int set_id = -1;
-            if (fl_adapter_cache_get(w->cache, g->adapter_sha[k], &lora, &err) == 0) {
-                fl_adapter_cache_pin(w->cache, g->adapter_sha[k]);
-                set_id = fl_flux_add_adapter(w->model, lora->pairs, lora->n_pairs, 1.0f, false, &err);
-            }
-            if (set_id < 0) {
-                char msg[700];
-                snprintf(msg, sizeof msg, "adapter %s: %s", g->adapter_ids[k], err.message);
-                fail_job(w, FL_JOB_GENERATE, &g->item, "adapter_unavailable", msg);
-                g->done = true;
-                break;
-            }
-            snprintf(union_sha[n_union], 65, "%s", g->adapter_sha[k]);
-            union_set[n_union++] = set_id;
-        }
-    }
-    int total = 0;
-    for (int i = 0; i < n; i++)
-        if (!reqs[i]->done) total += reqs[i]->num_images;
-    if (total == 0) {
-        fl_flux_clear_adapters(w->model);
-        fl_adapter_cache_unpin_all(w->cache);
-        return;
-    }
-    fl_sample_request *samples = fl_xcalloc((size_t)total, sizeof *samples);
-    float **images = fl_xcalloc((size_t)total, sizeof *images);
-    const gen_request *first = NULL;
-    int s = 0;
-    for (int i = 0; i < n; i++) {
-        gen_request *g = reqs[i];
-        if (g->done) continue;
-        first = first ? first : g;
-        for (int k = 0; k < g->num_images; k++, s++) {
-            samples[s].prompt = g->prompt;
-            samples[s].seed = g->seed + (uint64_t)k;
-            samples[s].guidance = g->guidance;
-            samples[s].adapters.n = g->n_adapters;
-            for (int a = 0; a < g->n_adapters; a++) {
-                for (int u = 0; u < n_union; u++)
-                    if (!strcmp(union_sha[u], g->adapter_sha[a])) samples[s].adapters.set_ids[a] = union_set[u];
-                samples[s].adapters.multipliers[a] = g->adapter_scale[a];
-            }
-            images[s] = fl_xmalloc((size_t)g->width * (size_t)g->height * 3 * sizeof(float));
-        }
-    }
-    fl_error err = {0};
-    int64_t t0 = fl_now_ms();
-    int rc = fl_flux_sample_pixels_batch(w->model, first->width, first->height, first->steps, first->max_text_tokens,
-                                         samples, total, images, &err);
-    double seconds = (double)(fl_now_ms() - t0) / 1000.0;
-    if (rc == 0 && w->cfg.metrics) fl_metrics_observe_batch(w->cfg.metrics, total, seconds);
-    fl_flux_clear_adapters(w->model);
-    fl_adapter_cache_unpin_all(w->cache);
-    fl_log_info("worker %s: batch of %d images (%d requests) in %.2f s", w->name, total, n, seconds);
-
-    s = 0;
-    for (int i = 0; i < n; i++) {
-        gen_request *g = reqs[i];
-        if (g->done) continue;
-        int first_sample = s;
-        s += g->num_images; /* the next request's images start there, whatever happens to this one */
-        if (rc != 0) {
-            fail_job(w, FL_JOB_GENERATE, &g->item, fl_error_code_name(err.code), err.message);
-            g->done = true;
-            continue;
-        }
-        json_t *result = json_pack("{s:[], s:i}", "images", "batch_size", total);
-        json_t *list = json_object_get(result, "images");
-        int wrc = 0;
-        fl_error werr = {0};
-        for (int k = 0; k < g->num_images && wrc == 0; k++) {
-            char img_id[FL_ID_MAX], path[4096], url[160];
-            fl_jobs_new_id("img", img_id);
-            snprintf(path, sizeof path, "%s/images/%s.png", w->cfg.state_dir, img_id);
-            wrc = fl_png_write(path, images[first_sample + k], g->width, g->height, &werr);
-            if (wrc != 0) break;
-            char seed_s[32], now_s[32], w_s[16], h_s[16];
-            snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)(g->seed + (uint64_t)k));
-            snprintf(now_s, sizeof now_s, "%lld", (long long)fl_now_ms());
-            snprintf(w_s, sizeof w_s, "%d", g->width);
-            snprintf(h_s, sizeof h_s, "%d", g->height);
-            redisReply *rep = fl_redis_cmd(w->r, &werr, "HSET fl:image:%s tenant %s job %s seed %s width %s height %s created_ms %s",
-                                           img_id, g->tenant, g->item.job, seed_s, w_s, h_s, now_s);
-            if (!rep) {
-                wrc = -1;
-                break;
-            }
-            freeReplyObject(rep);
-            snprintf(url, sizeof url, "/v1/images/%s.png", img_id);
-            json_array_append_new(list, json_pack("{s:s, s:s, s:I, s:i, s:i}", "id", img_id, "url", url, "seed",
-                                                  (json_int_t)(g->seed + (uint64_t)k), "width", g->width, "height",
-                                                  g->height));
-        }
-        if (wrc != 0) {
-            json_decref(result);
-            fail_job(w, FL_JOB_GENERATE, &g->item, "io_error", werr.message);
-            g->done = true;
-            continue;
-        }
-        char *text = json_dumps(result, JSON_COMPACT);
-        json_decref(result);
-        bool changed = false;
-        fl_error ferr = {0};
-        if (fl_jobs_finish(w->r, g->item.job, true, text, &changed, &ferr) == 0) {
-            ack(w, FL_JOB_GENERATE, g->item.entry);
-            w->jobs_done++;
-            if (w->cfg.metrics) fl_metrics_observe_job(w->cfg.metrics, "generate", (double)(fl_now_ms() - g->created_ms) / 1000.0);
-        } else {
-            fl_log_warn("worker %s: cannot finish job %s: %s (left pending)", w->name, g->item.job, ferr.message);
-        }
-        free(text);
-        g->done = true;
-    }
-    for (int i = 0; i < total; i++) free(images[i]);
-    free(images);
-    free(samples);
-}
-
-static void process_generate(worker_state *w, const work_item *items, int n) {
-    gen_request *reqs = fl_xcalloc((size_t)n, sizeof *reqs);
-    int live = 0;
-    for (int i = 0; i < n; i++) {
-        gen_request *g = &reqs[live];
-        memset(g, 0, sizeof *g);
-        g->item = items[i];
-        int attempts = 0;
-        bool finished = false;
-        fl_error err = {0};
-        if (fl_jobs_start(w->r, items[i].job, w->name, &attempts, &finished, &err) != 0) {
-            if (err.code == FL_ENOTFOUND) ack(w, FL_JOB_GENERATE, items[i].entry); /* a job record that is gone */
-            else fl_log_warn("worker %s: job %s: %s", w->name, items[i].job, err.message);
-            continue;
-        }
-        if (finished) {
-            ack(w, FL_JOB_GENERATE, items[i].entry);
-            continue;
-        }
-        fl_job job;
-        if (fl_jobs_get(w->r, NULL, items[i].job, &job, &err) != 0) continue;
-        snprintf(g->tenant, sizeof g->tenant, "%s", job.tenant);
-        g->created_ms = job.created_ms;
-        int rc = job.request_json ? parse_gen_request(job.request_json, g, &err) : fl_fail(&err, FL_EINVAL, "no request");
-        fl_job_clear(&job);
-        if (rc != 0) {
-            fail_job(w, FL_JOB_GENERATE, &g->item, "invalid_input", err.message);
-            free(g->prompt);
-            continue;
-        }
-        live++;
-    }
-    /* Batches: compatible requests in arrival order, up to max_batch images and the adapter
-     * slots of a Linear. */
-    gen_request **batch = fl_xcalloc((size_t)(live ? live : 1), sizeof *batch);
-    for (int i = 0; i < live; i++) {
-        if (reqs[i].done) continue;
-        int nb = 0, images = 0;
-        char shas[FL_FLUX_MAX_ADAPTERS][65];
-        int n_shas = 0;
-        for (int j = i; j < live; j++) {
-            gen_request *g = &reqs[j];
-            if (g->done || !compatible(&reqs[i], g)) continue;
-            bool taken = false;
-            for (int b = 0; b < nb; b++) taken = taken || batch[b] == g;
-            if (taken) continue;
-            int new_shas = 0;
-            for (int a = 0; a < g->n_adapters; a++) {
-                bool have = false;
-                for (int u = 0; u < n_shas; u++) have = have || !strcmp(shas[u], g->adapter_sha[a]);
-                for (int b = 0; b < a && !have; b++) have = !strcmp(g->adapter_sha[b], g->adapter_sha[a]);
-                if (!have) new_shas++;
-            }
-            if (nb > 0 && (images + g->num_images > w->cfg.max_batch || n_shas + new_shas > FL_FLUX_MAX_ADAPTERS))
-                continue;
-            for (int a = 0; a < g->n_adapters; a++) {
-                bool have = false;
-                for (int u = 0; u < n_shas; u++) have = have || !strcmp(shas[u], g->adapter_sha[a]);
-                if (!have && n_shas < FL_FLUX_MAX_ADAPTERS) snprintf(shas[n_shas++], 65, "%s", g->adapter_sha[a]);
-            }
-            batch[nb++] = g;
-            images += g->num_images;
-        }
-        for (int b = 0; b < nb; b++) keep_claim(w, FL_JOB_GENERATE, batch[b]->item.entry);
-        run_batch(w, batch, nb);
-    }
-    for (int i = 0; i < live; i++) free(reqs[i].prompt);
-    free(batch);
-    free(reqs);
-}
-
-/* ---- training ---------------------------------------------------------------------------------- */
-
-typedef struct train_ctx {
-    worker_state *w;
-    const work_item *item;
-} train_ctx;
-
-static void on_train_event(void *arg, json_t *event) {
-    train_ctx *tc = arg;
-    worker_state *w = tc->w;
-    char *text = json_dumps(event, JSON_COMPACT);
-    if (!text) return;
-    const char *kind = json_string_value(json_object_get(event, "event"));
-    int step = -1, total = 0;
-    double loss = 0, eta = 0;
-    if (kind && !strcmp(kind, "progress")) {
-        step = (int)json_integer_value(json_object_get(event, "step"));
-        total = (int)json_integer_value(json_object_get(event, "total"));
-        loss = json_number_value(json_object_get(event, "loss"));
-        eta = json_number_value(json_object_get(event, "eta_s"));
-    }
-    fl_error err = {0};
-    if (fl_jobs_event(w->r, tc->item->job, text, step, total, loss, eta, &err) != 0)
-        fl_log_warn("worker %s: job %s: event not stored: %s", w->name, tc->item->job, err.message);
-    free(text);
-    if (fl_now_ms() - w->last_keepalive_ms >= 1000) keep_claim(w, FL_JOB_TRAIN, tc->item->entry);
-    heartbeat(w, false);
-}
-
-static bool train_should_stop(void *arg) {
-    train_ctx *tc = arg;
-    return *tc->w->stop != 0;
-}
-
-static void remove_job_dir(const char *dir) {
-    char path[4200];
-    const char *files[] = {"adapter.safetensors", "adapter.safetensors.ckpt"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
-/* The adapter of training job "job_X" is "ad_X": a retried job can find what it registered. */
-static void adapter_id_of_job(const char *job_id, char id[FL_ID_MAX]) {
-    const char *suffix = strchr(job_id, '_') ? strchr(job_id, '_') + 1 : job_id;
-    snprintf(id, FL_ID_MAX, "ad_%.56s", suffix);
-}
-
-/* Stores and registers the adapter of a finished training under an id derived from the job, so
- * a job that is retried after a crash between registering and finishing registers nothing twice. */
-static int register_adapter(worker_state *w, const fl_job *job, json_t *req, const char *path, fl_adapter_info *info,
-                            fl_error *err) {
-    char id[FL_ID_MAX];
-    adapter_id_of_job(job->id, id);
-    fl_error ignored = {0};
-    if (fl_registry_get(w->r, job->tenant, id, info, &ignored) == 0) return 0; /* registered already */
-    memset(info, 0, sizeof *info);
-    snprintf(info->id, sizeof info->id, "%s", id);
-    snprintf(info->tenant, sizeof info->tenant, "%s", job->tenant);
-    const char *name = json_string_value(json_object_get(req, "name"));
-    snprintf(info->name, sizeof info->name, "%s", name && *name ? name : info->id);
-    const char *trigger = json_string_value(json_object_get(req, "trigger_word"));
-    snprintf(info->trigger, sizeof info->trigger, "%s", trigger ? trigger : "");
-    snprintf(info->base_model, sizeof info->base_model, "%s", w->base_hash);
-    snprintf(info->source, sizeof info->source, "training:%s", job->id);
-    unsigned char *data = NULL;
-    size_t size = 0;
-    if (fl_read_file(path, (size_t)1 << 40, &data, &size, err) != 0) return -1;
-    int rc = fl_registry_import_bytes(w->r, w->store, &w->params, data, size, info, err);
-    if (rc != 0 && err->code == FL_ECONFLICT) {
-        /* The name was taken while the job ran: keep the adapter under a suffixed name. */
-        char alt[FL_NAME_MAX];
-        snprintf(alt, sizeof alt, "%.100s-%.8s", info->name, info->id + 3);
-        snprintf(info->name, sizeof info->name, "%s", alt);
-        rc = fl_registry_import_bytes(w->r, w->store, &w->params, data, size, info, err);
-    }
-    free(data);
-    return rc;
-}
-
-static void process_train(worker_state *w, const work_item *item) {
-    int attempts = 0;
-    bool finished = false;
-    fl_error err = {0};
-    if (fl_jobs_start(w->r, item->job, w->name, &attempts, &finished, &err) != 0) {
-        if (err.code == FL_ENOTFOUND) ack(w, FL_JOB_TRAIN, item->entry);
-        else fl_log_warn("worker %s: job %s: %s", w->name, item->job, err.message);
-        return;
-    }
-    if (finished) {
-        ack(w, FL_JOB_TRAIN, item->entry);
-        return;
-    }
-    fl_job job;
-    if (fl_jobs_get(w->r, NULL, item->job, &job, &err) != 0) return;
-    json_error_t jerr;
-    json_t *req = job.request_json ? json_loads(job.request_json, 0, &jerr) : NULL;
-    if (!req) {
-        fail_job(w, FL_JOB_TRAIN, item, "invalid_input", "stored request is not JSON");
-        fl_job_clear(&job);
-        return;
-    }
-    snprintf(w->current_job, sizeof w->current_job, "%s", job.id);
-    char dir[4096], out[4200];
-    snprintf(dir, sizeof dir, "%s/jobs/%s", w->cfg.state_dir, job.id);
-    snprintf(out, sizeof out, "%s/adapter.safetensors", dir);
-    fl_train_job tj = fl_train_job_default();
-    tj.images = json_string_value(json_object_get(req, "images"));
-    tj.url_allow_private = w->cfg.allow_private_urls;
-    tj.trigger = json_string_value(json_object_get(req, "trigger_word"));
-    const char *caption = json_string_value(json_object_get(req, "caption"));
-    if (caption) tj.caption = caption;
-    tj.is_style = json_is_true(json_object_get(req, "is_style"));
-    tj.buckets = json_is_true(json_object_get(req, "buckets"));
-    tj.resolution = (int)json_integer_value(json_object_get(req, "resolution"));
-    tj.cfg.steps = (int)json_integer_value(json_object_get(req, "steps"));
-    tj.cfg.rank = (int)json_integer_value(json_object_get(req, "rank"));
-    tj.cfg.alpha = (float)json_number_value(json_object_get(req, "alpha"));
-    tj.cfg.lr = (float)json_number_value(json_object_get(req, "learning_rate"));
-    tj.cfg.batch_size = (int)json_integer_value(json_object_get(req, "batch_size"));
-    tj.cfg.seed = (uint64_t)json_integer_value(json_object_get(req, "seed"));
-    const char *targets = json_string_value(json_object_get(req, "targets"));
-    if (targets) tj.cfg.targets = targets;
-    tj.out = out;
-    tj.checkpoint_every = w->cfg.checkpoint_every;
-    tj.resume = true;
-    tj.base_model_hash = w->base_hash;
-    train_ctx tc = {w, item};
-    fl_train_hooks hooks = {on_train_event, train_should_stop, &tc};
-    fl_train_result res;
-    memset(&res, 0, sizeof res);
-    int rc = fl_mkdirs(dir, &err);
-    keep_claim(w, FL_JOB_TRAIN, item->entry);
-    if (rc == 0 && attempts > 1) fl_log_info("worker %s: job %s: attempt %d, resuming from its checkpoint", w->name, job.id, attempts);
-    /* An earlier attempt that registered its adapter but died before finishing the job: finish
-     * it from the registry instead of training again. */
-    fl_adapter_info prior;
-    fl_error ignored = {0};
-    char adapter_id[FL_ID_MAX];
-    adapter_id_of_job(job.id, adapter_id);
-    bool registered = fl_registry_get(w->r, job.tenant, adapter_id, &prior, &ignored) == 0;
-    if (registered) {
-        json_t *meta = prior.metadata_json ? json_loads(prior.metadata_json, 0, &jerr) : NULL;
-        const char *steps = json_string_value(json_object_get(meta, "steps"));
-        const char *loss = json_string_value(json_object_get(meta, "final_loss"));
-        res.steps = res.resumed_at = steps ? atoi(steps) : 0;
-        res.final_loss = loss ? atof(loss) : 0.0;
-        json_decref(meta);
-        fl_adapter_info_clear(&prior);
-        fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
-    }
-    if (rc == 0 && !registered) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
-    fl_flux_clear_adapters(w->model);
-    if (rc != 0 && *w->stop) {
-        fl_log_info("worker %s: stopping; job %s keeps its checkpoint and will be taken over", w->name, job.id);
-    } else if (rc != 0) {
-        fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
-        remove_job_dir(dir);
-    } else {
-        fl_adapter_info info;
-        if (register_adapter(w, &job, req, out, &info, &err) != 0) {
-            fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
-        } else {
-            json_t *result = json_pack("{s:s, s:s, s:s, s:i, s:f, s:i, s:f, s:i}", "adapter_id", info.id, "name",
-                                       info.name, "sha256", info.sha256, "steps", res.steps, "final_loss",
-                                       res.final_loss, "images", res.images, "training_s", res.training_s,
-                                       "resumed_at", res.resumed_at);
-            char *text = json_dumps(result, JSON_COMPACT);
-            json_decref(result);
-            bool changed = false;
-            if (fl_jobs_finish(w->r, job.id, true, text, &changed, &err) == 0) {
-                ack(w, FL_JOB_TRAIN, item->entry);
-                w->jobs_done++;
-                if (w->cfg.metrics) fl_metrics_observe_job(w->cfg.metrics, "train", (double)(fl_now_ms() - job.created_ms) / 1000.0);
-                fl_log_info("job %s: adapter %s registered (%d steps, loss %.4f)", job.id, info.id, res.steps, res.final_loss);
-            } else {
-                fl_log_warn("worker %s: cannot finish job %s: %s (left pending)", w->name, job.id, err.message);
-            }
-            free(text);
-            fl_adapter_info_clear(&info);
-        }
-        remove_job_dir(dir);
-    }
-    /* An uploaded archive belongs to its job: gone once the job is finished. */
-    fl_job after;
-    if (tj.images && fl_jobs_get(w->r, NULL, job.id, &after, &err) == 0) {
-        char uploads[4200];
-        snprintf(uploads, sizeof uploads, "%s/uploads/", w->cfg.state_dir);
-        if (fl_job_state_terminal(after.state) && !strncmp(tj.images, uploads, strlen(uploads))) unlink(tj.images);
-        fl_job_clear(&after);
-    }
-    w->current_job[0] = '\0';
-    json_decref(req);
-    fl_job_clear(&job);
 }
 
 /* ---- reclaiming ----------------------------------------------------------------------------------- */
@@ -719,7 +222,7 @@ static void reclaim(worker_state *w) {
         redisReply *rep = fl_redis_cmd(w->r, &err, "XAUTOCLAIM %s %s %s %s 0-0 COUNT 8", fl_job_stream_key(kind),
                                        FL_JOBS_GROUP, w->name, idle);
         if (!rep) continue;
-        work_item items[MAX_ITEMS];
+        work_item items[FL_WORKER_MAX_ITEMS];
         int n = 0;
         if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2) collect_entries(rep->element[1], items, &n, 8);
         freeReplyObject(rep);
@@ -732,15 +235,15 @@ static void reclaim(worker_state *w) {
                 snprintf(msg, sizeof msg,
                          "the job was delivered %d times and no worker finished it (cap %d): giving up", d,
                          w->cfg.max_deliveries);
-                fail_job(w, kind, &items[i], "delivery_cap", msg);
+                fl_worker_fail_job(w, kind, &items[i], "delivery_cap", msg);
                 continue;
             }
             items[keep++] = items[i];
         }
         if (keep == 0) continue;
-        if (kind == FL_JOB_GENERATE) process_generate(w, items, keep);
+        if (kind == FL_JOB_GENERATE) fl_worker_process_generate(w, items, keep);
         else
-            for (int i = 0; i < keep && !*w->stop; i++) process_train(w, &items[i]);
+            for (int i = 0; i < keep && !*w->stop; i++) fl_worker_process_train(w, &items[i]);
     }
 }
 
@@ -788,16 +291,16 @@ static int worker_loop(worker_state *w, fl_error *err) {
         return -1;
     }
     fl_log_info("worker %s: ready (model %s, device %s)", w->name, w->cfg.model_path, w->cfg.device);
-    heartbeat(w, true);
+    fl_worker_heartbeat(w, true);
     int failures = 0;
     while (!*w->stop) {
-        heartbeat(w, false);
+        fl_worker_heartbeat(w, false);
         reclaim(w);
         prune_consumers(w);
-        work_item gen[MAX_ITEMS], train[MAX_ITEMS];
+        work_item gen[FL_WORKER_MAX_ITEMS], train[FL_WORKER_MAX_ITEMS];
         int n_gen = 0, n_train = 0;
         fl_error e = {0};
-        int batch = w->cfg.max_batch < MAX_ITEMS ? w->cfg.max_batch : MAX_ITEMS;
+        int batch = w->cfg.max_batch < FL_WORKER_MAX_ITEMS ? w->cfg.max_batch : FL_WORKER_MAX_ITEMS;
         int rc = read_group(w, true, false, batch, -1, gen, &n_gen, train, &n_train, &e);
         if (rc == 0 && n_gen == 0) rc = read_group(w, true, true, 1, 1000, gen, &n_gen, train, &n_train, &e);
         if (rc != 0) {
@@ -812,8 +315,8 @@ static int worker_loop(worker_state *w, fl_error *err) {
             fl_sleep_ms(w->cfg.batch_wait_ms);
             read_group(w, true, false, batch - n_gen, -1, gen, &n_gen, train, &n_train, &e);
         }
-        if (n_gen > 0) process_generate(w, gen, n_gen);
-        for (int i = 0; i < n_train && !*w->stop; i++) process_train(w, &train[i]);
+        if (n_gen > 0) fl_worker_process_generate(w, gen, n_gen);
+        for (int i = 0; i < n_train && !*w->stop; i++) fl_worker_process_train(w, &train[i]);
     }
     close_worker(w);
     return 0;

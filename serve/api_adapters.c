@@ -1,0 +1,108 @@
+/*
+ * api_adapters.c — the adapter routes of the API: list (paginated), import by upload or URL
+ * (converted once to the canonical layout and checked against the base model), get and delete.
+ * A tenant sees only its own adapters; another tenant's is "not found".
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "serve/api_internal.h"
+
+json_t *fl_api_adapter_json(const fl_adapter_info *a) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I}", "id", a->id, "name", a->name,
+                          "trigger_word", a->trigger, "base_model", a->base_model, "sha256", a->sha256, "format",
+                          a->format, "source", a->source, "rank", a->rank, "alpha", a->alpha, "bytes",
+                          (json_int_t)a->bytes, "created_ms", (json_int_t)a->created_ms);
+    json_object_set_new(o, "metadata", a->metadata_json ? fl_api_json_or_null(a->metadata_json) : json_object());
+    return o;
+}
+
+int fl_api_find_adapter(fl_redis *r, const char *tenant, const char *id_or_name, fl_adapter_info *out, fl_error *err) {
+    if (fl_registry_get(r, tenant, id_or_name, out, err) == 0) return 0;
+    if (err->code != FL_ENOTFOUND && err->code != FL_EINVAL) return -1;
+    if (fl_registry_lookup(r, tenant, id_or_name, out, err) == 0) return 0;
+    if (err->code == FL_ENOTFOUND || err->code == FL_EINVAL)
+        return fl_fail(err, FL_ENOTFOUND, "adapter '%.128s' not found", id_or_name);
+    return -1;
+}
+
+void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res) {
+    fl_error err = {0};
+    long long offset = 0, limit = 50;
+    const char *q_off = fl_http_query(req, "offset"), *q_lim = fl_http_query(req, "limit");
+    char *end = NULL;
+    if (q_off && ((offset = strtoll(q_off, &end, 10)) < 0 || *end))
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'offset': expected an integer >= 0"); return; }
+    if (q_lim && ((limit = strtoll(q_lim, &end, 10)) < 1 || limit > 500 || *end))
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'limit': expected an integer in [1, 500]"); return; }
+    fl_adapter_info *items = NULL;
+    size_t n = 0, total = 0;
+    if (fl_registry_list(r, tenant, (size_t)offset, (size_t)limit, &items, &n, &total, &err) != 0) {
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(list, fl_api_adapter_json(&items[i]));
+        fl_adapter_info_clear(&items[i]);
+    }
+    free(items);
+    json_t *o = json_pack("{s:o, s:I, s:I}", "adapters", list, "total", (json_int_t)total, "offset", (json_int_t)offset);
+    size_t next = (size_t)offset + n;
+    json_object_set_new(o, "next_offset", next < total ? json_integer((json_int_t)next) : json_null());
+    fl_http_reply_json(res, 200, o);
+}
+
+void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                            fl_http_response *res) {
+    fl_error err = {0};
+    fl_req_source source;
+    json_t *o = fl_api_request_object(req, &source, &err);
+    if (!o) { fl_api_reply_err(res, &err); return; }
+    fl_adapter_import_request ir;
+    const fl_http_part *file = fl_http_part_get(req, "file");
+    fl_adapter_info info;
+    memset(&info, 0, sizeof info);
+    int rc = fl_adapter_import_request_decode(o, source, &ir, &err);
+    const char *name = rc == 0 && ir.name[0] ? ir.name : NULL, *trigger = rc == 0 ? ir.trigger_word : NULL;
+    const char *url = rc == 0 ? ir.url : NULL;
+    if (rc == 0 && !file && !url)
+        rc = fl_fail(&err, FL_EINVAL, "field 'file' (a multipart file) or 'url' is required");
+    if (rc == 0 && file && url) rc = fl_fail(&err, FL_EINVAL, "give either 'file' or 'url', not both");
+    if (rc == 0) {
+        snprintf(info.tenant, sizeof info.tenant, "%s", tenant);
+        if (name) snprintf(info.name, sizeof info.name, "%s", name);
+        if (trigger) snprintf(info.trigger, sizeof info.trigger, "%s", trigger);
+        snprintf(info.base_model, sizeof info.base_model, "%s", api->cfg.base_model_hash);
+        if (!url) snprintf(info.source, sizeof info.source, "upload"); /* a URL is recorded without its query */
+        rc = url ? fl_registry_import_url(r, api->store, &api->cfg.params, url, api->cfg.allow_private_urls, &info, &err)
+                 : fl_registry_import_bytes(r, api->store, &api->cfg.params, file->data, file->size, &info, &err);
+    }
+    fl_adapter_import_request_clear(&ir);
+    json_decref(o);
+    if (rc != 0) {
+        fl_adapter_info_clear(&info);
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    fl_http_reply_json(res, 201, fl_api_adapter_json(&info));
+    fl_adapter_info_clear(&info);
+}
+
+void fl_api_adapters_one(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                         fl_http_response *res) {
+    fl_error err = {0};
+    fl_adapter_info info;
+    if (fl_api_find_adapter(r, tenant, id, &info, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    if (!strcmp(req->method, "GET")) {
+        fl_http_reply_json(res, 200, fl_api_adapter_json(&info));
+    } else if (fl_registry_delete(r, api->store, tenant, info.id, &err) != 0) {
+        fl_api_reply_err(res, &err);
+    } else {
+        fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", info.id));
+    }
+    fl_adapter_info_clear(&info);
+}

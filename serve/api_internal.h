@@ -1,0 +1,70 @@
+/*
+ * api_internal.h — what the files of the HTTP API share (not a public header): the API's state,
+ * its Redis connection pool, the error-to-status mapping, the request body as a JSON object, and
+ * the handlers each file implements (api_adapters.c, api_jobs.c, api_ops.c). api.c routes.
+ */
+#ifndef FL_SERVE_API_INTERNAL_H
+#define FL_SERVE_API_INTERNAL_H
+#include <pthread.h>
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "serve/api.h"
+#include "serve/http.h"
+#include "serve/redis.h"
+#include "serve/registry.h"
+#include "serve/requests.h"
+#include "serve/store.h"
+
+#define FL_API_POOL_MAX 64
+#define FL_API_MAX_IMAGE_BYTES ((size_t)1 << 30) /* a PNG the service wrote */
+
+struct fl_api {
+    fl_api_config cfg;
+    fl_store *store;
+    fl_request_limits limits; /* what requests are checked against, from cfg and the model */
+    pthread_mutex_t lock;
+    fl_redis *pool[FL_API_POOL_MAX];
+    int n_pool;
+};
+
+/* A Redis connection for this thread's request (FL_EUNAVAILABLE when Redis cannot be reached),
+ * and its return to the pool. */
+fl_redis *fl_api_pool_get(fl_api *api, fl_error *err);
+void fl_api_pool_put(fl_api *api, fl_redis *r);
+
+/* The HTTP status of an error code, and an error response from err. */
+int fl_api_status_of(fl_error_code code);
+void fl_api_reply_err(fl_http_response *res, const fl_error *err);
+/* text parsed as JSON; text itself as a JSON string when it is not JSON; null for NULL. */
+json_t *fl_api_json_or_null(const char *text);
+/* The request's body as a JSON object: a JSON body, or the plain fields of a multipart form (each
+ * value a string; *source tells which). NULL with err set for a malformed body. */
+json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source, fl_error *err);
+
+/* api_adapters.c */
+json_t *fl_api_adapter_json(const fl_adapter_info *a);
+/* An adapter of the tenant by id, else by name; FL_ENOTFOUND naming it otherwise. */
+int fl_api_find_adapter(fl_redis *r, const char *tenant, const char *id_or_name, fl_adapter_info *out, fl_error *err);
+void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res);
+void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                            fl_http_response *res);
+void fl_api_adapters_one(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                         fl_http_response *res);
+
+/* api_jobs.c */
+void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                             fl_http_response *res);
+void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                               fl_http_response *res);
+void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                        fl_http_response *res);
+void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res);
+
+/* api_ops.c: no key needed */
+void fl_api_healthz(fl_api *api, fl_http_response *res);
+void fl_api_metrics(fl_api *api, fl_http_response *res);
+
+#endif

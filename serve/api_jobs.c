@@ -1,0 +1,402 @@
+/*
+ * api_jobs.c — the job routes of the API: training and generation requests (checked against the
+ * service's limits and queued), a job's state, its server-sent events, synchronous generation,
+ * and the generated images. A tenant sees only its own jobs and images.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "core/clock.h"
+#include "core/fileio.h"
+#include "datasets/imageset.h"
+#include "serve/api_internal.h"
+#include "serve/jobs.h"
+
+static char *base64(const unsigned char *data, size_t n) {
+    static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = fl_xmalloc((n + 2) / 3 * 4 + 1), *o = out;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < n ? (uint32_t)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
+        *o++ = table[v >> 18 & 63];
+        *o++ = table[v >> 12 & 63];
+        *o++ = i + 1 < n ? table[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? table[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+
+/* ---- jobs ------------------------------------------------------------------------------------------- */
+
+static void reply_accepted(fl_http_response *res, const char *job_id) {
+    char status_url[160], events_url[160];
+    snprintf(status_url, sizeof status_url, "/v1/jobs/%s", job_id);
+    snprintf(events_url, sizeof events_url, "/v1/jobs/%s/events", job_id);
+    fl_http_add_header(res, "Location", status_url);
+    fl_http_reply_json(res, 202, json_pack("{s:s, s:s, s:s, s:s}", "job_id", job_id, "status", "queued",
+                                           "status_url", status_url, "events_url", events_url));
+}
+
+static void reply_queue_full(fl_api *api, fl_http_response *res, const char *kind, long max) {
+    char retry[16];
+    snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
+    fl_http_reply_error(res, 429, "queue_full", "the %s queue is full (%ld jobs waiting or running); retry later", kind,
+                        max);
+    fl_http_add_header(res, "Retry-After", retry);
+}
+
+void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                             fl_http_response *res) {
+    fl_error err = {0};
+    fl_req_source source;
+    json_t *o = fl_api_request_object(req, &source, &err);
+    if (!o) { fl_api_reply_err(res, &err); return; }
+    fl_train_request tr;
+    const fl_http_part *archive = fl_http_part_get(req, "images");
+    int rc = fl_train_request_decode(o, source, &api->limits, &tr, &err);
+    json_decref(o);
+    if (rc == 0 && tr.name[0]) {
+        fl_adapter_info taken;
+        fl_error e2 = {0};
+        if (fl_registry_lookup(r, tenant, tr.name, &taken, &e2) == 0) {
+            fl_adapter_info_clear(&taken);
+            rc = fl_fail(&err, FL_ECONFLICT, "field 'name': this tenant already has an adapter named '%s'", tr.name);
+        }
+    }
+    if (rc == 0 && !archive && !tr.images)
+        rc = fl_fail(&err, FL_EINVAL, "an 'images' archive (multipart file) or 'images_url' is required");
+    if (rc == 0 && archive && tr.images) rc = fl_fail(&err, FL_EINVAL, "give either 'images' or 'images_url', not both");
+    char job_id[FL_ID_MAX];
+    fl_jobs_new_id("job", job_id);
+    char upload_path[4500] = "";
+    if (rc == 0 && archive) {
+        /* Validate the set now, so a broken upload is a 400 and not a failed job. */
+        fl_imageset_limits limits = fl_imageset_limits_default();
+        fl_imageset *set = NULL;
+        const char *label = archive->filename && *archive->filename ? archive->filename : "images.zip";
+        rc = fl_imageset_load_memory(archive->data, archive->size, label, &limits, &set, &err);
+        fl_imageset_free(set);
+        const char *ext = strstr(label, ".tar.gz") ? ".tar.gz" : strrchr(label, '.') ? strrchr(label, '.') : ".zip";
+        char file[160];
+        snprintf(file, sizeof file, "%s%.10s", job_id, ext);
+        snprintf(upload_path, sizeof upload_path, "%s/uploads/%s", api->cfg.state_dir, file);
+        if (rc == 0) rc = fl_write_file_atomic(upload_path, archive->data, archive->size, &err);
+        if (rc != 0) upload_path[0] = '\0';
+        if (rc == 0) {
+            tr.images = fl_xstrdup(upload_path);
+            tr.source = fl_xstrdup("upload");
+        }
+    }
+    if (rc != 0) {
+        fl_train_request_clear(&tr);
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    json_t *job = fl_train_request_to_json(&tr);
+    fl_train_request_clear(&tr);
+    char *text = json_dumps(job, JSON_COMPACT);
+    json_decref(job);
+    bool full = false;
+    rc = fl_jobs_enqueue(r, FL_JOB_TRAIN, job_id, tenant, text, api->cfg.max_pending_train, &full, &err);
+    free(text);
+    if (rc != 0 || full) {
+        if (*upload_path) unlink(upload_path);
+        if (rc != 0) { fl_api_reply_err(res, &err); return; }
+        reply_queue_full(api, res, "training", api->cfg.max_pending_train);
+        return;
+    }
+    reply_accepted(res, job_id);
+}
+
+/* The job as the API shows it: internal paths left out. */
+static json_t *job_json(const fl_job *job) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:I, s:I}", "id", job->id, "kind", fl_job_kind_name(job->kind),
+                          "state", job->state, "attempts", job->attempts, "created_ms", (json_int_t)job->created_ms,
+                          "updated_ms", (json_int_t)job->updated_ms);
+    json_t *request = fl_api_json_or_null(job->request_json);
+    if (json_is_object(request) && json_object_get(request, "source")) {
+        json_object_set(request, "images", json_object_get(request, "source"));
+        json_object_del(request, "source");
+    }
+    json_object_set_new(o, "request", request);
+    if (job->kind == FL_JOB_TRAIN)
+        json_object_set_new(o, "progress", json_pack("{s:i, s:i, s:f, s:f}", "step", job->step, "total", job->total,
+                                                     "loss", job->loss, "eta_s", job->eta_s));
+    json_object_set_new(o, "result", fl_api_json_or_null(job->result_json));
+    json_object_set_new(o, "error", fl_api_json_or_null(job->error_json));
+    return o;
+}
+
+void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+    fl_error err = {0};
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    fl_http_reply_json(res, 200, job_json(&job));
+    fl_job_clear(&job);
+}
+
+/* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream. */
+typedef struct event_stream {
+    fl_redis *r;
+    char key[160];
+    char last_id[64];
+    char *buf;
+    size_t len, off, cap;
+    bool ended;
+    int64_t last_send_ms;
+} event_stream;
+
+static void event_stream_free(void *arg) {
+    event_stream *es = arg;
+    fl_redis_close(es->r);
+    free(es->buf);
+    free(es);
+}
+
+static void es_append(event_stream *es, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void es_append(event_stream *es, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(es->buf ? es->buf + es->len : NULL, es->buf ? es->cap - es->len : 0, fmt, ap);
+        va_end(ap);
+        if (es->buf && es->len + (size_t)n < es->cap) {
+            es->len += (size_t)n;
+            return;
+        }
+        es->cap = (es->cap + (size_t)n + 1) * 2;
+        es->buf = fl_xrealloc(es->buf, es->cap);
+    }
+}
+
+static ssize_t event_stream_read(void *arg, char *out, size_t max) {
+    event_stream *es = arg;
+    if (es->off < es->len) {
+        size_t n = es->len - es->off < max ? es->len - es->off : max;
+        memcpy(out, es->buf + es->off, n);
+        es->off += n;
+        return (ssize_t)n;
+    }
+    if (es->ended) return -1;
+    es->len = es->off = 0;
+    fl_error err = {0};
+    redisReply *rep = fl_redis_cmd(es->r, &err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s", es->key, es->last_id);
+    if (!rep) {
+        es_append(es, "event: error\ndata: {\"code\":\"unavailable\",\"message\":\"event store unreachable\"}\n\n");
+        es->ended = true;
+        return event_stream_read(arg, out, max);
+    }
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 && rep->element[0]->elements >= 2) {
+        const redisReply *entries = rep->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            const redisReply *e = entries->element[i];
+            if (e->elements < 2) continue;
+            snprintf(es->last_id, sizeof es->last_id, "%s", e->element[0]->str);
+            const redisReply *fields = e->element[1];
+            for (size_t k = 0; k + 1 < fields->elements; k += 2) {
+                if (strcmp(fields->element[k]->str, "data") != 0) continue;
+                const char *data = fields->element[k + 1]->str;
+                json_error_t jerr;
+                json_t *ev = json_loads(data, 0, &jerr);
+                const char *type = ev ? json_string_value(json_object_get(ev, "event")) : NULL;
+                es_append(es, "id: %s\nevent: %s\ndata: %s\n\n", es->last_id, type ? type : "message", data);
+                if (type && (!strcmp(type, "succeeded") || !strcmp(type, "failed"))) es->ended = true;
+                json_decref(ev);
+            }
+        }
+    }
+    freeReplyObject(rep);
+    if (es->len == 0 && fl_now_ms() - es->last_send_ms > 15000) es_append(es, ": keep-alive\n\n");
+    if (es->len == 0) return 0;
+    es->last_send_ms = fl_now_ms();
+    size_t n = es->len < max ? es->len : max;
+    memcpy(out, es->buf, n);
+    es->off = n;
+    return (ssize_t)n;
+}
+
+void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                        fl_http_response *res) {
+    fl_error err = {0};
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    fl_job_clear(&job);
+    event_stream *es = fl_xcalloc(1, sizeof *es);
+    if (fl_redis_connect(api->cfg.redis_address, &es->r, &err) != 0) {
+        free(es);
+        err.code = FL_EUNAVAILABLE;
+        { fl_api_reply_err(res, &err); return; }
+    }
+    snprintf(es->key, sizeof es->key, "fl:job:%s:events", id);
+    const char *last = fl_http_header(req, "Last-Event-ID");
+    bool valid_last = last && *last && strlen(last) < sizeof es->last_id && strspn(last, "0123456789-") == strlen(last);
+    snprintf(es->last_id, sizeof es->last_id, "%s", valid_last ? last : "0-0");
+    es->last_send_ms = fl_now_ms();
+    res->status = 200;
+    res->content_type = "text/event-stream";
+    fl_http_add_header(res, "Cache-Control", "no-cache");
+    res->stream = event_stream_read;
+    res->stream_arg = es;
+    res->stream_free = event_stream_free;
+}
+
+/* True for the text of a job's last event (succeeded or failed). */
+static bool event_is_terminal(const char *data) {
+    json_error_t jerr;
+    json_t *ev = json_loads(data, 0, &jerr);
+    const char *type = json_string_value(json_object_get(ev, "event"));
+    bool terminal = type && (!strcmp(type, "succeeded") || !strcmp(type, "failed"));
+    json_decref(ev);
+    return terminal;
+}
+
+/* Waits for a job's terminal event on its event stream. Returns 0 when it ended, 1 on timeout. */
+static int wait_for_job(fl_api *api, const char *id, int timeout_s, fl_error *err) {
+    fl_redis *r = NULL;
+    if (fl_redis_connect(api->cfg.redis_address, &r, err) != 0) return -1;
+    char key[160], last[64] = "0-0";
+    snprintf(key, sizeof key, "fl:job:%s:events", id);
+    int64_t deadline = fl_now_ms() + (int64_t)timeout_s * 1000;
+    int rc = 1;
+    while (rc == 1 && fl_now_ms() < deadline) {
+        redisReply *rep = fl_redis_cmd(r, err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s", key, last);
+        if (!rep) {
+            rc = -1;
+            break;
+        }
+        if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 && rep->element[0]->elements >= 2) {
+            const redisReply *entries = rep->element[0]->element[1];
+            for (size_t i = 0; i < entries->elements; i++) {
+                const redisReply *e = entries->element[i];
+                snprintf(last, sizeof last, "%s", e->element[0]->str);
+                for (size_t k = 0; k + 1 < e->element[1]->elements; k += 2)
+                    if (event_is_terminal(e->element[1]->element[k + 1]->str)) rc = 0;
+            }
+        }
+        freeReplyObject(rep);
+    }
+    fl_redis_close(r);
+    return rc;
+}
+
+static void reply_sync_result(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+    fl_error err = {0};
+    int w = wait_for_job(api, id, api->cfg.sync_timeout_s, &err);
+    if (w < 0) { fl_api_reply_err(res, &err); return; }
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    if (w == 1) {
+        fl_job_clear(&job);
+        fl_http_reply_error(res, 504, "timeout", "job %s did not finish within %d s; follow it at /v1/jobs/%s", id,
+                            api->cfg.sync_timeout_s, id);
+        return;
+    }
+    if (strcmp(job.state, "succeeded") != 0) {
+        json_t *e = fl_api_json_or_null(job.error_json);
+        const char *code = json_string_value(json_object_get(e, "code"));
+        const char *msg = json_string_value(json_object_get(e, "message"));
+        fl_http_reply_error(res, code && !strcmp(code, "invalid_input") ? 400 : 500, code ? code : "failed",
+                            "job %s failed: %s", id, msg ? msg : "unknown reason");
+        json_decref(e);
+        fl_job_clear(&job);
+        return;
+    }
+    json_t *result = fl_api_json_or_null(job.result_json);
+    json_t *images = json_object_get(result, "images");
+    size_t i;
+    json_t *img;
+    json_array_foreach(images, i, img) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/images/%s.png", api->cfg.state_dir, json_string_value(json_object_get(img, "id")));
+        size_t size = 0;
+        unsigned char *png = NULL;
+        fl_error ignored = {0};
+        if (fl_read_file(path, FL_API_MAX_IMAGE_BYTES, &png, &size, &ignored) == 0) {
+            char *b64 = base64(png, size);
+            json_object_set_new(img, "png_base64", json_string(b64));
+            free(b64);
+            free(png);
+        }
+    }
+    json_object_set_new(result, "job_id", json_string(id));
+    fl_job_clear(&job);
+    fl_http_reply_json(res, 200, result);
+}
+
+void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                               fl_http_response *res) {
+    fl_error err = {0};
+    fl_req_source source;
+    json_t *o = fl_api_request_object(req, &source, &err);
+    if (!o) { fl_api_reply_err(res, &err); return; }
+    fl_generate_request gr;
+    int rc = fl_generate_request_decode(o, source, &api->limits, &gr, &err);
+    json_decref(o);
+    /* Resolve each adapter (id or name) to its file, made for this base model. */
+    for (int i = 0; rc == 0 && i < gr.n_adapters; i++) {
+        fl_request_adapter *a = &gr.adapters[i];
+        fl_adapter_info info;
+        if (fl_api_find_adapter(r, tenant, a->id, &info, &err) != 0) {
+            rc = -1;
+            break;
+        }
+        if (strcmp(info.base_model, api->cfg.base_model_hash) != 0)
+            rc = fl_fail(&err, FL_EINVAL, "field 'adapters[%d]': adapter %s was made for base model %.12s, not %.12s", i,
+                         info.id, info.base_model, api->cfg.base_model_hash);
+        snprintf(a->id, sizeof a->id, "%s", info.id);
+        memcpy(a->sha256, info.sha256, sizeof a->sha256);
+        fl_adapter_info_clear(&info);
+    }
+    if (rc != 0) {
+        fl_generate_request_clear(&gr);
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    gr.max_text_tokens = api->cfg.max_text_tokens;
+    bool sync = gr.sync;
+    json_t *job = fl_generate_request_to_json(&gr);
+    fl_generate_request_clear(&gr);
+    char *text = json_dumps(job, JSON_COMPACT);
+    json_decref(job);
+    char job_id[FL_ID_MAX];
+    fl_jobs_new_id("job", job_id);
+    bool full = false;
+    rc = fl_jobs_enqueue(r, FL_JOB_GENERATE, job_id, tenant, text, api->cfg.max_pending_generate, &full, &err);
+    free(text);
+    if (rc != 0) { fl_api_reply_err(res, &err); return; }
+    if (full) { reply_queue_full(api, res, "generation", api->cfg.max_pending_generate); return; }
+    if (sync) { reply_sync_result(api, r, tenant, job_id, res); return; }
+    reply_accepted(res, job_id);
+}
+
+void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res) {
+    fl_error err = {0};
+    size_t n = strlen(name);
+    if (n < 5 || n > 60 || strcmp(name + n - 4, ".png") != 0)
+        { fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name); return; }
+    char id[64];
+    snprintf(id, sizeof id, "%.*s", (int)(n - 4), name);
+    if (strspn(id, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(id))
+        { fl_http_reply_error(res, 404, "not_found", "no image '%.64s'", name); return; }
+    redisReply *rep = fl_redis_cmd(r, &err, "HGET fl:image:%s tenant", id);
+    if (!rep) { fl_api_reply_err(res, &err); return; }
+    bool mine = rep->type == REDIS_REPLY_STRING && !strcmp(rep->str, tenant);
+    freeReplyObject(rep);
+    if (!mine) { fl_http_reply_error(res, 404, "not_found", "no image '%s'", name); return; }
+    char path[4300];
+    snprintf(path, sizeof path, "%s/images/%s.png", api->cfg.state_dir, id);
+    size_t size = 0;
+    unsigned char *png = NULL;
+    if (fl_read_file(path, FL_API_MAX_IMAGE_BYTES, &png, &size, &err) != 0) {
+        fl_http_reply_error(res, 404, "not_found", "image '%s' is no longer stored", name);
+        return;
+    }
+    fl_http_reply_bytes(res, 200, "image/png", png, size);
+    free(png);
+}

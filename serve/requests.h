@@ -1,0 +1,122 @@
+/*
+ * requests.h — the job requests of the service, one plain struct per job kind, and the one JSON
+ * codec the API and the workers share.
+ *
+ * A request arrives from a client as a JSON object (application/json) or as multipart form
+ * fields (every value a string), is checked against the service's limits into the struct, and is
+ * stored in the job record as JSON written by fl_*_request_to_json. A worker reads the stored
+ * JSON back with the same decoder (FL_REQ_STORED), so a field is named, typed and bounded in
+ * exactly one place. Client input never sets the fields the service fills in itself (the
+ * adapters' file hashes, the uploaded archive's path, the text length): those are accepted only
+ * from storage.
+ *
+ * Errors are FL_EINVAL naming the field ("field 'steps': expected an integer in [1, 5000]");
+ * more adapters than a request may name is FL_EINVAL too (it is a malformed request, not a body
+ * over a size limit).
+ */
+#ifndef FL_SERVE_REQUESTS_H
+#define FL_SERVE_REQUESTS_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "core/error.h"
+#include "serve/registry.h"
+
+#define FL_REQ_MAX_ADAPTERS 8
+#define FL_REQ_MAX_PROMPT_BYTES 4000
+#define FL_REQ_MAX_CAPTION_BYTES 1000
+#define FL_REQ_MAX_TARGETS_BYTES 500
+#define FL_REQ_MAX_URL_BYTES 2048
+#define FL_REQ_MAX_TRIGGER_BYTES 64
+#define FL_REQ_MAX_SEED ((int64_t)1 << 53) /* seeds survive a round trip through a JSON double */
+#define FL_REQ_MAX_SCALE 8.0
+
+/* Where the JSON came from. */
+typedef enum fl_req_source {
+    FL_REQ_CLIENT_JSON, /* a client's JSON body: types as JSON, internal fields refused */
+    FL_REQ_CLIENT_FORM, /* a client's multipart fields: every value a string, parsed per field */
+    FL_REQ_STORED,      /* a job record written by fl_*_request_to_json */
+} fl_req_source;
+
+/* What the service accepts; the API fills it from its configuration. */
+typedef struct fl_request_limits {
+    int patch;                /* image sizes are multiples of this */
+    int default_size;         /* width, height and training resolution when not given */
+    int max_resolution;       /* width, height, training resolution */
+    int max_generation_steps;
+    int max_num_images;
+    int max_train_steps;
+    int max_rank;
+    int max_batch_size;
+} fl_request_limits;
+
+/* Built-in bounds (what a stored request is checked against: the widest any service allows). */
+fl_request_limits fl_request_limits_default(void);
+
+typedef struct fl_request_adapter {
+    char id[FL_ID_MAX];  /* as the client named it: an id or a name */
+    char sha256[65];     /* of the adapter file, filled by the API ("" from a client) */
+    double scale;        /* default 1 */
+} fl_request_adapter;
+
+typedef struct fl_generate_request {
+    char *prompt;        /* malloc'ed */
+    int width, height;   /* default 64 */
+    int steps;           /* default 20 */
+    int num_images;      /* default 1 */
+    double guidance;     /* default 1 */
+    int64_t seed;        /* default: random (the decoder draws one) */
+    bool sync;           /* wait for the result in the response (client only, not stored) */
+    int n_adapters;
+    fl_request_adapter adapters[FL_REQ_MAX_ADAPTERS];
+    int max_text_tokens; /* filled by the API from its configuration */
+} fl_generate_request;
+
+typedef struct fl_train_request {
+    char *images;        /* where the worker reads the set: the uploaded archive's path (set by the
+                          * API) or the client's "images_url" */
+    char *source;        /* what the job shows: "upload", or the URL */
+    char trigger_word[FL_REQ_MAX_TRIGGER_BYTES + 1];
+    char name[FL_NAME_MAX];  /* "" when not given */
+    char *caption;       /* NULL when not given */
+    char *targets;       /* NULL when not given: the trainer's default */
+    int steps;           /* default 300 */
+    int rank;            /* default 16 */
+    double alpha;        /* default: rank */
+    double learning_rate; /* default 4e-4 */
+    int resolution;      /* default 64 */
+    int batch_size;      /* default 1 */
+    int64_t seed;        /* default 0 */
+    bool is_style, buckets;
+} fl_train_request;
+
+/* An adapter import: a file part (handled by the API) or a URL. */
+typedef struct fl_adapter_import_request {
+    char *url;                    /* NULL when a file is uploaded */
+    char name[FL_NAME_MAX];       /* "" when not given */
+    char trigger_word[FL_NAME_MAX]; /* "" when not given */
+} fl_adapter_import_request;
+
+/* Decode obj into out (zeroed first; release with the matching _clear even on failure). */
+int fl_generate_request_decode(json_t *obj, fl_req_source source, const fl_request_limits *limits,
+                               fl_generate_request *out, fl_error *err);
+int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_limits *limits,
+                            fl_train_request *out, fl_error *err);
+int fl_adapter_import_request_decode(json_t *obj, fl_req_source source, fl_adapter_import_request *out,
+                                     fl_error *err);
+/* The stored form (a new reference). */
+json_t *fl_generate_request_to_json(const fl_generate_request *r);
+json_t *fl_train_request_to_json(const fl_train_request *r);
+/* The same decoders over stored text. */
+int fl_generate_request_parse(const char *text, fl_generate_request *out, fl_error *err);
+int fl_train_request_parse(const char *text, fl_train_request *out, fl_error *err);
+void fl_generate_request_clear(fl_generate_request *r);
+void fl_train_request_clear(fl_train_request *r);
+void fl_adapter_import_request_clear(fl_adapter_import_request *r);
+
+/* True when s is one word: non-empty, no whitespace or control characters. */
+bool fl_request_one_word(const char *s);
+
+#endif

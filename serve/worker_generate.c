@@ -1,0 +1,237 @@
+/*
+ * worker_generate.c — a worker's generation jobs: requests read from the work stream are grouped
+ * into batches of one size, step count and text length (up to the batch size and the adapter slots
+ * of a Linear), sampled in one pass where each request's rows carry its own adapters, written as
+ * PNGs, and each request finished and acknowledged on its own.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "models/sampler.h"
+#include "serve/requests.h"
+#include "serve/worker_internal.h"
+
+typedef struct gen_request {
+    work_item item;
+    char tenant[FL_TENANT_MAX];
+    fl_generate_request req;
+    int64_t created_ms;
+    bool done; /* finished (or failed) already */
+} gen_request;
+
+static bool compatible(const gen_request *a, const gen_request *b) {
+    return a->req.width == b->req.width && a->req.height == b->req.height && a->req.steps == b->req.steps &&
+           a->req.max_text_tokens == b->req.max_text_tokens;
+}
+
+/* Runs one batch: attaches the union of its adapters, samples every image in one pass, writes
+ * the PNGs, and finishes and acknowledges each request. */
+static void run_batch(worker_state *w, gen_request **reqs, int n) {
+    fl_flux_clear_adapters(w->model);
+    fl_adapter_cache_unpin_all(w->cache);
+    char union_sha[FL_FLUX_MAX_ADAPTERS][65];
+    int union_set[FL_FLUX_MAX_ADAPTERS];
+    int n_union = 0;
+    /* Resolve every request's adapters; a request whose adapter cannot be loaded fails alone. */
+    for (int i = 0; i < n; i++) {
+        gen_request *g = reqs[i];
+        for (int k = 0; k < g->req.n_adapters && !g->done; k++) {
+            int found = -1;
+            for (int u = 0; u < n_union; u++)
+                if (!strcmp(union_sha[u], g->req.adapters[k].sha256)) found = u;
+            if (found >= 0) continue;
+            const fl_lora *lora = NULL;
+            fl_error err = {0};
+            int set_id = -1;
+            if (fl_adapter_cache_get(w->cache, g->req.adapters[k].sha256, &lora, &err) == 0) {
+                fl_adapter_cache_pin(w->cache, g->req.adapters[k].sha256);
+                set_id = fl_flux_add_adapter(w->model, lora->pairs, lora->n_pairs, 1.0f, false, &err);
+            }
+            if (set_id < 0) {
+                char msg[700];
+                snprintf(msg, sizeof msg, "adapter %s: %s", g->req.adapters[k].id, err.message);
+                fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, "adapter_unavailable", msg);
+                g->done = true;
+                break;
+            }
+            snprintf(union_sha[n_union], 65, "%s", g->req.adapters[k].sha256);
+            union_set[n_union++] = set_id;
+        }
+    }
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        if (!reqs[i]->done) total += reqs[i]->req.num_images;
+    if (total == 0) {
+        fl_flux_clear_adapters(w->model);
+        fl_adapter_cache_unpin_all(w->cache);
+        return;
+    }
+    fl_sample_request *samples = fl_xcalloc((size_t)total, sizeof *samples);
+    float **images = fl_xcalloc((size_t)total, sizeof *images);
+    const gen_request *first = NULL;
+    int s = 0;
+    for (int i = 0; i < n; i++) {
+        gen_request *g = reqs[i];
+        if (g->done) continue;
+        first = first ? first : g;
+        for (int k = 0; k < g->req.num_images; k++, s++) {
+            samples[s].prompt = g->req.prompt;
+            samples[s].seed = g->req.seed + (uint64_t)k;
+            samples[s].guidance = g->req.guidance;
+            samples[s].adapters.n = g->req.n_adapters;
+            for (int a = 0; a < g->req.n_adapters; a++) {
+                for (int u = 0; u < n_union; u++)
+                    if (!strcmp(union_sha[u], g->req.adapters[a].sha256)) samples[s].adapters.set_ids[a] = union_set[u];
+                samples[s].adapters.multipliers[a] = g->req.adapters[a].scale;
+            }
+            images[s] = fl_xmalloc((size_t)g->req.width * (size_t)g->req.height * 3 * sizeof(float));
+        }
+    }
+    fl_error err = {0};
+    int64_t t0 = fl_now_ms();
+    int rc = fl_flux_sample_pixels_batch(w->model, first->req.width, first->req.height, first->req.steps, first->req.max_text_tokens,
+                                         samples, total, images, &err);
+    double seconds = (double)(fl_now_ms() - t0) / 1000.0;
+    if (rc == 0 && w->cfg.metrics) fl_metrics_observe_batch(w->cfg.metrics, total, seconds);
+    fl_flux_clear_adapters(w->model);
+    fl_adapter_cache_unpin_all(w->cache);
+    fl_log_info("worker %s: batch of %d images (%d requests) in %.2f s", w->name, total, n, seconds);
+
+    s = 0;
+    for (int i = 0; i < n; i++) {
+        gen_request *g = reqs[i];
+        if (g->done) continue;
+        int first_sample = s;
+        s += g->req.num_images; /* the next request's images start there, whatever happens to this one */
+        if (rc != 0) {
+            fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, fl_error_code_name(err.code), err.message);
+            g->done = true;
+            continue;
+        }
+        json_t *result = json_pack("{s:[], s:i}", "images", "batch_size", total);
+        json_t *list = json_object_get(result, "images");
+        int wrc = 0;
+        fl_error werr = {0};
+        for (int k = 0; k < g->req.num_images && wrc == 0; k++) {
+            char img_id[FL_ID_MAX], path[4096], url[160];
+            fl_jobs_new_id("img", img_id);
+            snprintf(path, sizeof path, "%s/images/%s.png", w->cfg.state_dir, img_id);
+            wrc = fl_png_write(path, images[first_sample + k], g->req.width, g->req.height, &werr);
+            if (wrc != 0) break;
+            char seed_s[32], now_s[32], w_s[16], h_s[16];
+            snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)(g->req.seed + (uint64_t)k));
+            snprintf(now_s, sizeof now_s, "%lld", (long long)fl_now_ms());
+            snprintf(w_s, sizeof w_s, "%d", g->req.width);
+            snprintf(h_s, sizeof h_s, "%d", g->req.height);
+            redisReply *rep = fl_redis_cmd(w->r, &werr, "HSET fl:image:%s tenant %s job %s seed %s width %s height %s created_ms %s",
+                                           img_id, g->tenant, g->item.job, seed_s, w_s, h_s, now_s);
+            if (!rep) {
+                wrc = -1;
+                break;
+            }
+            freeReplyObject(rep);
+            snprintf(url, sizeof url, "/v1/images/%s.png", img_id);
+            json_array_append_new(list, json_pack("{s:s, s:s, s:I, s:i, s:i}", "id", img_id, "url", url, "seed",
+                                                  (json_int_t)(g->req.seed + (uint64_t)k), "width", g->req.width, "height",
+                                                  g->req.height));
+        }
+        if (wrc != 0) {
+            json_decref(result);
+            fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, "io_error", werr.message);
+            g->done = true;
+            continue;
+        }
+        char *text = json_dumps(result, JSON_COMPACT);
+        json_decref(result);
+        bool changed = false;
+        fl_error ferr = {0};
+        if (fl_jobs_finish(w->r, g->item.job, true, text, &changed, &ferr) == 0) {
+            fl_worker_ack(w, FL_JOB_GENERATE, g->item.entry);
+            w->jobs_done++;
+            if (w->cfg.metrics) fl_metrics_observe_job(w->cfg.metrics, "generate", (double)(fl_now_ms() - g->created_ms) / 1000.0);
+        } else {
+            fl_log_warn("worker %s: cannot finish job %s: %s (left pending)", w->name, g->item.job, ferr.message);
+        }
+        free(text);
+        g->done = true;
+    }
+    for (int i = 0; i < total; i++) free(images[i]);
+    free(images);
+    free(samples);
+}
+
+void fl_worker_process_generate(worker_state *w, const work_item *items, int n) {
+    gen_request *reqs = fl_xcalloc((size_t)n, sizeof *reqs);
+    int live = 0;
+    for (int i = 0; i < n; i++) {
+        gen_request *g = &reqs[live];
+        memset(g, 0, sizeof *g);
+        g->item = items[i];
+        int attempts = 0;
+        bool finished = false;
+        fl_error err = {0};
+        if (fl_jobs_start(w->r, items[i].job, w->name, &attempts, &finished, &err) != 0) {
+            if (err.code == FL_ENOTFOUND) fl_worker_ack(w, FL_JOB_GENERATE, items[i].entry); /* a job record that is gone */
+            else fl_log_warn("worker %s: job %s: %s", w->name, items[i].job, err.message);
+            continue;
+        }
+        if (finished) {
+            fl_worker_ack(w, FL_JOB_GENERATE, items[i].entry);
+            continue;
+        }
+        fl_job job;
+        if (fl_jobs_get(w->r, NULL, items[i].job, &job, &err) != 0) continue;
+        snprintf(g->tenant, sizeof g->tenant, "%s", job.tenant);
+        g->created_ms = job.created_ms;
+        int rc = fl_generate_request_parse(job.request_json, &g->req, &err);
+        fl_job_clear(&job);
+        if (rc != 0) {
+            fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, "invalid_input", err.message);
+            fl_generate_request_clear(&g->req);
+            continue;
+        }
+        live++;
+    }
+    /* Batches: compatible requests in arrival order, up to max_batch images and the adapter
+     * slots of a Linear. */
+    gen_request **batch = fl_xcalloc((size_t)(live ? live : 1), sizeof *batch);
+    for (int i = 0; i < live; i++) {
+        if (reqs[i].done) continue;
+        int nb = 0, images = 0;
+        char shas[FL_FLUX_MAX_ADAPTERS][65];
+        int n_shas = 0;
+        for (int j = i; j < live; j++) {
+            gen_request *g = &reqs[j];
+            if (g->done || !compatible(&reqs[i], g)) continue;
+            bool taken = false;
+            for (int b = 0; b < nb; b++) taken = taken || batch[b] == g;
+            if (taken) continue;
+            int new_shas = 0;
+            for (int a = 0; a < g->req.n_adapters; a++) {
+                bool have = false;
+                for (int u = 0; u < n_shas; u++) have = have || !strcmp(shas[u], g->req.adapters[a].sha256);
+                for (int b = 0; b < a && !have; b++) have = !strcmp(g->req.adapters[b].sha256, g->req.adapters[a].sha256);
+                if (!have) new_shas++;
+            }
+            if (nb > 0 && (images + g->req.num_images > w->cfg.max_batch || n_shas + new_shas > FL_FLUX_MAX_ADAPTERS))
+                continue;
+            for (int a = 0; a < g->req.n_adapters; a++) {
+                bool have = false;
+                for (int u = 0; u < n_shas; u++) have = have || !strcmp(shas[u], g->req.adapters[a].sha256);
+                if (!have && n_shas < FL_FLUX_MAX_ADAPTERS) snprintf(shas[n_shas++], 65, "%s", g->req.adapters[a].sha256);
+            }
+            batch[nb++] = g;
+            images += g->req.num_images;
+        }
+        for (int b = 0; b < nb; b++) fl_worker_keep_claim(w, FL_JOB_GENERATE, batch[b]->item.entry);
+        run_batch(w, batch, nb);
+    }
+    for (int i = 0; i < live; i++) fl_generate_request_clear(&reqs[i].req);
+    free(batch);
+    free(reqs);
+}

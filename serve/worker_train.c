@@ -1,0 +1,213 @@
+/*
+ * worker_train.c — a worker's training jobs: the request is run by trainer/run.h on the resident
+ * model with checkpoints in the shared state directory (so another worker can resume it), progress
+ * goes to the job's event stream, the claim is renewed while it runs, and the adapter is stored and
+ * registered under an id derived from the job before the job is finished and acknowledged.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "core/clock.h"
+#include "core/fileio.h"
+#include "core/log.h"
+#include "serve/registry.h"
+#include "serve/requests.h"
+#include "serve/worker_internal.h"
+#include "trainer/run.h"
+
+typedef struct train_ctx {
+    worker_state *w;
+    const work_item *item;
+} train_ctx;
+
+static void on_train_event(void *arg, json_t *event) {
+    train_ctx *tc = arg;
+    worker_state *w = tc->w;
+    char *text = json_dumps(event, JSON_COMPACT);
+    if (!text) return;
+    const char *kind = json_string_value(json_object_get(event, "event"));
+    int step = -1, total = 0;
+    double loss = 0, eta = 0;
+    if (kind && !strcmp(kind, "progress")) {
+        step = (int)json_integer_value(json_object_get(event, "step"));
+        total = (int)json_integer_value(json_object_get(event, "total"));
+        loss = json_number_value(json_object_get(event, "loss"));
+        eta = json_number_value(json_object_get(event, "eta_s"));
+    }
+    fl_error err = {0};
+    if (fl_jobs_event(w->r, tc->item->job, text, step, total, loss, eta, &err) != 0)
+        fl_log_warn("worker %s: job %s: event not stored: %s", w->name, tc->item->job, err.message);
+    free(text);
+    if (fl_now_ms() - w->last_keepalive_ms >= 1000) fl_worker_keep_claim(w, FL_JOB_TRAIN, tc->item->entry);
+    fl_worker_heartbeat(w, false);
+}
+
+static bool train_should_stop(void *arg) {
+    train_ctx *tc = arg;
+    return *tc->w->stop != 0;
+}
+
+static void remove_job_dir(const char *dir) {
+    char path[4200];
+    const char *files[] = {"adapter.safetensors", "adapter.safetensors.ckpt"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* The adapter of training job "job_X" is "ad_X": a retried job can find what it registered. */
+static void adapter_id_of_job(const char *job_id, char id[FL_ID_MAX]) {
+    const char *suffix = strchr(job_id, '_') ? strchr(job_id, '_') + 1 : job_id;
+    snprintf(id, FL_ID_MAX, "ad_%.56s", suffix);
+}
+
+/* Stores and registers the adapter of a finished training under an id derived from the job, so
+ * a job that is retried after a crash between registering and finishing registers nothing twice. */
+static int register_adapter(worker_state *w, const fl_job *job, const fl_train_request *req, const char *path,
+                            fl_adapter_info *info,
+                            fl_error *err) {
+    char id[FL_ID_MAX];
+    adapter_id_of_job(job->id, id);
+    fl_error ignored = {0};
+    if (fl_registry_get(w->r, job->tenant, id, info, &ignored) == 0) return 0; /* registered already */
+    memset(info, 0, sizeof *info);
+    snprintf(info->id, sizeof info->id, "%s", id);
+    snprintf(info->tenant, sizeof info->tenant, "%s", job->tenant);
+    snprintf(info->name, sizeof info->name, "%s", req->name[0] ? req->name : info->id);
+    snprintf(info->trigger, sizeof info->trigger, "%s", req->trigger_word);
+    snprintf(info->base_model, sizeof info->base_model, "%s", w->base_hash);
+    snprintf(info->source, sizeof info->source, "training:%s", job->id);
+    unsigned char *data = NULL;
+    size_t size = 0;
+    if (fl_read_file(path, (size_t)1 << 40, &data, &size, err) != 0) return -1;
+    int rc = fl_registry_import_bytes(w->r, w->store, &w->params, data, size, info, err);
+    if (rc != 0 && err->code == FL_ECONFLICT) {
+        /* The name was taken while the job ran: keep the adapter under a suffixed name. */
+        char alt[FL_NAME_MAX];
+        snprintf(alt, sizeof alt, "%.100s-%.8s", info->name, info->id + 3);
+        snprintf(info->name, sizeof info->name, "%s", alt);
+        rc = fl_registry_import_bytes(w->r, w->store, &w->params, data, size, info, err);
+    }
+    free(data);
+    return rc;
+}
+
+void fl_worker_process_train(worker_state *w, const work_item *item) {
+    int attempts = 0;
+    bool finished = false;
+    fl_error err = {0};
+    if (fl_jobs_start(w->r, item->job, w->name, &attempts, &finished, &err) != 0) {
+        if (err.code == FL_ENOTFOUND) fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
+        else fl_log_warn("worker %s: job %s: %s", w->name, item->job, err.message);
+        return;
+    }
+    if (finished) {
+        fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
+        return;
+    }
+    fl_job job;
+    if (fl_jobs_get(w->r, NULL, item->job, &job, &err) != 0) return;
+    fl_train_request req;
+    if (fl_train_request_parse(job.request_json, &req, &err) != 0) {
+        fl_worker_fail_job(w, FL_JOB_TRAIN, item, "invalid_input", err.message);
+        fl_train_request_clear(&req);
+        fl_job_clear(&job);
+        return;
+    }
+    snprintf(w->current_job, sizeof w->current_job, "%s", job.id);
+    char dir[4096], out[4200];
+    snprintf(dir, sizeof dir, "%s/jobs/%s", w->cfg.state_dir, job.id);
+    snprintf(out, sizeof out, "%s/adapter.safetensors", dir);
+    fl_train_job tj = fl_train_job_default();
+    tj.images = req.images;
+    tj.url_allow_private = w->cfg.allow_private_urls;
+    tj.trigger = req.trigger_word;
+    if (req.caption) tj.caption = req.caption;
+    tj.is_style = req.is_style;
+    tj.buckets = req.buckets;
+    tj.resolution = req.resolution;
+    tj.cfg.steps = req.steps;
+    tj.cfg.rank = req.rank;
+    tj.cfg.alpha = (float)req.alpha;
+    tj.cfg.lr = (float)req.learning_rate;
+    tj.cfg.batch_size = req.batch_size;
+    tj.cfg.seed = (uint64_t)req.seed;
+    if (req.targets) tj.cfg.targets = req.targets;
+    tj.out = out;
+    tj.checkpoint_every = w->cfg.checkpoint_every;
+    tj.resume = true;
+    tj.base_model_hash = w->base_hash;
+    train_ctx tc = {w, item};
+    fl_train_hooks hooks = {on_train_event, train_should_stop, &tc};
+    fl_train_result res;
+    memset(&res, 0, sizeof res);
+    int rc = fl_mkdirs(dir, &err);
+    fl_worker_keep_claim(w, FL_JOB_TRAIN, item->entry);
+    if (rc == 0 && attempts > 1) fl_log_info("worker %s: job %s: attempt %d, resuming from its checkpoint", w->name, job.id, attempts);
+    /* An earlier attempt that registered its adapter but died before finishing the job: finish
+     * it from the registry instead of training again. */
+    fl_adapter_info prior;
+    fl_error ignored = {0};
+    char adapter_id[FL_ID_MAX];
+    adapter_id_of_job(job.id, adapter_id);
+    bool registered = fl_registry_get(w->r, job.tenant, adapter_id, &prior, &ignored) == 0;
+    if (registered) {
+        json_t *meta = prior.metadata_json ? json_loads(prior.metadata_json, 0, NULL) : NULL;
+        const char *steps = json_string_value(json_object_get(meta, "steps"));
+        const char *loss = json_string_value(json_object_get(meta, "final_loss"));
+        res.steps = res.resumed_at = steps ? atoi(steps) : 0;
+        res.final_loss = loss ? atof(loss) : 0.0;
+        json_decref(meta);
+        fl_adapter_info_clear(&prior);
+        fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
+    }
+    if (rc == 0 && !registered) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
+    fl_flux_clear_adapters(w->model);
+    if (rc != 0 && *w->stop) {
+        fl_log_info("worker %s: stopping; job %s keeps its checkpoint and will be taken over", w->name, job.id);
+    } else if (rc != 0) {
+        fl_worker_fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
+        remove_job_dir(dir);
+    } else {
+        fl_adapter_info info;
+        if (register_adapter(w, &job, &req, out, &info, &err) != 0) {
+            fl_worker_fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
+        } else {
+            json_t *result = json_pack("{s:s, s:s, s:s, s:i, s:f, s:i, s:f, s:i}", "adapter_id", info.id, "name",
+                                       info.name, "sha256", info.sha256, "steps", res.steps, "final_loss",
+                                       res.final_loss, "images", res.images, "training_s", res.training_s,
+                                       "resumed_at", res.resumed_at);
+            char *text = json_dumps(result, JSON_COMPACT);
+            json_decref(result);
+            bool changed = false;
+            if (fl_jobs_finish(w->r, job.id, true, text, &changed, &err) == 0) {
+                fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
+                w->jobs_done++;
+                if (w->cfg.metrics) fl_metrics_observe_job(w->cfg.metrics, "train", (double)(fl_now_ms() - job.created_ms) / 1000.0);
+                fl_log_info("job %s: adapter %s registered (%d steps, loss %.4f)", job.id, info.id, res.steps, res.final_loss);
+            } else {
+                fl_log_warn("worker %s: cannot finish job %s: %s (left pending)", w->name, job.id, err.message);
+            }
+            free(text);
+            fl_adapter_info_clear(&info);
+        }
+        remove_job_dir(dir);
+    }
+    /* An uploaded archive belongs to its job: gone once the job is finished. */
+    fl_job after;
+    if (tj.images && fl_jobs_get(w->r, NULL, job.id, &after, &err) == 0) {
+        char uploads[4200];
+        snprintf(uploads, sizeof uploads, "%s/uploads/", w->cfg.state_dir);
+        if (fl_job_state_terminal(after.state) && !strncmp(tj.images, uploads, strlen(uploads))) unlink(tj.images);
+        fl_job_clear(&after);
+    }
+    w->current_job[0] = '\0';
+    fl_train_request_clear(&req);
+    fl_job_clear(&job);
+}
