@@ -32,6 +32,10 @@ fl_ctx *fl_ctx_create(fl_device dev, fl_error *err) {
     return ctx;
 }
 
+fl_dtype fl_ctx_storage_dtype(const fl_ctx *ctx) {
+    return ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
+}
+
 void fl_ctx_destroy(fl_ctx *ctx) {
     if (!ctx) return;
     if (ctx->backend->destroy) ctx->backend->destroy(ctx);

@@ -40,6 +40,10 @@ void fl_ctx_upload(fl_ctx *ctx, void *device_dst, const void *host_src, size_t b
 void fl_ctx_download(fl_ctx *ctx, void *host_dst, const void *device_src, size_t bytes);
 void fl_ctx_synchronize(fl_ctx *ctx);
 
+/* The dtype weights and activations are stored in on the context's device: F32 on the CPU (the
+ * reference), BF16 on CUDA (fp32 accumulation inside the kernels). */
+fl_dtype fl_ctx_storage_dtype(const fl_ctx *ctx);
+
 /* A contiguous tensor allocated on the context's device; fl_ctx_tensor_free releases it. */
 fl_tensor fl_ctx_tensor(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape);
 void fl_ctx_tensor_free(fl_ctx *ctx, fl_tensor *t);

@@ -53,7 +53,7 @@ static fl_flux_model *model_new(fl_ctx *ctx, const fl_flux_params *p) {
     fl_flux_model *m = fl_xcalloc(1, sizeof *m);
     m->ctx = ctx;
     m->p = *p;
-    m->dtype = ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
+    m->dtype = fl_ctx_storage_dtype(ctx);
     m->n_params = fl_flux_param_decls(p, NULL);
     m->decls = fl_xcalloc(m->n_params, sizeof *m->decls);
     fl_flux_param_decls(p, m->decls);

@@ -78,7 +78,7 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
         g[r] = reqs[r].guidance;
     }
 
-    fl_dtype storage = ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
+    fl_dtype storage = fl_ctx_storage_dtype(ctx);
     int64_t s_img[3] = {nb, li, c}, s_txt[3] = {nb, lt, cd}, s_y[2] = {nb, vd}, s_b[1] = {nb};
     fl_tensor d_img = fl_ctx_tensor(ctx, storage, 3, s_img), d_txt = fl_ctx_tensor(ctx, storage, 3, s_txt);
     fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_b);

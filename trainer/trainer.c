@@ -194,7 +194,7 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     t->txt_ids = fl_xcalloc((size_t)(b * t->lt * 3), sizeof(float));
     for (int64_t i = 0; i < b; i++) t->h_g[i] = config->guidance;
 
-    fl_dtype storage = t->ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
+    fl_dtype storage = fl_ctx_storage_dtype(t->ctx);
     t->d_x0 = device_tensor(t->ctx, storage, 3, b, t->li, t->channels);
     t->d_noise = device_tensor(t->ctx, storage, 3, b, t->li, t->channels);
     t->d_txt = device_tensor(t->ctx, storage, 3, b, t->lt, t->ctx_dim);
