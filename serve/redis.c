@@ -475,10 +475,10 @@ static void log_reason(const char *log_path, long offset, char *out, size_t cap,
     scrub_paths(out);
 }
 
-/* The last non-empty message of the log, for an error message. */
-static void last_log_line(const char *log_path, char *out, size_t size) {
+/* The last message the current process wrote to the log (or its storage failure). */
+static void last_log_line(const fl_redis_server *s, char *out, size_t size) {
     bool storage;
-    log_reason(log_path, 0, out, size, &storage);
+    log_reason(s->log_path, s->log_offset, out, size, &storage);
 }
 
 /* Waits up to ms for pid to exit; true when it did (reaped). */
@@ -654,7 +654,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
         int status = 0;
         if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
             char line[320], how[64];
-            last_log_line(s->log_path, line, sizeof line);
+            last_log_line(s, line, sizeof line);
             describe_status(status, how, sizeof how);
             fl_fail(err, FL_EUNAVAILABLE, "redis-server %s at startup: %s", how, line[0] ? line : "no log output");
             s->pid = 0;
@@ -664,7 +664,7 @@ int fl_redis_server_start(const char *dir, fl_redis_server **out, fl_error *err)
         if (answers_ping(s->sock)) break;
         if (fl_monotonic_ms() >= deadline) {
             char line[320];
-            last_log_line(s->log_path, line, sizeof line);
+            last_log_line(s, line, sizeof line);
             fl_fail(err, FL_EUNAVAILABLE, "redis-server did not answer within %d s: %s", START_TIMEOUT_MS / 1000,
                     line[0] ? line : "no log output");
             stop_process(s);
