@@ -5,8 +5,9 @@
  *   flashlora worker --model BASE [--state DIR] [--redis ADDR] [--name NAME] ...
  *   flashlora keys create --tenant T [--label L] | keys revoke KEY   [--state DIR] [--redis ADDR]
  *
- * Without --redis, `serve` starts a private redis-server (AOF on) under DIR/redis and stops it on
- * exit; `worker` and `keys` then use that server's socket (and `keys` starts it briefly when no
+ * Without --redis, `serve` starts a private redis-server (AOF on) under DIR/redis, supervises it
+ * (restarted with backoff when it exits) and stops it on exit; `worker` and `keys` then use that
+ * server's socket (and `keys` starts it briefly when no
  * service is running). Workers on other machines name the shared Redis with --redis and the
  * shared state directory with --state.
  */
@@ -44,13 +45,17 @@ static void install_stop_handlers(void) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit (RLIMIT_FSIZE) makes a write fail with EFBIG — a full disk to the service, a
+     * clear 507 — instead of killing the process; redis-server inherits this too. */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 typedef struct service_args {
     const char *model, *state, *redis, *listen, *device, *name, *port_file;
     bool allow_private_urls;
     long workers, max_queue, max_train_queue, max_body, max_upload, claim_timeout_s, max_deliveries, batch,
-        batch_wait_ms, cache_mb, checkpoint_every, sync_timeout_s, max_connections;
+        batch_wait_ms, cache_mb, checkpoint_every, sync_timeout_s, max_connections, redis_backoff_ms,
+        redis_backoff_max_ms;
 } service_args;
 
 static void serve_usage(FILE *out) {
@@ -73,6 +78,9 @@ static void serve_usage(FILE *out) {
             "  --sync-timeout S       longest wait of a \"sync\": true generation (default 120)\n"
             "  --allow-private-urls   fetch images_url and adapter URLs on loopback/private networks too\n"
             "                         (off by default: requests cannot make the service probe its own network)\n"
+            "private redis-server (supervised: restarted when it exits, its state in /healthz and /metrics):\n"
+            "  --redis-backoff-ms N   delay before restarting it after a failure (default 250)\n"
+            "  --redis-backoff-max-ms N  the delay doubles per failure in a row up to N (default 30000)\n"
             "workers:\n"
             "  --batch N              images per generation batch (default 8)\n"
             "  --batch-wait-ms N      wait for more requests to batch (default 5)\n"
@@ -123,6 +131,8 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->checkpoint_every = 10;
     a->sync_timeout_s = 120;
     a->max_connections = 256;
+    a->redis_backoff_ms = 250;
+    a->redis_backoff_max_ms = 30000;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) return 1;
@@ -160,6 +170,8 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--max-upload", 1024, 1L << 40, &a->max_upload, true},
             {"--max-connections", 4, 100000, &a->max_connections, true},
             {"--sync-timeout", 1, 86400, &a->sync_timeout_s, true},
+            {"--redis-backoff-ms", 1, 600000, &a->redis_backoff_ms, true},
+            {"--redis-backoff-max-ms", 1, 3600000, &a->redis_backoff_max_ms, true},
             {"--batch", 1, 64, &a->batch, false},
             {"--batch-wait-ms", 0, 10000, &a->batch_wait_ms, false},
             {"--claim-timeout", 1, 86400, &a->claim_timeout_s, false},
@@ -180,6 +192,10 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     }
     if (!a->model) {
         fprintf(stderr, "flashlora: --model is required (see --help)\n");
+        return -1;
+    }
+    if (a->redis_backoff_max_ms < a->redis_backoff_ms) {
+        fprintf(stderr, "flashlora: --redis-backoff-max-ms must be at least --redis-backoff-ms\n");
         return -1;
     }
     return 0;
@@ -227,8 +243,10 @@ static int serve_run(const service_args *a, fl_error *err) {
     if (rc == 0 && !a->redis) {
         snprintf(path, sizeof path, "%s/redis", a->state);
         rc = fl_redis_server_start(path, &private_server, err);
+        fl_redis_supervision sup = {(int)a->redis_backoff_ms, (int)a->redis_backoff_max_ms};
+        if (rc == 0) rc = fl_redis_server_supervise(private_server, &sup, err);
         if (rc == 0) snprintf(addr, sizeof addr, "%s", fl_redis_server_address(private_server));
-        if (rc == 0) fl_log_info("private redis-server at %s (AOF on)", addr);
+        if (rc == 0) fl_log_info("private redis-server at %s (AOF on, supervised)", addr);
     } else if (rc == 0) {
         snprintf(addr, sizeof addr, "%s", a->redis);
     }

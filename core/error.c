@@ -3,6 +3,7 @@
  */
 #include "core/error.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,21 @@ void fl_error_clear(fl_error *err) {
     err->message[0] = '\0';
 }
 
+int fl_errno_is_no_space(int errnum) {
+    return errnum == ENOSPC || errnum == EDQUOT || errnum == EFBIG;
+}
+
+int fl_fail_errno(fl_error *err, int errnum, const char *fmt, ...) {
+    if (!err) return -1;
+    if (fl_errno_is_no_space(errnum)) return fl_fail(err, FL_ENOSPACE, "the disk is full (%s)", strerror(errnum));
+    char what[384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return fl_fail(err, FL_EIO, "%s: %s", what, strerror(errnum));
+}
+
 const char *fl_error_code_name(fl_error_code code) {
     switch (code) {
     case FL_OK: return "ok";
@@ -56,6 +72,7 @@ const char *fl_error_code_name(fl_error_code code) {
     case FL_ELIMIT: return "limit_exceeded";
     case FL_ECONFLICT: return "conflict";
     case FL_EUNAVAILABLE: return "unavailable";
+    case FL_ENOSPACE: return "insufficient_storage";
     }
     return "unknown";
 }

@@ -23,6 +23,8 @@ typedef enum fl_error_code {
     FL_ELIMIT,       /* input exceeds a configured limit */
     FL_ECONFLICT,    /* the name or id is already taken */
     FL_EUNAVAILABLE, /* a service the operation needs (Redis) is unreachable, or a queue is full */
+    FL_ENOSPACE,     /* no room to store: the disk, a quota or a file-size limit is full, or Redis
+                      * refuses writes because it cannot persist them */
 } fl_error_code;
 
 typedef struct fl_error {
@@ -39,6 +41,13 @@ int fl_fail(fl_error *err, fl_error_code code, const char *fmt, ...)
 int fl_fail_prefix(fl_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 void fl_error_clear(fl_error *err);
+
+/* True for the errno values of a full disk: ENOSPC, EDQUOT, and EFBIG (a file-size limit). */
+int fl_errno_is_no_space(int errnum);
+/* A failed file operation: FL_ENOSPACE "the disk is full (<strerror>)" when errnum is one of the
+ * above (the message then names no path: it may reach a client), else FL_EIO with the printf-style
+ * message followed by ": <strerror>". Returns -1. */
+int fl_fail_errno(fl_error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* A short stable name for a code ("invalid_input", "io_error", ...), for JSON replies and logs. */
 const char *fl_error_code_name(fl_error_code code);

@@ -22,7 +22,8 @@ int fl_mkdirs(const char *path, fl_error *err) {
         *s = '\0';
         struct stat st;
         if (mkdir(p, 0755) != 0 && !(errno == EEXIST && stat(p, &st) == 0 && S_ISDIR(st.st_mode)))
-            rc = fl_fail(err, FL_EIO, "cannot create %s: %s", p, errno == EEXIST ? "not a directory" : strerror(errno));
+            rc = errno == EEXIST ? fl_fail(err, FL_EIO, "cannot create %s: not a directory", p)
+                                : fl_fail_errno(err, errno, "cannot create %s", p);
         if (end) break;
         *s = '/';
     }
@@ -57,7 +58,7 @@ int fl_write_file_atomic(const char *path, const void *data, size_t size, fl_err
     snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", path);
         free(tmp);
         return -1;
     }
@@ -67,12 +68,12 @@ int fl_write_file_atomic(const char *path, const void *data, size_t size, fl_err
     for (size_t done = 0; done < size && rc == 0;) {
         ssize_t w = write(fd, p + done, size - done);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) rc = fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
+        if (w <= 0) rc = fl_fail_errno(err, w < 0 ? errno : ENOSPC, "cannot write %s", path);
         else done += (size_t)w;
     }
-    if (rc == 0 && fsync(fd) != 0) rc = fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
-    if (close(fd) != 0 && rc == 0) rc = fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
-    if (rc == 0 && rename(tmp, path) != 0) rc = fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
+    if (rc == 0 && fsync(fd) != 0) rc = fl_fail_errno(err, errno, "cannot write %s", path);
+    if (close(fd) != 0 && rc == 0) rc = fl_fail_errno(err, errno, "cannot write %s", path);
+    if (rc == 0 && rename(tmp, path) != 0) rc = fl_fail_errno(err, errno, "cannot write %s", path);
     if (rc != 0) unlink(tmp);
     free(tmp);
     return rc == 0 ? fl_fsync_parent_dir(path, err) : rc;

@@ -686,7 +686,7 @@ int fl_safetensors_write(const char *path, const fl_safetensors_entry *tensors, 
     if (fd < 0 && errno == EEXIST && unlink(tmp) == 0) /* left by an earlier crash of this pid */
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fl_fail(err, FL_EIO, "cannot create %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot create %s", tmp);
         goto done;
     }
     bool ok = write_all(fd, header, padded + 8) == 0;
@@ -696,17 +696,17 @@ int fl_safetensors_write(const char *path, const fl_safetensors_entry *tensors, 
         if (bytes) ok = write_all(fd, t->data, bytes) == 0;
     }
     if (!ok || fsync(fd)) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", tmp);
         goto fail_unlink;
     }
     int close_rc = close(fd);
     fd = -1;
     if (close_rc) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", tmp);
         goto fail_unlink;
     }
     if (rename(tmp, path)) {
-        fl_fail(err, FL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        fl_fail_errno(err, errno, "cannot rename %s to %s", tmp, path);
         goto fail_unlink;
     }
     rc = fl_fsync_parent_dir(path, err);

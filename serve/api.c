@@ -83,7 +83,7 @@ fl_redis *fl_api_pool_get(fl_api *api, fl_error *err) {
     pthread_mutex_unlock(&api->lock);
     if (r) return r;
     if (fl_redis_connect(api->cfg.redis_address, &r, err) != 0) {
-        err->code = FL_EUNAVAILABLE;
+        if (err->code != FL_ENOSPACE) err->code = FL_EUNAVAILABLE; /* a full disk stays a 507 */
         return NULL;
     }
     return r;
@@ -111,6 +111,7 @@ int fl_api_status_of(fl_error_code code) {
     case FL_ELIMIT: return 413;
     case FL_ENOMEM: return 413;
     case FL_EUNAVAILABLE: return 503;
+    case FL_ENOSPACE: return 507;
     default: return 500;
     }
 }

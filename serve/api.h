@@ -13,7 +13,8 @@
  *
  * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
  * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming
- * the field; bodies over the limits 413; full queues 429 with Retry-After; Redis unreachable 503.
+ * the field; bodies over the limits 413; full queues 429 with Retry-After; Redis unreachable 503;
+ * a full disk (or Redis refusing writes it cannot persist) 507.
  */
 #ifndef FL_SERVE_API_H
 #define FL_SERVE_API_H

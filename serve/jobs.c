@@ -91,7 +91,10 @@ static void key_of(char *buf, size_t cap, const char *fmt, const char *a) {
 int fl_jobs_init(fl_redis *r, fl_error *err) {
     for (int k = 0; k < 2; k++) {
         fl_error e = {0};
-        redisReply *rep = fl_redis_cmd(r, &e, "XGROUP CREATE %s %s $ MKSTREAM", fl_job_stream_key((fl_job_kind)k),
+        /* From the stream's start, not "$": entries can only come from an accepted job, so a stream
+         * without the group (Redis flushed or replaced, then a job accepted before any worker
+         * recreated the group) holds jobs nobody has read yet. */
+        redisReply *rep = fl_redis_cmd(r, &e, "XGROUP CREATE %s %s 0 MKSTREAM", fl_job_stream_key((fl_job_kind)k),
                                        FL_JOBS_GROUP);
         if (rep) {
             freeReplyObject(rep);

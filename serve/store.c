@@ -116,7 +116,7 @@ static int open_temp(const fl_store *s, char **tmp, fl_error *err) {
     if (asprintf(tmp, "%s/" TMP_PREFIX "XXXXXX", s->blobs) < 0) FL_CHECK(!"out of memory");
     int fd = mkostemp(*tmp, O_CLOEXEC);
     if (fd < 0) {
-        fl_fail(err, FL_EIO, "cannot create a file in %s: %s", s->blobs, strerror(errno));
+        fl_fail_errno(err, errno, "cannot create a file in %s", s->blobs);
         free(*tmp);
         *tmp = NULL;
         return -1;
@@ -129,12 +129,12 @@ static int open_temp(const fl_store *s, char **tmp, fl_error *err) {
 static int commit_temp(fl_store *s, int fd, char *tmp, const char *hex, fl_error *err) {
     int rc = -1;
     if (fsync(fd) != 0) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", tmp);
         close(fd);
         goto done;
     }
     if (close(fd) != 0) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", tmp);
         goto done;
     }
     char dir[4096], path[4096];
@@ -145,7 +145,7 @@ static int commit_temp(fl_store *s, int fd, char *tmp, const char *hex, fl_error
     if (fl_mkdirs(dir, err) != 0) goto done;
     if (new_dir && fl_fsync_dir(s->blobs, err) != 0) goto done;
     if (rename(tmp, path) != 0) {
-        fl_fail(err, FL_EIO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        fl_fail_errno(err, errno, "cannot rename %s to %s", tmp, path);
         goto done;
     }
     rc = fl_fsync_dir(dir, err);
@@ -163,7 +163,7 @@ int fl_store_put_bytes(fl_store *s, const void *data, size_t size, char hex[65],
     int fd = open_temp(s, &tmp, err);
     if (fd < 0) return -1;
     if (size && write_all(fd, data, size) != 0) {
-        fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        fl_fail_errno(err, errno, "cannot write %s", tmp);
         close(fd);
         unlink(tmp);
         free(tmp);
@@ -201,7 +201,7 @@ int fl_store_put_file(fl_store *s, const char *src, char hex[65], fl_error *err)
         if (n == 0) break;
         fl_sha256_update(&h, buf, (size_t)n);
         if (write_all(fd, buf, (size_t)n) != 0) {
-            rc = fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+            rc = fl_fail_errno(err, errno, "cannot write %s", tmp);
             break;
         }
     }
