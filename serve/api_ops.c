@@ -38,6 +38,36 @@ void fl_api_healthz(fl_api *api, fl_http_response *res) {
                                            "train", (json_int_t)train, "base_model", api->cfg.base_model_hash));
 }
 
+/* Adapter residency, summed over the live workers' heartbeats: sets attached to the models, and
+ * how often batches attached, detached and planned (zero growth while serving resident adapters). */
+static void append_residency(fl_redis *r, char **text, size_t *len, size_t *cap) {
+    static const char *const fields[5] = {"adapter_attaches", "adapter_detaches", "forward_plans", "attached_adapters",
+                                          "attached_bytes"};
+    long long sum[5] = {0};
+    fl_error err = {0};
+    redisReply *rep = fl_redis_cmd(r, &err, "SMEMBERS fl:workers");
+    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        redisReply *h = fl_redis_cmd(r, &err, "HMGET fl:worker:%s %s %s %s %s %s", rep->element[i]->str, fields[0],
+                                     fields[1], fields[2], fields[3], fields[4]);
+        for (size_t f = 0; h && h->type == REDIS_REPLY_ARRAY && f < h->elements && f < 5; f++)
+            if (h->element[f]->type == REDIS_REPLY_STRING) sum[f] += atoll(h->element[f]->str);
+        if (h) freeReplyObject(h);
+    }
+    if (rep) freeReplyObject(rep);
+    fl_metrics_appendf(text, len, cap,
+                       "# HELP flashlora_adapter_attaches_total Adapter sets attached to worker models.\n"
+                       "# TYPE flashlora_adapter_attaches_total counter\nflashlora_adapter_attaches_total %lld\n"
+                       "# HELP flashlora_adapter_detaches_total Adapter sets detached from worker models.\n"
+                       "# TYPE flashlora_adapter_detaches_total counter\nflashlora_adapter_detaches_total %lld\n"
+                       "# HELP flashlora_forward_plans_total Activation plans measured by worker models.\n"
+                       "# TYPE flashlora_forward_plans_total counter\nflashlora_forward_plans_total %lld\n"
+                       "# HELP flashlora_attached_adapters Adapter sets attached to worker models.\n"
+                       "# TYPE flashlora_attached_adapters gauge\nflashlora_attached_adapters %lld\n"
+                       "# HELP flashlora_attached_adapter_bytes Device bytes of the attached adapter sets.\n"
+                       "# TYPE flashlora_attached_adapter_bytes gauge\nflashlora_attached_adapter_bytes %lld\n",
+                       sum[0], sum[1], sum[2], sum[3], sum[4]);
+}
+
 void fl_api_metrics(fl_api *api, fl_http_response *res) {
     char *text = NULL;
     size_t len = 0, cap = 0;
@@ -101,6 +131,7 @@ void fl_api_metrics(fl_api *api, fl_http_response *res) {
                            "# HELP flashlora_resident_adapter_bytes Bytes of adapters held in worker caches.\n"
                            "# TYPE flashlora_resident_adapter_bytes gauge\nflashlora_resident_adapter_bytes %lld\n",
                            workers, hits, misses, evictions, resident, resident_bytes);
+        append_residency(r, &text, &len, &cap);
         fl_api_pool_put(api, r);
     } else {
         fl_metrics_appendf(&text, &len, &cap, "# redis unreachable: %s\n", err.message);
