@@ -197,6 +197,7 @@ int fl_adapter_cache_acquire(fl_adapter_cache *c, const char *sha256, int *set_i
         memmove(&c->dev[1], &c->dev[0], (size_t)at * sizeof *c->dev);
         d.pinned = true;
         c->dev[0] = d;
+        evict_dev(c, 0, FL_FLUX_MAX_ATTACHED); /* a budget made smaller since */
         *set_id = d.set_id;
         return 0;
     }
