@@ -59,7 +59,6 @@ fl_adapter_cache *fl_adapter_cache_create(fl_adapter_locate_fn locate, void *loc
 
 void fl_adapter_cache_free(fl_adapter_cache *c) {
     if (!c) return;
-    fl_adapter_cache_release_all(c);
     fl_adapter_cache_detach_all(c);
     for (size_t i = 0; i < c->count; i++) fl_lora_free(c->slots[i].lora);
     free(c->slots);
@@ -238,7 +237,6 @@ void fl_adapter_cache_release_all(fl_adapter_cache *c) {
 }
 
 void fl_adapter_cache_detach_all(fl_adapter_cache *c) {
-    for (size_t i = 0; i < c->n_dev; i++) FL_CHECKF(!c->dev[i].pinned, "detaching adapters a batch still uses");
     while (c->n_dev > 0) drop_dev(c, c->n_dev - 1);
 }
 

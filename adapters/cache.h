@@ -78,7 +78,8 @@ void fl_adapter_cache_unpin_all(fl_adapter_cache *c);
 int fl_adapter_cache_acquire(fl_adapter_cache *c, const char *sha256, int *set_id, fl_error *err);
 /* Unpins every attached set (the batch that used them is done); detaches nothing. */
 void fl_adapter_cache_release_all(fl_adapter_cache *c);
-/* Detaches every set (e.g. before a training job needs the bare model). None may be pinned. */
+/* Detaches every set, pinned or not (between batches, e.g. before a training job needs the bare
+ * model; a batch still naming one would fail at its forward, not crash). */
 void fl_adapter_cache_detach_all(fl_adapter_cache *c);
 
 fl_adapter_cache_stats fl_adapter_cache_get_stats(const fl_adapter_cache *c);
