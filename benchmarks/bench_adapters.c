@@ -14,9 +14,15 @@
  * sampling (which includes planning when the forward plans), the phase after (detach / release),
  * the whole batch, and plans per batch. Checks the two modes give bitwise the same images.
  *
+ * Mode "select" isolates what selecting the batch's adapters costs the forward: the 8 adapters
+ * attached once, then 20 times a per-sample selection of them followed by one forward of 8
+ * samples of one image token and one text token each (compute small next to planning). Where
+ * a new selection makes the forward plan again (the former model) the difference is the cost of
+ * a plan; where it does not, none.
+ *
  *   bench_adapters [batches=5] [steps=1] [width=16] [modes=detach,resident]   threads: FLASHLORA_THREADS
  *
- * modes: which modes run, in that order (the image check needs both).
+ * modes: which of detach, resident, select run, in that order (the image check needs the first two).
  *
  * Built against a tree without the device tier (no FL_FLUX_MAX_ATTACHED), only the detach mode
  * runs, which is how the "before" figures in benchmarks/RESULTS.md were taken.
@@ -138,6 +144,64 @@ static int batch_resident(fl_flux_model *m, fl_adapter_cache *c, char hashes[][6
 }
 #endif
 
+/* Selection then forward, repeated; tiny inputs so planning is not hidden by compute. */
+static int run_select(fl_flux_model *m, char hashes[][65], int threads) {
+    enum { REPS = 20 };
+    fl_error err = {0};
+    fl_adapter_cache *c = fl_adapter_cache_create(locate, NULL, m, (size_t)1 << 30);
+    const fl_flux_params *p = fl_flux_get_params(m);
+    fl_flux_sample_adapters sel[N_ADAPTERS];
+    memset(sel, 0, sizeof sel);
+    fl_flux_clear_adapters(m);
+    int rc = 0;
+    for (int r = 0; r < N_ADAPTERS && rc == 0; r++) {
+        const fl_lora *l = NULL;
+        rc = fl_adapter_cache_get(c, hashes[r], &l, &err);
+        if (rc == 0) sel[r].set_ids[0] = fl_flux_add_adapter(m, l->pairs, l->n_pairs, 1.0f, false, &err);
+        if (rc == 0 && sel[r].set_ids[0] < 0) rc = -1;
+        sel[r].n = 1;
+        sel[r].multipliers[0] = 1.0f;
+    }
+    const int64_t b = N_ADAPTERS;
+    float *img = calloc((size_t)(b * p->in_channels), sizeof(float)), *txt = calloc((size_t)(b * p->context_in_dim), sizeof(float));
+    float *y = calloc((size_t)(b * p->vec_in_dim), sizeof(float)), *t = calloc((size_t)b, sizeof(float));
+    float *g = calloc((size_t)b, sizeof(float)), *ids = calloc((size_t)(b * 3), sizeof(float));
+    for (int64_t i = 0; i < b; i++) t[i] = 0.5f, g[i] = 3.5f;
+    fl_tensor img_t = fl_tensor_f32_3d(img, b, 1, p->in_channels), txt_t = fl_tensor_f32_3d(txt, b, 1, p->context_in_dim);
+    fl_tensor y_t = fl_tensor_f32_2d(y, b, p->vec_in_dim), t_t = fl_tensor_f32_1d(t, b), g_t = fl_tensor_f32_1d(g, b);
+    fl_flux_inputs in = {&img_t, &txt_t, &y_t, &t_t, &g_t, ids, ids};
+    double times[REPS];
+    fl_tensor out;
+    uint64_t p0 = 0;
+    for (int i = -1; i < REPS && rc == 0; i++) { /* i = -1: warm-up */
+#ifdef FL_FLUX_MAX_ATTACHED
+        if (i == 0) p0 = fl_flux_plan_count(m);
+#endif
+        double t0 = now_ms();
+        rc = fl_flux_set_sample_adapters(m, (int)b, sel, &err);
+        if (rc == 0) rc = fl_flux_forward(m, &in, &out, &err);
+        if (i >= 0) times[i] = now_ms() - t0;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "select: %s\n", err.message);
+    } else {
+#ifdef FL_FLUX_MAX_ATTACHED
+        double plans = (double)(fl_flux_plan_count(m) - p0) / REPS;
+#else
+        double plans = -1; /* not counted by this tree */
+#endif
+        printf("{\"mode\": \"select\", \"threads\": %d, \"forwards\": %d, \"samples\": %d, \"forward_ms\": %.3f, "
+               "\"plans_per_forward\": %.2f}\n",
+               threads, REPS, N_ADAPTERS, median(times, REPS), plans);
+    }
+    fl_flux_clear_sample_adapters(m);
+    fl_flux_clear_adapters(m);
+    fl_adapter_cache_free(c);
+    free(img), free(txt), free(y), free(t), free(g), free(ids);
+    (void)p0;
+    return rc;
+}
+
 typedef int (*batch_fn)(fl_flux_model *, fl_adapter_cache *, char[][65], fl_sample_request *, int, int, int, float **,
                         timing *, fl_error *);
 
@@ -221,7 +285,9 @@ int main(int argc, char **argv) {
     bool ran_detach = false, ran_resident = false;
     for (const char *mode = modes; rc == 0 && *mode; mode += strcspn(mode, ",") + (mode[strcspn(mode, ",")] == ',')) {
         size_t len = strcspn(mode, ",");
-        if (len == 6 && !strncmp(mode, "detach", 6)) {
+        if (len == 6 && !strncmp(mode, "select", 6)) {
+            rc = run_select(m, hashes, threads);
+        } else if (len == 6 && !strncmp(mode, "detach", 6)) {
             rc = run_mode("detach", batch_detach, m, hashes, batches, steps, width, a, threads);
             ran_detach = true;
 #ifdef FL_FLUX_MAX_ATTACHED

@@ -16,7 +16,8 @@
  * fails its job with the reason instead of running again. While a job runs the worker renews
  * its claim, so a long training is never taken over from a live worker. Consumers of workers gone
  * for an hour with nothing pending are removed from the group. Heartbeats in
- * fl:worker:<name> (TTL 30 s) list the worker's resident adapters and cache counters.
+ * fl:worker:<name> (TTL 30 s) list the worker's resident adapters and cache counters, and count
+ * the adapter sets attached to and detached from its model and the model's activation plans.
  */
 #ifndef FL_SERVE_WORKER_H
 #define FL_SERVE_WORKER_H
