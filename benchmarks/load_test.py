@@ -3,12 +3,15 @@ adapters against the real `flashlora serve` (private redis-server, in-process wo
 
   load_test.py FLASHLORA SOURCE_DIR [--clients 16] [--requests 200] [--adapters 8] [--workers 1]
                [--size 16] [--steps 4] [--max-queue 32] [--batch 8] [--threads N]
+               [--rank 2] [--all-linears]
 
 Each client sends synchronous generations naming one or two of the adapters (random scales);
 a 429 is retried after its Retry-After. Prints throughput, latency percentiles of completed
 requests, the mean batch size the workers formed, and the status counts; exits non-zero if any
-request ended in anything but success or an intended 429. The last line is "N passed, N failed"
-so the bounded run doubles as a test.
+request ended in anything but success or an intended 429. The adapters are random, of --rank on
+four block Linears (or on every block Linear with --all-linears). Also prints the workers' adapter
+counters from /metrics (cache hits and misses; attaches, detaches and forward plans where the
+service reports them). The last line is "N passed, N failed" so the bounded run doubles as a test.
 """
 
 import argparse
@@ -46,6 +49,8 @@ def main():
     ap.add_argument("--max-queue", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8, help="images per worker batch")
     ap.add_argument("--threads", type=int, default=0, help="FLASHLORA_THREADS for the service (0: default)")
+    ap.add_argument("--rank", type=int, default=2, help="rank of the random adapters")
+    ap.add_argument("--all-linears", action="store_true", help="adapters on every block Linear (default: four)")
     args = ap.parse_args()
 
     model = os.path.join(args.source, "tests/fixtures/flux_b.model.safetensors")
@@ -63,7 +68,13 @@ def main():
         ids = []
         for i in range(args.adapters):
             path = os.path.join(work, "a%d.safetensors" % i)
-            sc.write_lora(path, model, seed=1000 + i)
+            modules = None
+            if args.all_linears:
+                header = sc.safetensors_header(model)
+                modules = sorted(k[:-len(".weight")] for k, v in header.items()
+                                 if k.endswith(".weight") and isinstance(v, dict) and len(v["shape"]) == 2
+                                 and "blocks" in k)
+            sc.write_lora(path, model, seed=1000 + i, rank=args.rank, modules=modules)
             with open(path, "rb") as f:
                 body, ctype = sc.multipart({"name": "load%d" % i}, {"file": ("a.safetensors", f.read())})
             r = sc.request(svc.base, "POST", "/v1/adapters", key, body, {"Content-Type": ctype})
@@ -103,8 +114,9 @@ def main():
                     failures.append("%d %s" % (r.status, r.body[:200]))
         wall = time.time() - t_start
         ok = counts.get(200, 0)
-        print("requests %d, clients %d, adapters %d, workers %d, batch %d, %dx%d, %d steps" %
-              (args.requests, args.clients, len(ids), args.workers, args.batch, args.size, args.size, args.steps))
+        print("requests %d, clients %d, adapters %d (rank %d, %s), workers %d, batch %d, %dx%d, %d steps" %
+              (args.requests, args.clients, len(ids), args.rank, "every block Linear" if args.all_linears else
+               "4 Linears", args.workers, args.batch, args.size, args.size, args.steps))
         print("completed %d in %.2f s: %.2f requests/s" % (ok, wall, ok / wall if wall > 0 else 0))
         print("latency p50 %.3f s, p90 %.3f s, p99 %.3f s, max %.3f s" %
               (percentile(latencies, 0.5), percentile(latencies, 0.9), percentile(latencies, 0.99),
@@ -114,7 +126,8 @@ def main():
         time.sleep(1.0)  # one worker heartbeat, which carries the cache counters
         metrics = sc.request(svc.base, "GET", "/metrics").body.decode()
         for line in metrics.splitlines():
-            if line.startswith(("flashlora_adapter_cache", "flashlora_resident_adapters ")):
+            if line.startswith(("flashlora_adapter_cache", "flashlora_resident_adapters ", "flashlora_adapter_attaches",
+                                "flashlora_adapter_detaches", "flashlora_forward_plans", "flashlora_attached_adapters ")):
                 print(line)
     finally:
         svc.stop()

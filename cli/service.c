@@ -56,6 +56,7 @@ typedef struct service_args {
     long workers, max_queue, max_train_queue, max_body, max_upload, claim_timeout_s, max_deliveries, batch,
         batch_wait_ms, cache_mb, checkpoint_every, sync_timeout_s, max_connections, redis_backoff_ms,
         redis_backoff_max_ms;
+    long device_cache_mb;
 } service_args;
 
 static void serve_usage(FILE *out) {
@@ -87,6 +88,8 @@ static void serve_usage(FILE *out) {
             "  --claim-timeout S      idle seconds before a dead worker's job is taken over (default 60)\n"
             "  --max-deliveries N     deliveries before a job fails (default 3)\n"
             "  --cache-mb N           adapter cache budget per worker (default 1024)\n"
+            "  --device-cache-mb N    adapters kept attached to a worker's model, on its device (default 1024;\n"
+            "                         on the CPU backend this is host memory too)\n"
             "  --checkpoint-every N   training checkpoint period in steps (default 10)\n");
 }
 
@@ -94,8 +97,8 @@ static void worker_usage(FILE *out) {
     fprintf(out,
             "usage: flashlora worker --model BASE.safetensors [--state DIR] [--redis ADDR] [--name NAME]\n"
             "                        [--device cpu|cuda|auto] [--batch N] [--batch-wait-ms N] [--claim-timeout S]\n"
-            "                        [--max-deliveries N] [--cache-mb N] [--checkpoint-every N]\n"
-            "                        [--allow-private-urls]\n\n"
+            "                        [--max-deliveries N] [--cache-mb N] [--device-cache-mb N]\n"
+            "                        [--checkpoint-every N] [--allow-private-urls]\n\n"
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
             "Redis of a `flashlora serve` running on the same --state directory.\n");
 }
@@ -128,6 +131,7 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->batch = 8;
     a->batch_wait_ms = 5;
     a->cache_mb = 1024;
+    a->device_cache_mb = 1024;
     a->checkpoint_every = 10;
     a->sync_timeout_s = 120;
     a->max_connections = 256;
@@ -177,6 +181,7 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--claim-timeout", 1, 86400, &a->claim_timeout_s, false},
             {"--max-deliveries", 1, 1000, &a->max_deliveries, false},
             {"--cache-mb", 1, 1 << 20, &a->cache_mb, false},
+            {"--device-cache-mb", 1, 1 << 20, &a->device_cache_mb, false},
             {"--checkpoint-every", 0, 1000000, &a->checkpoint_every, false},
         };
         bool found = false;
@@ -218,6 +223,7 @@ static fl_worker_config worker_config_of(const service_args *a, const char *redi
     wc.claim_timeout_ms = (int)(a->claim_timeout_s * 1000);
     wc.max_deliveries = (int)a->max_deliveries;
     wc.cache_bytes = (size_t)a->cache_mb << 20;
+    wc.device_cache_bytes = (size_t)a->device_cache_mb << 20;
     wc.checkpoint_every = (int)a->checkpoint_every;
     wc.allow_private_urls = a->allow_private_urls;
     return wc;

@@ -8,11 +8,17 @@
  *
  * Memory: weights are uploaded once in the context's storage dtype (F32 on the CPU). Activations
  * live in one arena planned per input shape: the first call with a new (batch, image tokens,
- * text tokens, training) runs the whole step in planning mode to measure it, allocates once,
- * and later calls with that shape allocate nothing.
+ * text tokens, mode) runs the whole step in planning mode to measure it, grows the arena if it
+ * needs more (it never shrinks), and later calls with a shape measured before allocate and plan
+ * nothing. Every-row steps (training, and forwards without a per-sample selection) save each
+ * adapter's x A^T, so attaching or detaching adapters makes them plan again; the per-sample
+ * forward does not depend on which adapters are attached or selected: it plans one scratch of
+ * [rows, largest rank attached so far] per Linear, which every adapter's x A^T reuses in turn,
+ * so serving adapters that are already attached never plans (fl_flux_plan_count counts plans).
  *
- * LoRA: each Linear carries up to FL_FLUX_MAX_ADAPTERS adapters, y += scale * (x A^T) B^T, with
- * scale = multiplier * alpha / rank folded in at attach time. At most one adapter is trainable;
+ * LoRA: each Linear carries up to FL_FLUX_MAX_ATTACHED adapters, y += scale * (x A^T) B^T, with
+ * scale = multiplier * alpha / rank folded in at attach time; one sample applies up to
+ * FL_FLUX_MAX_ADAPTERS of them. At most one adapter is trainable;
  * its A and B live in one flat f32 parameter buffer (and one gradient buffer) so the optimizer
  * updates all of them in one call.
  *
@@ -41,7 +47,8 @@
 #include "kernels/context.h"
 
 #define FL_FLUX_MAX_AXES 4
-#define FL_FLUX_MAX_ADAPTERS 16
+#define FL_FLUX_MAX_ADAPTERS 16 /* adapters one sample applies */
+#define FL_FLUX_MAX_ATTACHED 64 /* adapters attached to one Linear at a time (resident sets) */
 #define FL_FLUX_NAME_MAX 96
 
 /* The fields of the reference FluxParams. */
@@ -103,13 +110,13 @@ typedef struct fl_flux_linear {
     fl_tensor weight; /* [out, in] */
     fl_tensor bias;   /* [out]; data NULL when the layer has none */
     int n_adapters;
-    fl_flux_adapter adapters[FL_FLUX_MAX_ADAPTERS];
+    fl_flux_adapter adapters[FL_FLUX_MAX_ATTACHED];
     int trainable;             /* index into adapters of the trainable one, or -1 */
     fl_tensor grad_a, grad_b;  /* gradients of the trainable adapter (views into the flat buffer) */
     fl_tensor grad_weight, grad_bias; /* full training only */
     /* Saved by the forward for the backward (views into the activation arena). */
     fl_tensor saved_x;
-    fl_tensor saved_h[FL_FLUX_MAX_ADAPTERS];
+    fl_tensor saved_h[FL_FLUX_MAX_ATTACHED];
 } fl_flux_linear;
 
 typedef struct fl_flux_model fl_flux_model;
@@ -151,10 +158,12 @@ typedef struct fl_flux_lora_pair {
 } fl_flux_lora_pair;
 
 /* Attach an adapter given as pairs, with scale multiplier * alpha / rank per pair. Fails naming
- * the first pair whose module is unknown or whose shapes disagree with the Linear. With
+ * the first pair whose module is unknown or whose shapes disagree with the Linear (FL_EINVAL),
+ * on a Linear that already carries FL_FLUX_MAX_ATTACHED adapters (FL_ELIMIT), or when the
+ * device has no memory for the matrices (FL_ENOMEM); the model is unchanged then. With
  * trainable set, the matrices are copied into the flat parameter buffer (fl_flux_trainable_*)
  * and gradients are computed for them; only one trainable adapter may exist. Returns the set
- * id (>= 0) or -1. */
+ * id (>= 0; ids are never reused by a model) or -1. */
 int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n, float multiplier, bool trainable,
                         fl_error *err);
 /* Target selection by name. spec is a named set —
@@ -171,6 +180,11 @@ int fl_flux_select_targets(fl_flux_model *m, const char *spec, bool *selected, f
 int fl_flux_add_trainable_lora(fl_flux_model *m, const char *spec, int rank, float alpha, uint64_t seed,
                                fl_error *err);
 
+/* Device bytes the matrices of an adapter given as pairs take once attached (frozen, in the
+ * storage dtype), without attaching it; pairs are not checked. */
+size_t fl_flux_adapter_device_bytes(const fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n);
+/* Whether set_id is attached now. */
+bool fl_flux_adapter_attached(const fl_flux_model *m, int set_id);
 /* Detach every adapter. */
 void fl_flux_clear_adapters(fl_flux_model *m);
 /* Detach one set (as returned by fl_flux_add_adapter or fl_flux_add_trainable_lora) from every
@@ -243,5 +257,9 @@ int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_
 
 /* Bytes of the activation arena: the largest plan so far (it grows, never shrinks). */
 size_t fl_flux_activation_bytes(const fl_flux_model *m);
+/* How many times a step was run in planning mode to measure the arena (one per new shape, mode,
+ * and for every-row steps adapter change; a per-sample forward also plans again after an
+ * adapter of a rank larger than any before is attached). */
+uint64_t fl_flux_plan_count(const fl_flux_model *m);
 
 #endif

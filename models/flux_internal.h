@@ -68,6 +68,18 @@ typedef struct flux_acts {
     fl_tensor xt, target, dpred;      /* training only */
 } flux_acts;
 
+/* What a measured plan was measured for: the arena (grow-only) fits every later step with the
+ * same key. mode 1: forward applying every attached adapter to every row; 2: training step;
+ * 3: forward with per-sample adapters. stamp: modes 1 and 2, adapters_version (they save every
+ * adapter's x A^T); mode 3, rank_reserve (its only adapter-dependent memory is the scratch). */
+typedef struct flux_plan_key {
+    int mode;
+    int64_t batch, li, lt;
+    uint64_t stamp;
+} flux_plan_key;
+
+#define FLUX_PLAN_KEYS 16
+
 /* One fl_flux_add_adapter call. */
 typedef struct flux_adapter_set {
     int set_id;
@@ -116,8 +128,11 @@ struct fl_flux_model {
     fl_arena arena;
     void *arena_memory;
     size_t arena_bytes;
-    int64_t plan_batch, plan_li, plan_lt;
-    int plan_mode; /* 0 none, 1 forward, 2 training; 0 also after anything that changes the plan */
+    flux_plan_key plans[FLUX_PLAN_KEYS]; /* the keys measured so far, most recent first */
+    int n_plans;
+    uint64_t plan_count;       /* planning runs (fl_flux_plan_count) */
+    uint64_t adapters_version; /* bumped by whatever changes the every-row steps' allocations */
+    int64_t rank_reserve;      /* columns of the per-sample scratch: largest rank attached so far */
     flux_acts acts;
 };
 

@@ -301,22 +301,25 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
         if (pr->rank < 1 || pr->rank > 4096)
             return fl_fail(err, FL_EINVAL, "adapter module '%s': rank %lld out of range", pr->module,
                            (long long)pr->rank);
-        if (lin->n_adapters >= FL_FLUX_MAX_ADAPTERS)
+        if (lin->n_adapters >= FL_FLUX_MAX_ATTACHED)
             return fl_fail(err, FL_ELIMIT, "adapter module '%s': more than %d adapters", pr->module,
-                           FL_FLUX_MAX_ADAPTERS);
+                           FL_FLUX_MAX_ATTACHED);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(pairs[j].module, pr->module))
                 return fl_fail(err, FL_EINVAL, "adapter module '%s' appears twice", pr->module);
         total += pr->rank * (lin->in + lin->out);
     }
     fl_dtype dtype = trainable ? FL_F32 : m->dtype;
-    size_t esize = fl_dtype_size(dtype);
-    char *memory = fl_ctx_alloc(m->ctx, (size_t)(total ? total : 1) * esize);
-    FL_CHECKF(memory, "out of device memory for an adapter");
+    size_t esize = fl_dtype_size(dtype), bytes = (size_t)(total ? total : 1) * esize;
+    char *memory = fl_ctx_alloc(m->ctx, bytes);
+    if (!memory) return fl_fail(err, FL_ENOMEM, "out of device memory for an adapter of %zu bytes", bytes);
     char *grad_memory = NULL;
     if (trainable) {
-        grad_memory = fl_ctx_alloc(m->ctx, (size_t)(total ? total : 1) * esize);
-        FL_CHECKF(grad_memory, "out of device memory for adapter gradients");
+        grad_memory = fl_ctx_alloc(m->ctx, bytes);
+        if (!grad_memory) {
+            fl_ctx_free(m->ctx, memory);
+            return fl_fail(err, FL_ENOMEM, "out of device memory for adapter gradients of %zu bytes", bytes);
+        }
         m->train_param_memory = memory;
         m->train_grad_memory = grad_memory;
         m->n_train = total;
@@ -342,9 +345,21 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
         fl_ctx_upload_f32(m->ctx, &ad->b, pr->b, (size_t)(pr->rank * lin->out));
         if (trainable) lin->trainable = lin->n_adapters;
         lin->n_adapters++;
+        if (pr->rank > m->rank_reserve) m->rank_reserve = pr->rank; /* a wider per-sample scratch */
     }
-    m->plan_mode = 0; /* adapters change the activation plan */
+    m->adapters_version++; /* every-row steps save each adapter's x A^T */
     return set_id;
+}
+
+size_t fl_flux_adapter_device_bytes(const fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const fl_flux_linear *lin = NULL;
+        for (size_t j = 0; j < m->n_linears && !lin; j++)
+            if (!strcmp(m->linears[j].name, pairs[i].module)) lin = &m->linears[j];
+        if (lin && pairs[i].rank > 0) total += (size_t)(pairs[i].rank * (lin->in + lin->out));
+    }
+    return (total ? total : 1) * fl_dtype_size(m->dtype);
 }
 
 void fl_flux_clear_adapters(fl_flux_model *m) {
@@ -358,13 +373,19 @@ void fl_flux_clear_adapters(fl_flux_model *m) {
     fl_ctx_free(m->ctx, m->train_grad_memory);
     m->train_param_memory = m->train_grad_memory = NULL;
     m->n_train = 0;
-    m->plan_mode = 0;
+    m->adapters_version++;
 }
 
 static flux_adapter_set *find_set(fl_flux_model *m, int set_id) {
     for (size_t i = 0; i < m->n_sets; i++)
         if (m->sets[i].set_id == set_id) return &m->sets[i];
     return NULL;
+}
+
+bool fl_flux_adapter_attached(const fl_flux_model *m, int set_id) {
+    for (size_t i = 0; i < m->n_sets; i++)
+        if (m->sets[i].set_id == set_id) return true;
+    return false;
 }
 
 int fl_flux_remove_adapter(fl_flux_model *m, int set_id, fl_error *err) {
@@ -397,7 +418,7 @@ int fl_flux_remove_adapter(fl_flux_model *m, int set_id, fl_error *err) {
     size_t at = (size_t)(set - m->sets);
     memmove(&m->sets[at], &m->sets[at + 1], (m->n_sets - at - 1) * sizeof *m->sets);
     m->n_sets--;
-    m->plan_mode = 0;
+    m->adapters_version++;
     return 0;
 }
 
@@ -427,8 +448,7 @@ int fl_flux_set_sample_adapters(fl_flux_model *m, int batch, const fl_flux_sampl
     memcpy(copy, per_sample, (size_t)batch * sizeof *copy);
     free(m->sample_sel);
     m->sample_sel = copy;
-    m->sample_batch = batch;
-    m->plan_mode = 0; /* the per-sample path allocates differently */
+    m->sample_batch = batch; /* the per-sample forward has plans of its own (mode 3), whatever is selected */
     return 0;
 }
 
@@ -437,7 +457,6 @@ void fl_flux_clear_sample_adapters(fl_flux_model *m) {
     free(m->sample_sel);
     m->sample_sel = NULL;
     m->sample_batch = 0;
-    m->plan_mode = 0;
 }
 
 int fl_flux_sample_adapters_batch(const fl_flux_model *m) {
@@ -458,7 +477,7 @@ void fl_flux_enable_full_grads(fl_flux_model *m) {
     if (m->full_grads) return;
     m->grad_memory = alloc_table(m, m->grads, m->dtype);
     m->full_grads = true;
-    m->plan_mode = 0;
+    m->adapters_version++; /* the backward allocates differently */
     fl_flux_zero_grads(m);
 }
 
@@ -528,12 +547,41 @@ static void training_step(fl_flux_model *m, const fl_flux_inputs *in, const fl_t
     flux_run_backward(m);
 }
 
+/* Whether a step with this key was measured before (the arena only grows, so it still fits);
+ * moves the key to the front. */
+static bool plan_known(fl_flux_model *m, const flux_plan_key *key) {
+    for (int i = 0; i < m->n_plans; i++) {
+        const flux_plan_key *k = &m->plans[i];
+        if (k->mode != key->mode || k->batch != key->batch || k->li != key->li || k->lt != key->lt ||
+            k->stamp != key->stamp)
+            continue;
+        flux_plan_key found = *k;
+        memmove(&m->plans[1], &m->plans[0], (size_t)i * sizeof *m->plans);
+        m->plans[0] = found;
+        return true;
+    }
+    return false;
+}
+
+static void plan_remember(fl_flux_model *m, const flux_plan_key *key) {
+    if (m->n_plans < FLUX_PLAN_KEYS) m->n_plans++;
+    memmove(&m->plans[1], &m->plans[0], (size_t)(m->n_plans - 1) * sizeof *m->plans);
+    m->plans[0] = *key;
+}
+
 static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise, int mode) {
     flux_acts *a = &m->acts;
-    if (m->plan_mode == mode && m->plan_batch == a->batch && m->plan_li == a->li && m->plan_lt == a->lt) {
-        fl_arena_reset(&m->arena, 0);
+    flux_plan_key key;
+    key.mode = m->per_sample ? 3 : mode;
+    key.batch = a->batch;
+    key.li = a->li;
+    key.lt = a->lt;
+    key.stamp = m->per_sample ? (uint64_t)m->rank_reserve : m->adapters_version;
+    if (m->arena_memory && plan_known(m, &key)) {
+        fl_arena_init(&m->arena, m->arena_memory, m->arena_bytes, m->ctx->device);
         return;
     }
+    m->plan_count++;
     fl_arena_init_measure(&m->arena, m->ctx->device);
     bool was_planning = m->ctx->planning;
     m->ctx->planning = true;
@@ -549,10 +597,7 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
         FL_CHECKF(m->arena_memory, "out of device memory for %zu bytes of activations", m->arena_bytes);
     }
     fl_arena_init(&m->arena, m->arena_memory, m->arena_bytes, m->ctx->device);
-    m->plan_mode = mode;
-    m->plan_batch = a->batch;
-    m->plan_li = a->li;
-    m->plan_lt = a->lt;
+    plan_remember(m, &key);
 }
 
 int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err) {
@@ -588,4 +633,8 @@ int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_
 
 size_t fl_flux_activation_bytes(const fl_flux_model *m) {
     return m->arena_bytes;
+}
+
+uint64_t fl_flux_plan_count(const fl_flux_model *m) {
+    return m->plan_count;
 }

@@ -86,7 +86,12 @@ static int find_adapter(const fl_flux_linear *lin, int set_id) {
 
 /* The per-sample form of linear_forward: sample b's rows get the base product computed on their
  * own (the GEMM shapes of a batch of one) plus sample b's adapters, at scale (attach scale) *
- * (multiplier), in the listed order. Inference only: nothing is saved for a backward. */
+ * (multiplier), in the listed order. Inference only: nothing is saved for a backward.
+ *
+ * Each adapter's x A^T goes to one scratch of [rows, rank_reserve] (the largest rank attached so
+ * far), allocated whatever is attached or selected, so this path's plan does not depend on the
+ * adapters: a contiguous [rows, rank] view at its start is exactly the matrix a dedicated
+ * allocation would be. */
 static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *x, fl_tensor *y) {
     fl_ctx *ctx = m->ctx;
     const int64_t batch = m->acts.batch;
@@ -96,6 +101,9 @@ static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, con
               (long long)mx.rows, (long long)batch);
     const int64_t rows = mx.rows / batch;
     lin->saved_x = *x;
+    size_t mark = fl_arena_mark(&m->arena);
+    fl_tensor scratch = {0};
+    if (m->rank_reserve > 0) scratch = act(m, m->dtype, 2, rows, m->rank_reserve, 0, 0);
     for (int64_t b = 0; b < batch; b++) {
         fl_tensor xs = row_segment(x, &mx, b * rows, rows), ys = row_segment(y, &my, b * rows, rows);
         fl_op_linear(ctx, &xs, &lin->weight, lin->bias.data ? &lin->bias : NULL, &ys);
@@ -106,13 +114,15 @@ static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, con
             fl_flux_adapter *ad = &lin->adapters[k];
             float scale = ad->scale * sel->multipliers[j];
             if (scale == 0.0f) continue;
-            size_t mark = fl_arena_mark(&m->arena);
-            fl_tensor h = act(m, m->dtype, 2, rows, ad->a.shape[0], 0, 0);
+            int64_t rank = ad->a.shape[0], shape[2] = {rows, rank};
+            FL_CHECKF(rank <= m->rank_reserve, "%s: rank %lld exceeds the planned scratch of %lld", lin->name,
+                      (long long)rank, (long long)m->rank_reserve);
+            fl_tensor h = fl_tensor_make(scratch.data, m->dtype, scratch.device, 2, shape);
             fl_op_gemm(ctx, &xs, false, &ad->a, true, &h, 1.0f, 0.0f);
             fl_op_gemm(ctx, &h, false, &ad->b, true, &ys, scale, 1.0f);
-            fl_arena_reset(&m->arena, mark);
         }
     }
+    fl_arena_reset(&m->arena, mark);
 }
 
 /* y = x W^T + b + sum_k s_k (x A_k^T) B_k^T; saves x and every x A_k^T for the backward. */

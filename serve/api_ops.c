@@ -19,10 +19,11 @@
 
 typedef struct live_workers {
     long long n, hits, misses, evictions, resident, resident_bytes;
+    long long attaches, detaches, plans, attached, attached_bytes; /* adapter residency */
 } live_workers;
 
 /* The workers with a live heartbeat (fl:worker:<name> exists; it expires 30 s after the last
- * heartbeat), their adapter-cache figures summed. Members of fl:workers whose heartbeat expired
+ * heartbeat), their adapter-cache and residency figures summed. Members of fl:workers whose heartbeat expired
  * are removed from it when prune is set. */
 static void count_live_workers(fl_redis *r, bool prune, live_workers *out) {
     memset(out, 0, sizeof *out);
@@ -32,19 +33,18 @@ static void count_live_workers(fl_redis *r, bool prune, live_workers *out) {
         const redisReply *name = rep->element[i];
         if (name->type != REDIS_REPLY_STRING) continue;
         redisReply *h = fl_redis_cmd(r, &err, "HMGET fl:worker:%b updated_ms cache_hits cache_misses cache_evictions "
-                                              "resident_adapters resident_bytes",
+                                              "resident_adapters resident_bytes adapter_attaches adapter_detaches "
+                                              "forward_plans attached_adapters attached_bytes",
                                      name->str, name->len);
         if (!h) continue; /* Redis failed: neither counted nor pruned */
-        if (h->type == REDIS_REPLY_ARRAY && h->elements == 6 && h->element[0]->type == REDIS_REPLY_STRING) {
-            long long v[5] = {0};
-            for (int k = 0; k < 5; k++)
+        if (h->type == REDIS_REPLY_ARRAY && h->elements == 11 && h->element[0]->type == REDIS_REPLY_STRING) {
+            long long v[10] = {0};
+            for (int k = 0; k < 10; k++)
                 if (h->element[k + 1]->type == REDIS_REPLY_STRING) v[k] = atoll(h->element[k + 1]->str);
+            long long *sums[10] = {&out->hits,     &out->misses,   &out->evictions, &out->resident, &out->resident_bytes,
+                                   &out->attaches, &out->detaches, &out->plans,     &out->attached, &out->attached_bytes};
             out->n++;
-            out->hits += v[0];
-            out->misses += v[1];
-            out->evictions += v[2];
-            out->resident += v[3];
-            out->resident_bytes += v[4];
+            for (int k = 0; k < 10; k++) *sums[k] += v[k];
         } else if (prune) {
             redisReply *d = fl_redis_cmd(r, &err, "SREM fl:workers %b", name->str, name->len); /* expired */
             if (d) freeReplyObject(d);
@@ -147,6 +147,23 @@ void fl_api_healthz(fl_api *api, fl_http_response *res) {
     fl_http_reply_json(res, 200, body);
 }
 
+/* Adapter residency, summed over the live workers: sets attached to the models, and how often
+ * batches attached, detached and planned (zero growth while serving resident adapters). */
+static void append_residency(const live_workers *lw, char **text, size_t *len, size_t *cap) {
+    fl_metrics_appendf(text, len, cap,
+                       "# HELP flashlora_adapter_attaches_total Adapter sets attached to worker models.\n"
+                       "# TYPE flashlora_adapter_attaches_total counter\nflashlora_adapter_attaches_total %lld\n"
+                       "# HELP flashlora_adapter_detaches_total Adapter sets detached from worker models.\n"
+                       "# TYPE flashlora_adapter_detaches_total counter\nflashlora_adapter_detaches_total %lld\n"
+                       "# HELP flashlora_forward_plans_total Activation plans measured by worker models.\n"
+                       "# TYPE flashlora_forward_plans_total counter\nflashlora_forward_plans_total %lld\n"
+                       "# HELP flashlora_attached_adapters Adapter sets attached to worker models.\n"
+                       "# TYPE flashlora_attached_adapters gauge\nflashlora_attached_adapters %lld\n"
+                       "# HELP flashlora_attached_adapter_bytes Device bytes of the attached adapter sets.\n"
+                       "# TYPE flashlora_attached_adapter_bytes gauge\nflashlora_attached_adapter_bytes %lld\n",
+                       lw->attaches, lw->detaches, lw->plans, lw->attached, lw->attached_bytes);
+}
+
 void fl_api_metrics(fl_api *api, fl_http_response *res) {
     char *text = NULL;
     size_t len = 0, cap = 0;
@@ -210,6 +227,7 @@ void fl_api_metrics(fl_api *api, fl_http_response *res) {
                            "# HELP flashlora_resident_adapter_bytes Bytes of adapters held in worker caches.\n"
                            "# TYPE flashlora_resident_adapter_bytes gauge\nflashlora_resident_adapter_bytes %lld\n",
                            lw.n, lw.hits, lw.misses, lw.evictions, lw.resident, lw.resident_bytes);
+        append_residency(&lw, &text, &len, &cap);
     } else {
         char shown[600];
         snprintf(shown, sizeof shown, "%s", h.error);

@@ -34,6 +34,7 @@ fl_worker_config fl_worker_config_default(void) {
     c.claim_timeout_ms = 60000;
     c.max_deliveries = 3;
     c.cache_bytes = (size_t)1 << 30;
+    c.device_cache_bytes = (size_t)1 << 30;
     c.checkpoint_every = 10;
     return c;
 }
@@ -163,6 +164,17 @@ void fl_worker_heartbeat(worker_state *w, bool force) {
                                    w->name, w->name, s[7], w->cfg.device, s[0], s[1], s[2], s[3], s[4], list, s[5],
                                    w->current_job, s[6]);
     if (rep) freeReplyObject(rep);
+    /* Residency: sets attached to the model, and how often batches attached, detached and planned. */
+    char d[5][32];
+    snprintf(d[0], 32, "%llu", (unsigned long long)cs.attaches);
+    snprintf(d[1], 32, "%llu", (unsigned long long)cs.detaches);
+    snprintf(d[2], 32, "%llu", (unsigned long long)fl_flux_plan_count(w->model));
+    snprintf(d[3], 32, "%zu", cs.attached);
+    snprintf(d[4], 32, "%zu", cs.attached_bytes);
+    if ((rep = fl_redis_cmd(w->r, &err, "HSET fl:worker:%s adapter_attaches %s adapter_detaches %s forward_plans %s "
+                                        "attached_adapters %s attached_bytes %s",
+                            w->name, d[0], d[1], d[2], d[3], d[4])))
+        freeReplyObject(rep);
     if ((rep = fl_redis_cmd(w->r, &err, "EXPIRE fl:worker:%s 30", w->name))) freeReplyObject(rep);
     if ((rep = fl_redis_cmd(w->r, &err, "SADD fl:workers %s", w->name))) freeReplyObject(rep);
 }
@@ -263,6 +275,7 @@ static int open_worker(worker_state *w, fl_error *err) {
     snprintf(path, sizeof path, "%s/store", w->cfg.state_dir);
     if (fl_store_open(path, &w->store, err) != 0) return -1;
     w->cache = fl_adapter_cache_create(fl_store_locate, w->store, w->model, w->cfg.cache_bytes);
+    fl_adapter_cache_set_device_budget(w->cache, w->cfg.device_cache_bytes);
     const char *dirs[] = {"images", "jobs", "uploads"};
     for (size_t i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", w->cfg.state_dir, dirs[i]);

@@ -5,7 +5,9 @@
  * group "workers". Generation jobs that share size, steps and text length are sampled as one
  * batch even when they name different adapters: each request's rows carry its own adapters and
  * scales (models/flux.h per-sample adapters), so every request gets exactly the image it would
- * get alone. Adapters come from a host LRU cache (adapters/cache.h) fed by the store.
+ * get alone. Adapters stay attached to the model between batches (adapters/cache.h: a device
+ * tier of attached sets over a host tier of loaded files, both LRU by bytes, fed by the store),
+ * so a batch over resident adapters attaches, detaches and plans nothing.
  *
  * Faults: a job is acknowledged only after its result is stored (images written, adapter file
  * stored and registered, job record finished). Entries another worker left pending longer than
@@ -14,7 +16,8 @@
  * fails its job with the reason instead of running again. While a job runs the worker renews
  * its claim, so a long training is never taken over from a live worker. Consumers of workers gone
  * for an hour with nothing pending are removed from the group. Heartbeats in
- * fl:worker:<name> (TTL 30 s) list the worker's resident adapters and cache counters.
+ * fl:worker:<name> (TTL 30 s) list the worker's resident adapters and cache counters, and count
+ * the adapter sets attached to and detached from its model and the model's activation plans.
  */
 #ifndef FL_SERVE_WORKER_H
 #define FL_SERVE_WORKER_H
@@ -36,6 +39,7 @@ typedef struct fl_worker_config {
     int claim_timeout_ms;       /* idle time before another worker takes an entry over (default 60000) */
     int max_deliveries;         /* delivery cap (default 3) */
     size_t cache_bytes;         /* adapter cache budget (default 1 GiB) */
+    size_t device_cache_bytes;  /* adapters kept attached to the model (default 1 GiB) */
     int checkpoint_every;       /* training checkpoint period in steps (default 10) */
     bool allow_private_urls;    /* fetch images_url on loopback and private networks */
     fl_metrics *metrics;        /* optional: batch and job figures of this process */

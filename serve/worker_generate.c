@@ -1,8 +1,10 @@
 /*
  * worker_generate.c — a worker's generation jobs: requests read from the work stream are grouped
- * into batches of one size, step count and text length (up to the batch size and the adapter slots
- * of a Linear), sampled in one pass where each request's rows carry its own adapters, written as
- * PNGs, and each request finished and acknowledged on its own.
+ * into batches of one size, step count and text length (up to the batch size and the adapters one
+ * batch may use), sampled in one pass where each request's rows carry its own adapters, written as
+ * PNGs, and each request finished and acknowledged on its own. Adapters stay attached between
+ * batches (adapters/cache.h device tier): a batch acquires the sets it names (attaching only those
+ * not resident) and selects them per sample; it detaches nothing.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,11 +31,10 @@ static bool compatible(const gen_request *a, const gen_request *b) {
            a->req.max_text_tokens == b->req.max_text_tokens;
 }
 
-/* Runs one batch: attaches the union of its adapters, samples every image in one pass, writes
- * the PNGs, and finishes and acknowledges each request. */
+/* Runs one batch: acquires the union of its adapters (pinned, attached unless resident), samples
+ * every image in one pass, writes the PNGs, and finishes and acknowledges each request. */
 static void run_batch(worker_state *w, gen_request **reqs, int n) {
-    fl_flux_clear_adapters(w->model);
-    fl_adapter_cache_unpin_all(w->cache);
+    fl_adapter_cache_release_all(w->cache);
     char union_sha[FL_FLUX_MAX_ADAPTERS][65];
     int union_set[FL_FLUX_MAX_ADAPTERS];
     int n_union = 0;
@@ -45,14 +46,9 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
             for (int u = 0; u < n_union; u++)
                 if (!strcmp(union_sha[u], g->req.adapters[k].sha256)) found = u;
             if (found >= 0) continue;
-            const fl_lora *lora = NULL;
             fl_error err = {0};
             int set_id = -1;
-            if (fl_adapter_cache_get(w->cache, g->req.adapters[k].sha256, &lora, &err) == 0) {
-                fl_adapter_cache_pin(w->cache, g->req.adapters[k].sha256);
-                set_id = fl_flux_add_adapter(w->model, lora->pairs, lora->n_pairs, 1.0f, false, &err);
-            }
-            if (set_id < 0) {
+            if (fl_adapter_cache_acquire(w->cache, g->req.adapters[k].sha256, &set_id, &err) != 0) {
                 char msg[700];
                 snprintf(msg, sizeof msg, "adapter %s: %s", g->req.adapters[k].id, err.message);
                 fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, "adapter_unavailable", msg);
@@ -67,8 +63,7 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
     for (int i = 0; i < n; i++)
         if (!reqs[i]->done) total += reqs[i]->req.num_images;
     if (total == 0) {
-        fl_flux_clear_adapters(w->model);
-        fl_adapter_cache_unpin_all(w->cache);
+        fl_adapter_cache_release_all(w->cache);
         return;
     }
     fl_sample_request *samples = fl_xcalloc((size_t)total, sizeof *samples);
@@ -98,8 +93,7 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
                                          samples, total, images, &err);
     double seconds = (double)(fl_now_ms() - t0) / 1000.0;
     if (rc == 0 && w->cfg.metrics) fl_metrics_observe_batch(w->cfg.metrics, total, seconds);
-    fl_flux_clear_adapters(w->model);
-    fl_adapter_cache_unpin_all(w->cache);
+    fl_adapter_cache_release_all(w->cache);
     fl_log_info("worker %s: batch of %d images (%d requests) in %.2f s", w->name, total, n, seconds);
 
     s = 0;

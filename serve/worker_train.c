@@ -167,6 +167,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         fl_adapter_info_clear(&prior);
         fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
     }
+    fl_adapter_cache_detach_all(w->cache); /* training needs the bare model, which is cleared after it too */
     if (rc == 0 && !registered) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
     fl_flux_clear_adapters(w->model);
     if (rc != 0 && *w->stop) {

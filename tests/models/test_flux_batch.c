@@ -10,6 +10,11 @@
  * for one sample, within float rounding for a batch); adapters really change the output;
  * fl_flux_remove_adapter; and bad selections are errors, not aborts.
  *
+ * Residency: with the per-sample forward the activation plan does not depend on what is attached
+ * or selected, so a batch over adapters already attached plans nothing (fl_flux_plan_count),
+ * however many other sets (more than one sample may use) are attached or removed beside them,
+ * and every image stays bitwise the same; only a rank larger than any before plans once more.
+ *
  * The thread count comes from the first argument (meson runs the binary with 1 and with 2).
  */
 #include <math.h>
@@ -211,6 +216,117 @@ static void test_single_sampler_is_batch_of_one(void) {
     if (sample_one(m, &req, batched)) FL_EXPECT(memcmp(single, batched, n * sizeof(float)) == 0);
     free(single);
     free(batched);
+    fl_flux_free(m);
+}
+
+/* ---- resident adapters: attached once, selected per batch ------------------------------------- */
+
+static bool images_equal(float *const *a, float *const *b, int n) {
+    for (int r = 0; r < n; r++)
+        if (memcmp(a[r], b[r], image_floats() * sizeof(float)) != 0) return false;
+    return true;
+}
+
+static void test_resident_sets_plan_nothing(void) {
+    fl_flux_model *m = load_model("b");
+    int ids[N_SETS];
+    if (!m || !attach_sets(m, "b", ids)) {
+        fl_flux_free(m);
+        return;
+    }
+    fl_sample_request reqs[N_REQS];
+    make_requests(ids, reqs);
+    float *first[N_REQS], *again[N_REQS];
+    for (int r = 0; r < N_REQS; r++) {
+        first[r] = malloc(image_floats() * sizeof(float));
+        again[r] = malloc(image_floats() * sizeof(float));
+    }
+    fl_error err = {0};
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, first, &err) == 0,
+               "%s", err.message);
+    uint64_t plans = fl_flux_plan_count(m);
+    size_t arena = fl_flux_activation_bytes(m);
+    FL_EXPECT(plans >= 1);
+    /* The same batch again, and another selection of the same sets: no plan. */
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    FL_EXPECT(images_equal(first, again, N_REQS));
+    fl_sample_request shuffled[N_REQS];
+    for (int r = 0; r < N_REQS; r++) shuffled[r] = reqs[N_REQS - 1 - r];
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, shuffled, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    for (int r = 0; r < N_REQS; r++)
+        FL_EXPECTF(memcmp(again[r], first[N_REQS - 1 - r], image_floats() * sizeof(float)) == 0, "request %d", r);
+    FL_EXPECTF(fl_flux_plan_count(m) == plans, "%llu plans, %llu before", (unsigned long long)fl_flux_plan_count(m),
+               (unsigned long long)plans);
+    /* More sets attached than one sample may use (none wider than rank 3), and some removed: the
+     * plan and the images do not change. */
+    enum { EXTRA = FL_FLUX_MAX_ADAPTERS + 4 };
+    int extra[EXTRA];
+    for (int i = 0; i < EXTRA; i++) extra[i] = attach_random(m, i % 2 ? "attention" : NULL, 1 + i % 3, 2.0f, 5000 + 100 * (uint64_t)i);
+    for (int i = 0; i < EXTRA; i += 3) FL_EXPECTF(fl_flux_remove_adapter(m, extra[i], &err) == 0, "%s", err.message);
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    FL_EXPECT(images_equal(first, again, N_REQS));
+    FL_EXPECT(fl_flux_plan_count(m) == plans && fl_flux_activation_bytes(m) == arena);
+    /* A request naming one of the new sets next to the old ones: still no plan; the old requests
+     * keep their images. */
+    fl_sample_request mixed[N_REQS];
+    memcpy(mixed, reqs, sizeof mixed);
+    mixed[0].adapters = adapters_of(2, (int[]){extra[1], ids[2]}, (float[]){1.0f, 0.5f});
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, mixed, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    FL_EXPECT(images_equal(first + 1, again + 1, N_REQS - 1));
+    FL_EXPECT(memcmp(first[0], again[0], image_floats() * sizeof(float)) != 0);
+    FL_EXPECT(fl_flux_plan_count(m) == plans);
+    /* Another batch size is another shape: one plan, then none. */
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, 2, again, &err) == 0, "%s",
+               err.message);
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, 2, again, &err) == 0, "%s",
+               err.message);
+    FL_EXPECT(fl_flux_plan_count(m) == plans + 1 && images_equal(first, again, 2));
+    /* A rank wider than any before widens the scratch: one plan, images unchanged. */
+    int wide = attach_random(m, NULL, 9, 9.0f, 7000);
+    FL_EXPECT(wide >= 0);
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    FL_EXPECT(fl_flux_plan_count(m) == plans + 2 && images_equal(first, again, N_REQS));
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, again, &err) == 0,
+               "%s", err.message);
+    FL_EXPECT(fl_flux_plan_count(m) == plans + 2);
+    for (int r = 0; r < N_REQS; r++) {
+        free(first[r]);
+        free(again[r]);
+    }
+    fl_flux_free(m);
+}
+
+/* Attach limits and the size of an attached set. */
+static void test_attach_limits(void) {
+    fl_flux_model *m = load_model("b");
+    if (!m) return;
+    fl_error err = {0};
+    size_t n = fl_flux_linear_count(m);
+    fl_flux_linear *lin = fl_flux_linear_at(m, n / 2);
+    float *a = calloc((size_t)(2 * lin->in), sizeof(float)), *b = calloc((size_t)(2 * lin->out), sizeof(float));
+    fl_flux_lora_pair pair = {lin->name, 2, a, b, 2.0f};
+    FL_EXPECT(fl_flux_adapter_device_bytes(m, &pair, 1) == (size_t)(2 * (lin->in + lin->out)) * sizeof(float));
+    int first = -1, id = -1;
+    for (int i = 0; i < FL_FLUX_MAX_ATTACHED; i++) {
+        id = fl_flux_add_adapter(m, &pair, 1, 1.0f, false, &err);
+        FL_EXPECTF(id >= 0, "%s", err.message);
+        if (i == 0) first = id;
+    }
+    FL_EXPECT(fl_flux_add_adapter(m, &pair, 1, 1.0f, false, &err) == -1 && err.code == FL_ELIMIT);
+    FL_EXPECT(fl_flux_adapter_attached(m, first) && fl_flux_adapter_attached(m, id));
+    FL_EXPECTF(fl_flux_remove_adapter(m, first, &err) == 0, "%s", err.message);
+    FL_EXPECT(!fl_flux_adapter_attached(m, first));
+    int next = fl_flux_add_adapter(m, &pair, 1, 1.0f, false, &err);
+    FL_EXPECT(next > id); /* ids are never reused */
+    fl_flux_clear_adapters(m);
+    FL_EXPECT(!fl_flux_adapter_attached(m, next));
+    free(a);
+    free(b);
     fl_flux_free(m);
 }
 
@@ -483,6 +599,8 @@ int main(int argc, char **argv) {
     FL_RUN(test_forward_per_sample_matches_alone);
     FL_RUN(test_per_sample_matches_every_row);
     FL_RUN(test_remove_adapter);
+    FL_RUN(test_resident_sets_plan_nothing);
+    FL_RUN(test_attach_limits);
     FL_RUN(test_errors);
     fl_ctx_destroy(cpu);
     return fl_test_finish();
