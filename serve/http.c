@@ -224,6 +224,8 @@ static void redact_json(json_t *v, int depth) {
     }
 }
 
+void fl_http_redact_json(json_t *value) { redact_json(value, 0); }
+
 /* Serialize a JSON value into a malloc'ed buffer (our allocator, so MHD may free() it). */
 static unsigned char *dump_json(const json_t *value, size_t *size) {
     size_t n = json_dumpb(value, NULL, 0, JSON_COMPACT);

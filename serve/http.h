@@ -107,6 +107,9 @@ void fl_http_reply_error(fl_http_response *res, int status, const char *code, co
     __attribute__((format(printf, 4, 5)));
 void fl_http_reply_bytes(fl_http_response *res, int status, const char *content_type, const void *data, size_t size);
 void fl_http_add_header(fl_http_response *res, const char *name, const char *value);
+/* Replace absolute server paths by "<path>" in the "message" strings of value, as
+ * fl_http_reply_json and fl_http_reply_error do: for JSON a handler sends itself (events). */
+void fl_http_redact_json(json_t *value);
 
 /* What admission decides for a request whose head is in. The layer presets the limits from its
  * config; admission may lower them (a route that takes no body: max_body_bytes 0). */
