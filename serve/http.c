@@ -569,6 +569,10 @@ static enum MHD_Result begin_request(fl_http_server *s, struct MHD_Connection *c
             return queue_error(st, MHD_HTTP_BAD_REQUEST, fl_error_code_name(FL_EINVAL), "%s", err.message);
     }
     st->limit = st->multipart ? adm.max_upload_bytes : adm.max_body_bytes;
+    if (st->limit == 0 && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        /* a route without a body: a chunked one is refused before it is read (it could trickle) */
+        return queue_error(st, 413 /* content too large */, fl_error_code_name(FL_ELIMIT),
+                           "%s %s takes no request body", method, url);
     if (known && declared > st->limit)
         return queue_error(st, 413 /* content too large */, fl_error_code_name(FL_ELIMIT),
                            "request body of %" PRIu64 " bytes exceeds the limit of %zu bytes", declared, st->limit);

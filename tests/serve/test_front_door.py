@@ -6,7 +6,9 @@ no worker), its private redis-server, real sockets on loopback.
 Covers, each as a client would do it:
   - a multipart body of 300,000 one-byte parts without a key is answered 401 from its head, before
     the body is sent, and the serve process's peak RSS does not grow (bound: 4 MiB); with a key,
-    50,000 parts are refused (413) and the peak grows by at most the body plus 8 MiB;
+    50,000 parts are refused (413) and the peak grows by at most the body plus 8 MiB; unknown
+    routes and wrong methods are answered from the head too, and a chunked body where a route
+    takes none is refused before it is read;
   - 25 connections trickling their headers from five other loopback addresses (127.0.0.2-6) while
     /healthz is polled with --max-connections 20: every poll answers within 1 s, and the tricklers
     get a JSON 408 once --header-timeout (3 s) has passed; one address holding more than
@@ -247,6 +249,13 @@ def run_all(svc, work, archive):
     status, headers, body = raw(port, post_head("/v1/jobs/job_x", 20 << 20, key))
     check("a method a route does not take is 405 with Allow, from the head",
           status == 405 and "GET" in headers.get("allow", ""), (status, headers))
+
+    s = connect(port, timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n")
+    status, headers, body = read_response(s, 2)
+    s.close()
+    check("a chunked body to a route that takes none is 413 before it is read (it cannot trickle)",
+          is_json_error(status, headers, body, 413), (status, body[:200]))
 
     # ---- defect 7: slow headers do not starve health checks ---------------------------------------------
     tricklers = []
