@@ -57,6 +57,7 @@ typedef struct service_args {
         batch_wait_ms, cache_mb, checkpoint_every, sync_timeout_s, max_connections, redis_backoff_ms,
         redis_backoff_max_ms;
     long device_cache_mb;
+    long header_timeout_s, max_header_bytes, max_client_connections, ops_reserve, max_pending_heads, max_parts;
 } service_args;
 
 static void serve_usage(FILE *out) {
@@ -75,7 +76,14 @@ static void serve_usage(FILE *out) {
             "  --max-train-queue N    training jobs (default 8)\n"
             "  --max-body BYTES       JSON body limit (default 1048576)\n"
             "  --max-upload BYTES     multipart upload limit (default 268435456)\n"
-            "  --max-connections N    (default 256)\n"
+            "  --max-connections N    requests served at once; more get 503 (default 256)\n"
+            "  --ops-reserve N        more connections for /healthz and /metrics only (default 4)\n"
+            "  --max-client-connections N  connections of one client address, waiting or served;\n"
+            "                         more get 429 (default 32; raise it behind a proxy)\n"
+            "  --max-pending-heads N  connections waiting for their request head (default 1024)\n"
+            "  --header-timeout S     the request head must arrive within S seconds, else 408 (default 10)\n"
+            "  --max-header-bytes N   request line and headers (default 16384; more is 414/431)\n"
+            "  --max-parts N          parts of a multipart/form-data body (default 64)\n"
             "  --sync-timeout S       longest wait of a \"sync\": true generation (default 120)\n"
             "  --allow-private-urls   fetch images_url and adapter URLs on loopback/private networks too\n"
             "                         (off by default: requests cannot make the service probe its own network)\n"
@@ -137,6 +145,12 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->max_connections = 256;
     a->redis_backoff_ms = 250;
     a->redis_backoff_max_ms = 30000;
+    a->header_timeout_s = 10;
+    a->max_header_bytes = 16384;
+    a->max_client_connections = 32;
+    a->ops_reserve = 4;
+    a->max_pending_heads = 1024;
+    a->max_parts = 64;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) return 1;
@@ -176,6 +190,12 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--sync-timeout", 1, 86400, &a->sync_timeout_s, true},
             {"--redis-backoff-ms", 1, 600000, &a->redis_backoff_ms, true},
             {"--redis-backoff-max-ms", 1, 3600000, &a->redis_backoff_max_ms, true},
+            {"--ops-reserve", 0, 1000, &a->ops_reserve, true},
+            {"--max-client-connections", 1, 100000, &a->max_client_connections, true},
+            {"--max-pending-heads", 1, 100000, &a->max_pending_heads, true},
+            {"--header-timeout", 1, 3600, &a->header_timeout_s, true},
+            {"--max-header-bytes", 1024, 1 << 20, &a->max_header_bytes, true},
+            {"--max-parts", 1, 100000, &a->max_parts, true},
             {"--batch", 1, 64, &a->batch, false},
             {"--batch-wait-ms", 0, 10000, &a->batch_wait_ms, false},
             {"--claim-timeout", 1, 86400, &a->claim_timeout_s, false},
@@ -211,10 +231,20 @@ static void private_address(const char *state, char *addr, size_t cap) {
     snprintf(addr, cap, "unix:%s/redis/redis.sock", state);
 }
 
-static fl_worker_config worker_config_of(const service_args *a, const char *redis_address) {
+/* The state directory as an absolute path when it exists (else as given): paths built from it
+ * then start with '/', which the HTTP layer removes from every error a client sees. */
+static const char *state_path(const char *state, char *buf, size_t cap) {
+    char *abs = realpath(state, NULL);
+    if (abs && strlen(abs) < cap) snprintf(buf, cap, "%s", abs);
+    else snprintf(buf, cap, "%s", state);
+    free(abs);
+    return buf;
+}
+
+static fl_worker_config worker_config_of(const service_args *a, const char *redis_address, const char *state_dir) {
     fl_worker_config wc = fl_worker_config_default();
     wc.redis_address = redis_address;
-    wc.state_dir = a->state;
+    wc.state_dir = state_dir;
     wc.model_path = a->model;
     wc.device = a->device;
     wc.name = a->name;
@@ -260,7 +290,8 @@ static int serve_run(const service_args *a, fl_error *err) {
     if (rc == 0) rc = fl_jobs_init(r, err);
     fl_api_config ac = fl_api_config_default();
     ac.redis_address = addr;
-    ac.state_dir = a->state;
+    char state[4096];
+    ac.state_dir = state_path(a->state, state, sizeof state);
     ac.metrics = metrics;
     ac.max_pending_generate = a->max_queue;
     ac.max_pending_train = a->max_train_queue;
@@ -285,7 +316,14 @@ static int serve_run(const service_args *a, fl_error *err) {
     hc.max_body_bytes = (size_t)a->max_body;
     hc.max_upload_bytes = (size_t)a->max_upload;
     hc.max_connections = (int)a->max_connections;
-    fl_worker_config wc = worker_config_of(a, addr);
+    hc.ops_reserve = (int)a->ops_reserve;
+    hc.max_client_connections = (int)a->max_client_connections;
+    hc.max_pending_heads = (int)a->max_pending_heads;
+    hc.header_timeout_s = (int)a->header_timeout_s;
+    hc.max_header_bytes = (size_t)a->max_header_bytes;
+    hc.max_parts = (size_t)a->max_parts;
+    hc.admit = fl_api_admit;
+    fl_worker_config wc = worker_config_of(a, addr, ac.state_dir);
     wc.metrics = metrics;
     for (long i = 0; rc == 0 && i < a->workers; i++) rc = fl_worker_start(&wc, &workers[i], err);
     if (rc == 0) rc = fl_http_start(&hc, fl_api_handle, api, &http, err);
@@ -339,7 +377,8 @@ int fl_cmd_worker(int argc, char **argv) {
     char addr[4200];
     if (a.redis) snprintf(addr, sizeof addr, "%s", a.redis);
     else private_address(a.state, addr, sizeof addr);
-    fl_worker_config wc = worker_config_of(&a, addr);
+    char state[4096];
+    fl_worker_config wc = worker_config_of(&a, addr, state_path(a.state, state, sizeof state));
     fl_error err = {0};
     if (fl_worker_run(&wc, &stop_requested, &err) != 0) {
         fprintf(stderr, "flashlora worker: %s\n", err.message);

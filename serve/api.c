@@ -1,13 +1,16 @@
 /*
  * api.c — the HTTP API's state, its Redis connection pool, the mapping of errors to statuses, and
- * the routing (see api.h). Each route's handler lives with its resource: api_adapters.c,
- * api_jobs.c (trainings, generations, jobs, images) and api_ops.c (health, metrics). Handlers run
- * on the HTTP layer's connection threads and take Redis connections from a small pool.
+ * the routing (see api.h): admission (route, method, key and body limits, decided on the request
+ * head before any body byte is read) and dispatch to the route admission found. Each route's
+ * handler lives with its resource: api_adapters.c, api_jobs.c (trainings, generations, jobs,
+ * images) and api_ops.c (health, metrics). Handlers run on the HTTP layer's connection threads
+ * and take Redis connections from a small pool.
  */
 #include "serve/api.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,13 +180,66 @@ json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source,
 
 /* ---- routing ---------------------------------------------------------------------------------------- */
 
-static bool method_is(const fl_http_request *req, const char *m) {
-    return !strcmp(req->method, m);
+/* Routing happens twice over one table: admission (fl_api_admit) maps the path and method to a
+ * route, authenticates, and sets the body limits before any body byte is read; the handler
+ * (fl_api_handle) then dispatches on the route admission found, without looking again. */
+typedef enum api_route {
+    ROUTE_HEALTHZ,
+    ROUTE_METRICS,
+    ROUTE_TRAININGS,
+    ROUTE_GENERATIONS,
+    ROUTE_JOB,
+    ROUTE_JOB_EVENTS,
+    ROUTE_IMAGE,
+    ROUTE_ADAPTERS,
+    ROUTE_ADAPTER,
+} api_route;
+
+/* What admission found, handed to the handler as req->ctx. */
+typedef struct api_ctx {
+    api_route route;
+    char id[128];
+    char tenant[FL_TENANT_MAX];
+    const char *label; /* the metrics label: method and route pattern */
+    double t0;
+} api_ctx;
+
+static const char *allowed_methods(api_route r) {
+    switch (r) {
+    case ROUTE_TRAININGS:
+    case ROUTE_GENERATIONS: return "POST";
+    case ROUTE_ADAPTERS: return "GET, HEAD, POST";
+    case ROUTE_ADAPTER: return "GET, HEAD, DELETE";
+    default: return "GET, HEAD";
+    }
 }
 
-static void not_allowed(fl_http_response *res, const char *allow) {
-    fl_http_reply_error(res, 405, "method_not_allowed", "allowed here: %s", allow);
-    fl_http_add_header(res, "Allow", allow);
+/* HEAD is answered as GET (the HTTP layer leaves the body out). */
+static bool is_get(const char *method) { return !strcmp(method, "GET") || !strcmp(method, "HEAD"); }
+
+static bool method_allowed(api_route r, const char *method) {
+    switch (r) {
+    case ROUTE_TRAININGS:
+    case ROUTE_GENERATIONS: return !strcmp(method, "POST");
+    case ROUTE_ADAPTERS: return is_get(method) || !strcmp(method, "POST");
+    case ROUTE_ADAPTER: return is_get(method) || !strcmp(method, "DELETE");
+    default: return is_get(method);
+    }
+}
+
+static const char *route_label(api_route r, const char *method) {
+    switch (r) {
+    case ROUTE_HEALTHZ: return "GET /healthz";
+    case ROUTE_METRICS: return "GET /metrics";
+    case ROUTE_TRAININGS: return "POST /v1/trainings";
+    case ROUTE_GENERATIONS: return "POST /v1/generations";
+    case ROUTE_JOB: return "GET /v1/jobs/{id}";
+    case ROUTE_JOB_EVENTS: return "GET /v1/jobs/{id}/events";
+    case ROUTE_IMAGE: return "GET /v1/images/{id}";
+    case ROUTE_ADAPTERS: return !strcmp(method, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
+    case ROUTE_ADAPTER: return !strcmp(method, "DELETE") ? "DELETE /v1/adapters/{id}" : "GET /v1/adapters/{id}";
+    }
+    return "other";
 }
 
 /* Splits "/v1/<collection>/<id>/<tail>"; the id may be empty. Returns false when the path has
@@ -209,74 +265,135 @@ static bool split_path(const char *path, char *collection, char *id, char *tail)
     return true;
 }
 
-static void route(fl_api *api, const fl_http_request *req, fl_http_response *res, const char **label) {
-    if (!strcmp(req->path, "/healthz")) {
-        *label = "GET /healthz";
-        { method_is(req, "GET") ? fl_api_healthz(api, res) : not_allowed(res, "GET"); return; }
+/* The route of a path, with its id; false when there is none. */
+static bool find_route(const char *path, api_route *route, char id[128]) {
+    id[0] = '\0';
+    if (!strcmp(path, "/healthz")) return *route = ROUTE_HEALTHZ, true;
+    if (!strcmp(path, "/metrics")) return *route = ROUTE_METRICS, true;
+    char collection[128], tail[128];
+    if (!split_path(path, collection, id, tail)) return false;
+    bool has_id = id[0] != '\0', has_tail = tail[0] != '\0';
+    if (!strcmp(collection, "trainings") && !has_id) *route = ROUTE_TRAININGS;
+    else if (!strcmp(collection, "generations") && !has_id) *route = ROUTE_GENERATIONS;
+    else if (!strcmp(collection, "jobs") && has_id && !has_tail) *route = ROUTE_JOB;
+    else if (!strcmp(collection, "jobs") && has_id && !strcmp(tail, "events")) *route = ROUTE_JOB_EVENTS;
+    else if (!strcmp(collection, "images") && has_id && !has_tail) *route = ROUTE_IMAGE;
+    else if (!strcmp(collection, "adapters") && !has_id) *route = ROUTE_ADAPTERS;
+    else if (!strcmp(collection, "adapters") && has_id && !has_tail) *route = ROUTE_ADAPTER;
+    else return false;
+    return true;
+}
+
+/* Job ids are made by fl_jobs_new_id: a prefix and hex digits. Anything else names no job (and
+ * must never reach a Redis key: "job_x:events" is a job's event stream, not a job). */
+static bool valid_job_id(const char *id) {
+    size_t n = strlen(id);
+    return n > 0 && n < FL_ID_MAX &&
+           strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+static bool refuse(fl_api *api, const char *label, double t0, fl_http_response *res) {
+    fl_metrics_observe_http(api->cfg.metrics, label, res->status, fl_monotonic_s() - t0);
+    return false;
+}
+
+bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm, fl_http_response *res) {
+    fl_api *api = app;
+    double t0 = fl_monotonic_s();
+    api_route route;
+    char id[128];
+    if (!find_route(req->path, &route, id)) {
+        fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path);
+        return refuse(api, "other", t0, res);
     }
-    if (!strcmp(req->path, "/metrics")) {
-        *label = "GET /metrics";
-        { method_is(req, "GET") ? fl_api_metrics(api, res) : not_allowed(res, "GET"); return; }
+    const char *label = route_label(route, req->method);
+    if (!method_allowed(route, req->method)) {
+        fl_http_reply_error(res, 405, "method_not_allowed", "allowed here: %s", allowed_methods(route));
+        fl_http_add_header(res, "Allow", allowed_methods(route));
+        return refuse(api, label, t0, res);
     }
-    char collection[128], id[128], tail[128];
-    if (!split_path(req->path, collection, id, tail)) {
-        *label = "other";
-        { fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path); return; }
+    api_ctx *c = fl_xcalloc(1, sizeof *c);
+    c->route = route;
+    c->label = label;
+    c->t0 = t0;
+    memcpy(c->id, id, sizeof c->id);
+    if (route != ROUTE_HEALTHZ && route != ROUTE_METRICS) {
+        /* every /v1 route needs a key, checked before a byte of the body is read */
+        fl_error err = {0};
+        fl_redis *r = fl_api_pool_get(api, &err);
+        int rc = r ? fl_auth_tenant(r, req->authorization, c->tenant, &err) : -1;
+        fl_api_pool_put(api, r);
+        if (rc != 0) {
+            free(c);
+            if (r && err.code == FL_EINVAL) {
+                fl_http_reply_error(res, 401, "unauthorized", "%s", err.message);
+                fl_http_add_header(res, "WWW-Authenticate", "Bearer");
+                return refuse(api, "unauthorized", t0, res);
+            }
+            fl_api_reply_err(res, &err);
+            return refuse(api, label, t0, res);
+        }
+    }
+    switch (route) {
+    case ROUTE_TRAININGS:
+    case ROUTE_ADAPTERS:
+        if (!strcmp(req->method, "POST")) break; /* an archive or adapter upload, or JSON */
+        /* fall through */
+    default: /* GET, HEAD, DELETE: no body */
+        adm->max_body_bytes = 0;
+        adm->allow_multipart = false;
+        break;
+    case ROUTE_GENERATIONS: /* JSON, or form fields without files */
+        if (adm->max_upload_bytes > adm->max_body_bytes) adm->max_upload_bytes = adm->max_body_bytes;
+        break;
+    }
+    adm->ctx = c;
+    adm->ctx_free = free;
+    return true;
+}
+
+static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_http_response *res) {
+    if (c->route == ROUTE_HEALTHZ) { fl_api_healthz(api, res); return; }
+    if (c->route == ROUTE_METRICS) { fl_api_metrics(api, res); return; }
+    if ((c->route == ROUTE_JOB || c->route == ROUTE_JOB_EVENTS) && !valid_job_id(c->id)) {
+        fl_http_reply_error(res, 404, "not_found", "no job '%.64s'", c->id);
+        return;
     }
     fl_error err = {0};
     fl_redis *r = fl_api_pool_get(api, &err);
-    if (!r) {
-        *label = "other";
-        { fl_api_reply_err(res, &err); return; }
-    }
-    char tenant[FL_TENANT_MAX];
-    if (fl_auth_tenant(r, req->authorization, tenant, &err) != 0) {
-        *label = "unauthorized";
-        if (err.code == FL_EINVAL) {
-            fl_http_reply_error(res, 401, "unauthorized", "%s", err.message);
-            fl_http_add_header(res, "WWW-Authenticate", "Bearer");
-        } else {
-            fl_api_reply_err(res, &err);
-        }
-        fl_api_pool_put(api, r);
-        return;
-    }
-    if (!strcmp(collection, "trainings") && !*id) {
-        *label = "POST /v1/trainings";
-        method_is(req, "POST") ? fl_api_trainings_create(api, r, tenant, req, res) : not_allowed(res, "POST");
-    } else if (!strcmp(collection, "generations") && !*id) {
-        *label = "POST /v1/generations";
-        method_is(req, "POST") ? fl_api_generations_create(api, r, tenant, req, res) : not_allowed(res, "POST");
-    } else if (!strcmp(collection, "jobs") && *id && !*tail) {
-        *label = "GET /v1/jobs/{id}";
-        method_is(req, "GET") ? fl_api_jobs_get(r, tenant, id, res) : not_allowed(res, "GET");
-    } else if (!strcmp(collection, "jobs") && *id && !strcmp(tail, "events")) {
-        *label = "GET /v1/jobs/{id}/events";
-        method_is(req, "GET") ? fl_api_jobs_events(api, r, tenant, id, req, res) : not_allowed(res, "GET");
-    } else if (!strcmp(collection, "images") && *id && !*tail) {
-        *label = "GET /v1/images/{id}";
-        method_is(req, "GET") ? fl_api_images_get(api, r, tenant, id, res) : not_allowed(res, "GET");
-    } else if (!strcmp(collection, "adapters") && !*id) {
-        *label = method_is(req, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
-        if (method_is(req, "GET")) fl_api_adapters_list(r, tenant, req, res);
-        else if (method_is(req, "POST")) fl_api_adapters_import(api, r, tenant, req, res);
-        else not_allowed(res, "GET, POST");
-    } else if (!strcmp(collection, "adapters") && *id && !*tail) {
-        *label = method_is(req, "DELETE") ? "DELETE /v1/adapters/{id}" : "GET /v1/adapters/{id}";
-        if (method_is(req, "GET") || method_is(req, "DELETE")) fl_api_adapters_one(api, r, tenant, id, req, res);
-        else not_allowed(res, "GET, DELETE");
-    } else {
-        *label = "other";
-        fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path);
+    if (!r) { fl_api_reply_err(res, &err); return; }
+    const char *tenant = c->tenant, *id = c->id;
+    switch (c->route) {
+    case ROUTE_TRAININGS: fl_api_trainings_create(api, r, tenant, req, res); break;
+    case ROUTE_GENERATIONS: fl_api_generations_create(api, r, tenant, req, res); break;
+    case ROUTE_JOB: fl_api_jobs_get(r, tenant, id, res); break;
+    case ROUTE_JOB_EVENTS: fl_api_jobs_events(api, r, tenant, id, req, res); break;
+    case ROUTE_IMAGE: fl_api_images_get(api, r, tenant, id, res); break;
+    case ROUTE_ADAPTERS:
+        if (!strcmp(req->method, "POST")) fl_api_adapters_import(api, r, tenant, req, res);
+        else fl_api_adapters_list(r, tenant, req, res);
+        break;
+    case ROUTE_ADAPTER: fl_api_adapters_one(api, r, tenant, id, req, res); break;
+    default: fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path); break;
     }
     fl_api_pool_put(api, r);
 }
 
 void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res) {
     fl_api *api = app;
-    double t0 = fl_monotonic_s();
-    const char *label = "other";
-    route(api, req, res, &label);
-    fl_metrics_observe_http(api->cfg.metrics, label, res->status ? res->status : 200, fl_monotonic_s() - t0);
+    const api_ctx *c = req->ctx;
+    void *owned = NULL;
+    if (!c) {
+        /* served without the admission hook: admit here (the body is already read) */
+        fl_http_admission adm = {.max_body_bytes = SIZE_MAX, .max_upload_bytes = SIZE_MAX, .allow_multipart = true};
+        if (!fl_api_admit(api, req, &adm, res)) return;
+        c = owned = adm.ctx;
+    }
+    /* handlers see HEAD as GET (never as anything that changes state) */
+    fl_http_request get = *req;
+    if (!strcmp(req->method, "HEAD")) get.method = "GET";
+    route(api, c, &get, res);
+    fl_metrics_observe_http(api->cfg.metrics, c->label, res->status ? res->status : 200, fl_monotonic_s() - c->t0);
     if (res->status >= 500) fl_log_warn("%s %s -> %d", req->method, req->path, res->status);
+    free(owned);
 }

@@ -53,7 +53,11 @@ fl_api_config fl_api_config_default(void);
 typedef struct fl_api fl_api;
 int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err);
 void fl_api_free(fl_api *api);
-/* The fl_http_handler of the service (app is the fl_api). */
+/* The fl_http_admit_fn of the service (app is the fl_api): routes on the path and method (404,
+ * 405 with Allow), authenticates /v1 routes (401), and sets each route's body limits (no body for
+ * GET, HEAD and DELETE; multipart only where a route takes it), all before the body is read. */
+bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm, fl_http_response *res);
+/* The fl_http_handler of the service (app is the fl_api); HEAD is answered as GET. */
 void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res);
 
 #endif

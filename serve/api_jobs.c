@@ -205,7 +205,11 @@ static ssize_t event_stream_read(void *arg, char *out, size_t max) {
                 json_error_t jerr;
                 json_t *ev = json_loads(data, 0, &jerr);
                 const char *type = ev ? json_string_value(json_object_get(ev, "event")) : NULL;
-                es_append(es, "id: %s\nevent: %s\ndata: %s\n\n", es->last_id, type ? type : "message", data);
+                char *clean = NULL; /* an error message naming a server path: without it */
+                if (ev && strchr(data, '/')) fl_http_redact_json(ev), clean = json_dumps(ev, JSON_COMPACT);
+                es_append(es, "id: %s\nevent: %s\ndata: %s\n\n", es->last_id, type ? type : "message",
+                          clean ? clean : data);
+                free(clean);
                 if (type && (!strcmp(type, "succeeded") || !strcmp(type, "failed"))) es->ended = true;
                 json_decref(ev);
             }

@@ -9,6 +9,14 @@
  * while it is silent), clients that leave mid-upload (raw sockets), 16 concurrent clients, a
  * handler that sets nothing or nonsense (500), and a server stopped while two streams are open. Stream and
  * handler bookkeeping uses atomics because the handler runs on the server's connection threads.
+ *
+ * The front door and admission: a refusal from the head alone (no body byte sent), admitted limits
+ * (413 at once, 415), the admission context and its release, HEAD (no body, no stream started),
+ * malformed or ambiguous heads answered in JSON (400, 414, 431, 501, 505), quoted boundaries,
+ * part limits and aligned part data, the memory of a 100,000-part form (peak RSS), server paths
+ * removed from errors, and on a small second server: trickled heads (408 while others are
+ * served), the per-client limit (429), a full server (503) with the ops reserve still answering,
+ * and the slowest waiting head dropped when too many wait.
  */
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -39,6 +47,9 @@ static atomic_int json_calls;    /* handler runs for /json */
 static atomic_int upload_calls;  /* handler runs for /upload */
 static atomic_int streams_freed; /* stream_free runs for /stream */
 static atomic_int forever_freed; /* stream_free runs for /forever */
+static atomic_int admit_calls;   /* admission runs */
+static atomic_int denied_handled; /* handler runs for /deny (never expected) */
+static atomic_int ctx_freed;     /* admission contexts released */
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -177,7 +188,8 @@ static reply perform(const request *rq) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, rq->body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->size);
     }
-    if (rq->method) curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
+    if (rq->method && !strcmp(rq->method, "HEAD")) curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (rq->method) curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     r.rc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
@@ -323,11 +335,122 @@ static void test_handler(void *app, const fl_http_request *req, fl_http_response
         fl_http_reply_bytes(res, 7, "text/plain", "x", 1);
     } else if (!strcmp(p, "/nulljson")) {
         fl_http_reply_json(res, 200, json_pack("{s:s}", "bad", "\xff\xfe not UTF-8"));
+    } else if (!strcmp(p, "/healthz")) {
+        fl_http_reply_json(res, 200, json_pack("{s:b}", "ok", 1));
+    } else if (!strcmp(p, "/count")) {
+        size_t aligned = 0;
+        for (size_t i = 0; i < req->n_parts; i++) aligned += ((uintptr_t)req->parts[i].data % 16) == 0;
+        fl_http_reply_json(res, 200, json_pack("{s:I,s:I}", "parts", (json_int_t)req->n_parts, "aligned",
+                                               (json_int_t)aligned));
+    } else if (!strcmp(p, "/ctx")) {
+        const int *c = req->ctx;
+        fl_http_reply_json(res, 200, json_pack("{s:i}", "ctx", c ? *c : -1));
+    } else if (!strcmp(p, "/deny") || !strcmp(p, "/nobody") || !strcmp(p, "/jsononly")) {
+        if (!strcmp(p, "/deny")) atomic_fetch_add(&denied_handled, 1);
+        fl_http_reply_json(res, 200, json_pack("{s:I}", "body_size", (json_int_t)req->body_size));
+    } else if (!strcmp(p, "/patherr")) {
+        fl_http_reply_error(res, 500, "io_error", "cannot write /var/lib/flashlora/state/uploads/x.zip: denied; see "
+                            "/v1/jobs/job_1 and (/srv/data/model.safetensors)");
     } else if (!strcmp(p, "/nothing")) {
         /* sets nothing: the layer answers 500 */
     } else {
         fl_http_reply_error(res, 404, "not_found", "no route for %s %s", req->method, req->path);
     }
+}
+
+static void ctx_release(void *ctx) {
+    atomic_fetch_add(&ctx_freed, 1);
+    free(ctx);
+}
+
+/* Admission of the test servers: /deny is refused (401) from its head, /nobody takes no body,
+ * /jsononly no multipart, /ctx gets a context; everything else is admitted as configured. */
+static bool test_admit(void *app, const fl_http_request *req, fl_http_admission *adm, fl_http_response *res) {
+    atomic_fetch_add(&admit_calls, 1);
+    if (!strcmp(req->path, "/deny")) {
+        fl_http_reply_error(res, 401, "unauthorized", "no key (declared %lld bytes)", (long long)req->content_length);
+        fl_http_add_header(res, "WWW-Authenticate", "Bearer");
+        return false;
+    }
+    if (!strcmp(req->path, "/nobody")) adm->max_body_bytes = 0;
+    if (!strcmp(req->path, "/jsononly")) adm->allow_multipart = false;
+    if (!strcmp(req->path, "/ctx")) {
+        int *c = malloc(sizeof *c);
+        *c = 42;
+        adm->ctx = c;
+        adm->ctx_free = ctx_release;
+    }
+    return true;
+}
+
+/* ---- raw sockets --------------------------------------------------------------------------------- */
+
+/* A connection to port from a loopback address of our choice ("127.0.0.2"); -1 on failure. */
+static int connect_from(const char *from, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    inet_pton(AF_INET, from, &src.sin_addr);
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 || connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+typedef struct raw_reply {
+    int status; /* 0: no answer */
+    char head[2048];
+    char body[4096];
+} raw_reply;
+
+/* Read what the server sends on fd until it closes or timeout_ms pass; parse the status line. */
+static raw_reply read_raw(int fd, int timeout_ms) {
+    raw_reply r;
+    memset(&r, 0, sizeof r);
+    char data[8192];
+    size_t len = 0;
+    double deadline = now_s() + timeout_ms / 1000.0;
+    while (len < sizeof data - 1) {
+        int left = (int)((deadline - now_s()) * 1000);
+        if (left <= 0) break;
+        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t n = recv(fd, data + len, sizeof data - 1 - len, 0);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    data[len] = '\0';
+    char *end = strstr(data, "\r\n\r\n");
+    if (!end || sscanf(data, "HTTP/1.%*d %d", &r.status) != 1) return r;
+    snprintf(r.head, sizeof r.head, "%.*s", (int)(end - data), data);
+    snprintf(r.body, sizeof r.body, "%s", end + 4);
+    return r;
+}
+
+/* Send a whole request (or head) on a fresh connection and read the answer. */
+static raw_reply raw_exchange(int port, const char *data, size_t size) {
+    int fd = connect_from("127.0.0.1", port);
+    if (fd < 0) return (raw_reply){0};
+    send(fd, data, size, MSG_NOSIGNAL);
+    raw_reply r = read_raw(fd, 3000);
+    close(fd);
+    return r;
+}
+
+static const char *raw_code(const raw_reply *r) {
+    static _Thread_local char code[64];
+    code[0] = '\0';
+    json_t *j = json_loads(r->body, 0, NULL);
+    const char *c = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+    if (c) snprintf(code, sizeof code, "%s", c);
+    json_decref(j);
+    return code;
+}
+
+static bool raw_is_json_error(const raw_reply *r, int status) {
+    return r->status == status && strcasestr(r->head, "Content-Type: application/json") && raw_code(r)[0];
 }
 
 /* ---- tests ----------------------------------------------------------------------------------- */
@@ -722,6 +845,398 @@ static void test_stop_with_open_stream(void) {
     FL_EXPECT(atomic_load(&forever_freed) == before + 2);
 }
 
+/* ---- the front door and admission ------------------------------------------------------------------ */
+
+static void test_refused_from_the_head(void) {
+    int port = fl_http_port(server);
+    int before = atomic_load(&admit_calls);
+    /* declares 50 MB and sends none of it: the answer must come from the head alone */
+    const char *head = "POST /deny HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+                       "Content-Length: 50000000\r\n\r\n";
+    double t0 = now_s();
+    raw_reply r = raw_exchange(port, head, strlen(head));
+    FL_EXPECTF(raw_is_json_error(&r, 401) && !strcmp(raw_code(&r), "unauthorized"), "status %d: %s", r.status, r.body);
+    FL_EXPECT(strcasestr(r.head, "WWW-Authenticate: Bearer") != NULL);
+    FL_EXPECT(strstr(r.body, "50000000") != NULL); /* admission saw the declared length */
+    FL_EXPECTF(now_s() - t0 < 2.0, "took %.2f s", now_s() - t0);
+    FL_EXPECT(atomic_load(&admit_calls) == before + 1 && atomic_load(&denied_handled) == 0);
+}
+
+static void test_admitted_limits(void) {
+    reply r = perform(&(request){.path = "/nobody", .body = "{}", .size = 2, .content_type = "application/json"});
+    expect_413(&r, "a route admitted without a body");
+    reply_free(&r);
+    r = perform(&(request){.path = "/nobody", .body = "{}", .size = 2, .chunked = true});
+    expect_413(&r, "a chunked body where none is admitted");
+    reply_free(&r);
+    r = perform(&(request){.path = "/nobody"});
+    FL_EXPECT(r.status == 200);
+    reply_free(&r);
+    const char *form = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ--\r\n";
+    r = perform(&(request){.path = "/jsononly", .body = form, .size = strlen(form),
+                           .content_type = "multipart/form-data; boundary=XyZ"});
+    FL_EXPECTF(r.status == 415 && !strcmp(error_code(&r), "unsupported_media_type"), "status %ld", r.status);
+    reply_free(&r);
+    r = perform(&(request){.path = "/upload", .body = form, .size = strlen(form), .content_type = "multipart/mixed; boundary=XyZ"});
+    FL_EXPECTF(r.status == 415, "multipart/mixed: status %ld", r.status);
+    reply_free(&r);
+    int freed = atomic_load(&ctx_freed);
+    r = perform(&(request){.path = "/ctx"});
+    json_t *j = reply_json(&r);
+    FL_EXPECTF(r.status == 200 && json_integer_value(json_object_get(j, "ctx")) == 42, "status %ld", r.status);
+    json_decref(j);
+    reply_free(&r);
+    FL_EXPECT(wait_for(&ctx_freed, freed + 1, 2000));
+    /* a context of a request whose body is refused is released too */
+    r = perform(&(request){.path = "/ctx", .body = "x", .size = 1, .chunked = true});
+    FL_EXPECT(r.status == 200);
+    reply_free(&r);
+    FL_EXPECT(wait_for(&ctx_freed, freed + 2, 2000));
+}
+
+static void test_head_requests(void) {
+    reply r = perform(&(request){.path = "/echo", .method = "HEAD"});
+    FL_EXPECTF(r.rc == CURLE_OK && r.status == 200 && r.body.size == 0, "rc %d status %ld size %zu", r.rc, r.status,
+               r.body.size);
+    FL_EXPECT(has_header_line(&r, "Content-Length: ") && !has_header_line(&r, "Content-Length: 0"));
+    reply_free(&r);
+    int before = atomic_load(&streams_freed);
+    double t0 = now_s();
+    r = perform(&(request){.path = "/stream?n=1000000", .method = "HEAD"});
+    FL_EXPECTF(r.status == 200 && r.body.size == 0 && !strcmp(r.content_type, "text/event-stream"), "status %ld",
+               r.status);
+    FL_EXPECT(now_s() - t0 < 2.0);
+    FL_EXPECT(wait_for(&streams_freed, before + 1, 2000)); /* released without being started */
+    reply_free(&r);
+}
+
+static void test_bad_heads(void) {
+    int port = fl_http_port(server);
+    char big[48 * 1024];
+    struct {
+        const char *name;
+        const char *data;
+        int status;
+    } cases[] = {
+        {"HTTP/2.0", "GET /echo HTTP/2.0\r\nHost: t\r\n\r\n", 505},
+        {"HTTP/0.9", "GET /echo HTTP/0.9\r\nHost: t\r\n\r\n", 505},
+        {"garbage", "HELLO\r\n\r\n", 400},
+        {"binary", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400},
+        {"two spaces", "GET  /echo HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"no Host", "GET /echo HTTP/1.1\r\n\r\n", 400},
+        {"two Hosts", "GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+        {"bare CR", "GET /echo HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400},
+        {"folded", "GET /echo HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n  2\r\n\r\n", 400},
+        {"space before colon", "GET /echo HTTP/1.1\r\nHost : t\r\n\r\n", 400},
+        {"control byte", "GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x01z\r\n\r\n", 400},
+        {"not a path", "GET http://x/echo HTTP/1.1\r\nHost: t\r\n\r\n", 400},
+        {"two Content-Lengths", "POST /json HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n[1]", 400},
+        {"Content-Length list", "POST /json HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\n[1]", 400},
+        {"Content-Length and chunked",
+         "POST /json HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1]\r\n0\r\n\r\n", 400},
+        {"gzip coding", "POST /json HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+        {"huge Content-Length", "POST /json HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999\r\n\r\n", 413},
+        {"headers too large", NULL, 431},
+        {"URI too long", NULL, 414},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *data = cases[i].data;
+        if (!data && cases[i].status == 431) {
+            int n = snprintf(big, sizeof big, "GET /echo HTTP/1.1\r\nHost: t\r\n");
+            while (n < 20000) n += snprintf(big + n, sizeof big - (size_t)n, "X-Pad-%d: %0100d\r\n", n, 0);
+            snprintf(big + n, sizeof big - (size_t)n, "\r\n");
+            data = big;
+        } else if (!data) {
+            int n = snprintf(big, sizeof big, "GET /echo?q=");
+            memset(big + n, 'a', 20000);
+            snprintf(big + n + 20000, sizeof big - (size_t)n - 20000, " HTTP/1.1\r\nHost: t\r\n\r\n");
+            data = big;
+        }
+        size_t size = strlen(data);
+        if (!strcmp(cases[i].name, "binary")) size = 11;
+        raw_reply r = raw_exchange(port, data, size);
+        FL_EXPECTF(raw_is_json_error(&r, cases[i].status), "%s: status %d (want %d) %s", cases[i].name, r.status,
+                   cases[i].status, r.body);
+    }
+    /* equal Content-Lengths frame the body as one; bare LF line ends and HTTP/1.0 without Host are fine */
+    const char *same = "POST /json HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n[1]";
+    raw_reply r = raw_exchange(port, same, strlen(same));
+    FL_EXPECTF(r.status == 200, "equal Content-Lengths: status %d %s", r.status, r.body);
+    const char *lf = "GET /echo HTTP/1.1\nHost: t\n\n";
+    r = raw_exchange(port, lf, strlen(lf));
+    FL_EXPECTF(r.status == 200, "bare LF: status %d", r.status);
+    const char *old = "GET /echo HTTP/1.0\r\n\r\n";
+    r = raw_exchange(port, old, strlen(old));
+    FL_EXPECTF(r.status == 200 && strcasestr(r.head, "Connection: close"), "HTTP/1.0: status %d", r.status);
+}
+
+static void test_quoted_boundary(void) {
+    const char *body = "preamble\r\n--a b:c\r\nContent-Disposition: form-data; name=\"x\\\"y\"\r\n\r\none\r\n"
+                       "--a b:c\r\ncontent-disposition: FORM-DATA; filename=\"f.bin\"; name=file\r\n"
+                       "Content-Type: application/octet-stream\r\n\r\ntwo\r\n--a b:c--\r\nepilogue";
+    reply r = perform(&(request){.path = "/upload", .body = body, .size = strlen(body),
+                                 .content_type = "multipart/form-data; BOUNDARY=\"a b:c\"; charset=utf-8"});
+    json_t *j = reply_json(&r);
+    json_t *parts = json_object_get(j, "parts");
+    FL_EXPECTF(r.status == 200 && json_array_size(parts) == 2, "status %ld %s", r.status, r.body.data);
+    if (json_array_size(parts) == 2) {
+        json_t *p0 = json_array_get(parts, 0), *p1 = json_array_get(parts, 1);
+        FL_EXPECT(!strcmp(jstr(json_object_get(p0, "name")), "x\"y") && !strcmp(jstr(json_object_get(p0, "value")), "one"));
+        FL_EXPECT(!strcmp(jstr(json_object_get(p1, "name")), "file") &&
+                  !strcmp(jstr(json_object_get(p1, "filename")), "f.bin") &&
+                  !strcmp(jstr(json_object_get(p1, "content_type")), "application/octet-stream") &&
+                  json_integer_value(json_object_get(p1, "size")) == 3 && json_is_true(json_object_get(p1, "nul")));
+    }
+    json_decref(j);
+    reply_free(&r);
+}
+
+/* A form of n parts, each with a one-byte value, and the given extra header bytes in the first. */
+static char *make_form(size_t n, size_t pad, size_t *size) {
+    size_t cap = n * 64 + pad + 256, len = 0;
+    char *out = malloc(cap);
+    for (size_t i = 0; i < n; i++) {
+        len += (size_t)snprintf(out + len, cap - len, "--BB\r\nContent-Disposition: form-data; name=\"p\"\r\n");
+        if (i == 0 && pad) {
+            len += (size_t)snprintf(out + len, cap - len, "X-Pad: ");
+            memset(out + len, 'a', pad);
+            len += pad;
+            len += (size_t)snprintf(out + len, cap - len, "\r\n");
+        }
+        len += (size_t)snprintf(out + len, cap - len, "\r\n%c\r\n", 'a' + (int)(i % 26));
+    }
+    len += (size_t)snprintf(out + len, cap - len, "--BB--\r\n");
+    *size = len;
+    return out;
+}
+
+static void test_part_limits(void) {
+    size_t size = 0;
+    char *form = make_form(64, 0, &size);
+    reply r = perform(&(request){.path = "/count", .body = form, .size = size, .content_type = "multipart/form-data; boundary=BB"});
+    json_t *j = reply_json(&r);
+    FL_EXPECTF(r.status == 200 && json_integer_value(json_object_get(j, "parts")) == 64 &&
+               json_integer_value(json_object_get(j, "aligned")) == 64, "64 parts: status %ld %s", r.status, r.body.data);
+    json_decref(j);
+    reply_free(&r);
+    free(form);
+    form = make_form(65, 0, &size);
+    r = perform(&(request){.path = "/count", .body = form, .size = size, .content_type = "multipart/form-data; boundary=BB"});
+    FL_EXPECTF(r.status == 413 && strstr(r.body.data, "64 parts"), "65 parts: status %ld", r.status);
+    reply_free(&r);
+    free(form);
+    form = make_form(1, 9000, &size);
+    r = perform(&(request){.path = "/count", .body = form, .size = size, .content_type = "multipart/form-data; boundary=BB"});
+    FL_EXPECTF(r.status == 413 && strstr(r.body.data, "headers exceed"), "a 9 KB part header: status %ld", r.status);
+    reply_free(&r);
+    free(form);
+    const char *nameless = "--BB\r\nContent-Disposition: form-data\r\n\r\nx\r\n--BB--\r\n";
+    r = perform(&(request){.path = "/count", .body = nameless, .size = strlen(nameless),
+                           .content_type = "multipart/form-data; boundary=BB"});
+    FL_EXPECTF(r.status == 400 && !strcmp(error_code(&r), "invalid_input"), "a part without a name: status %ld", r.status);
+    reply_free(&r);
+}
+
+static long proc_kib(const char *field) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n) && line[n] == ':') v = atol(line + n + 1);
+    if (f) fclose(f);
+    return v;
+}
+
+/* 100,000 one-byte parts in 5 MB: the server's part costs a few dozen bytes each, not a buffer. */
+static void test_form_memory(void) {
+    fl_http_config cfg = fl_http_config_default();
+    cfg.port = 0;
+    cfg.max_upload_bytes = 8u << 20;
+    cfg.max_parts = 200000;
+    fl_http_server *s = NULL;
+    fl_error err = {0};
+    FL_EXPECT(fl_http_start(&cfg, test_handler, NULL, &s, &err) == 0);
+    if (!s) return;
+    size_t size = 0, n = 100000;
+    char *form = make_form(n, 0, &size);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/count", fl_http_port(s));
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* peak RSS := current RSS */
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+    long rss = proc_kib("VmRSS");
+    CURL *c = curl_easy_init();
+    buf out = {0};
+    struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: multipart/form-data; boundary=BB");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, form);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)size);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    long grown = proc_kib("VmHWM") - rss;
+    json_t *j = out.data ? json_loads(out.data, 0, NULL) : NULL;
+    FL_EXPECTF(rc == CURLE_OK && status == 200 && json_integer_value(json_object_get(j, "parts")) == (json_int_t)n,
+               "rc %d status %ld", rc, status);
+    /* the body once (the client's copy is older) plus at most 128 bytes per part and 4 MiB;
+     * twice that under AddressSanitizer (red zones, freed memory held in quarantine) */
+    long bound = (long)(size / 1024) + (long)(n * 128 / 1024) + 4096;
+#if defined(__SANITIZE_ADDRESS__)
+    bound *= 2;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    bound *= 2;
+#endif
+#endif
+    printf("    %zu parts in %.1f MiB: peak RSS grew %.1f MiB (bound %.1f MiB)\n", n, size / 1048576.0, grown / 1024.0,
+           bound / 1024.0);
+    FL_EXPECTF(grown < bound, "peak RSS grew %ld KiB, bound %ld KiB", grown, bound);
+    json_decref(j);
+    free(out.data);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    free(form);
+    fl_http_stop(s);
+}
+
+static void test_paths_redacted(void) {
+    reply r = perform(&(request){.path = "/patherr"});
+    json_t *j = reply_json(&r);
+    const char *msg = jstr(json_object_get(json_object_get(j, "error"), "message"));
+    FL_EXPECTF(r.status == 500 && !strstr(msg, "/var/lib") && !strstr(msg, "/srv/") && strstr(msg, "<path>") &&
+               strstr(msg, "/v1/jobs/job_1"), "message: %s", msg);
+    json_decref(j);
+    reply_free(&r);
+}
+
+/* ---- a small server under slow and greedy clients --------------------------------------------------- */
+
+typedef struct slow_call {
+    int port;
+    long status;
+} slow_call;
+
+static void *slow_request(void *arg) {
+    slow_call *sc = arg;
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/slow?ms=1500", sc->port);
+    CURL *c = curl_easy_init();
+    buf out = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &sc->status);
+    free(out.data);
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
+static long get_status(int port, const char *path, double *seconds) {
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *c = curl_easy_init();
+    buf out = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    double t0 = now_s();
+    curl_easy_perform(c);
+    if (seconds) *seconds = now_s() - t0;
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    free(out.data);
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static void test_front_door_limits(void) {
+    fl_http_config cfg = fl_http_config_default();
+    cfg.port = 0;
+    cfg.max_connections = 2;
+    cfg.ops_reserve = 1;
+    cfg.max_client_connections = 4;
+    cfg.max_pending_heads = 8;
+    cfg.header_timeout_s = 1;
+    fl_http_server *s = NULL;
+    fl_error err = {0};
+    FL_EXPECT(fl_http_start(&cfg, test_handler, NULL, &s, &err) == 0);
+    if (!s) return;
+    int port = fl_http_port(s);
+
+    /* three clients of 127.0.0.2 trickle their heads: others are served meanwhile, they get 408 */
+    int slow[3];
+    for (int i = 0; i < 3; i++) {
+        slow[i] = connect_from("127.0.0.2", port);
+        send(slow[i], "GET /echo HTTP/1.1\r\nHo", 22, MSG_NOSIGNAL);
+    }
+    double took = 0;
+    for (int i = 0; i < 3; i++) {
+        long st = get_status(port, "/echo", &took);
+        FL_EXPECTF(st == 200 && took < 0.5, "while heads trickle: status %ld in %.2f s", st, took);
+        for (int k = 0; k < 3; k++) send(slow[k], "s", 1, MSG_NOSIGNAL);
+        sleep_ms(150);
+    }
+    for (int i = 0; i < 3; i++) {
+        raw_reply r = read_raw(slow[i], 2500);
+        FL_EXPECTF(raw_is_json_error(&r, 408), "trickler %d: status %d %s", i, r.status, r.body);
+        close(slow[i]);
+    }
+
+    /* one address holds at most max_client_connections */
+    int greedy[5];
+    for (int i = 0; i < 5; i++) greedy[i] = connect_from("127.0.0.3", port);
+    raw_reply r = read_raw(greedy[4], 1000);
+    FL_EXPECTF(raw_is_json_error(&r, 429) && strcasestr(r.head, "Retry-After"), "the fifth: status %d", r.status);
+    for (int i = 0; i < 5; i++) close(greedy[i]);
+
+    /* the slowest of too many waiting heads is dropped for a newcomer */
+    int waiting[9];
+    char addr[32];
+    for (int i = 0; i < 9; i++) {
+        snprintf(addr, sizeof addr, "127.0.0.%d", 10 + i);
+        waiting[i] = connect_from(addr, port);
+        sleep_ms(20);
+    }
+    r = read_raw(waiting[0], 1000);
+    FL_EXPECTF(raw_is_json_error(&r, 408) && strstr(r.body, "slowest"), "the oldest waiting: status %d %s", r.status,
+               r.body);
+    for (int i = 0; i < 9; i++) close(waiting[i]);
+    sleep_ms(100);
+
+    /* two slow requests fill max_connections: a third is 503, the ops paths still answer */
+    pthread_t t[2];
+    slow_call calls[2] = {{.port = port}, {.port = port}};
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, slow_request, &calls[i]);
+    sleep_ms(400);
+    const char *get = "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n";
+    r = raw_exchange(port, get, strlen(get));
+    FL_EXPECTF(raw_is_json_error(&r, 503) && strcasestr(r.head, "Retry-After: 1"), "full: status %d %s", r.status, r.body);
+    long hz = get_status(port, "/healthz", &took);
+    FL_EXPECTF(hz == 200 && took < 0.5, "/healthz when full: status %ld in %.2f s", hz, took);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    FL_EXPECT(calls[0].status == 200 && calls[1].status == 200);
+    FL_EXPECT(get_status(port, "/echo", NULL) == 200);
+
+    fl_http_stats st;
+    fl_http_get_stats(s, &st);
+    FL_EXPECTF(st.header_timeouts >= 4 && st.refused_client >= 1 && st.refused_busy >= 1 && st.handed >= 7,
+               "stats: timeouts %llu client %llu busy %llu handed %llu", (unsigned long long)st.header_timeouts,
+               (unsigned long long)st.refused_client, (unsigned long long)st.refused_busy,
+               (unsigned long long)st.handed);
+    fl_http_stop(s);
+}
+
 int main(void) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     fl_http_config cfg = fl_http_config_default();
@@ -731,6 +1246,7 @@ int main(void) {
     cfg.max_body_bytes = MAX_BODY;
     cfg.max_upload_bytes = MAX_UPLOAD;
     cfg.connection_timeout_s = 10;
+    cfg.admit = test_admit;
     fl_error err = {0};
     if (fl_http_start(&cfg, test_handler, NULL, &server, &err) != 0) {
         fprintf(stderr, "cannot start the server: %s\n", err.message);
@@ -752,6 +1268,15 @@ int main(void) {
     FL_RUN(test_client_leaves_mid_upload);
     FL_RUN(test_concurrent_clients);
     FL_RUN(test_stop_with_open_stream);
+    FL_RUN(test_refused_from_the_head);
+    FL_RUN(test_admitted_limits);
+    FL_RUN(test_head_requests);
+    FL_RUN(test_bad_heads);
+    FL_RUN(test_quoted_boundary);
+    FL_RUN(test_part_limits);
+    FL_RUN(test_form_memory);
+    FL_RUN(test_paths_redacted);
+    FL_RUN(test_front_door_limits);
 
     fl_http_stop(server);
     curl_global_cleanup();
