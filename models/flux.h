@@ -260,6 +260,7 @@ typedef struct fl_flux_job_shape {
     int n_adapters;        /* generation: adapters applied per sample (per-sample mode) */
     int adapter_rank;      /* generation: their largest rank */
     int64_t adapter_params; /* generation: elements of their A and B matrices, all together */
+    int threads;           /* CPU threads the step runs on (their scratch; 0: one) */
 } fl_flux_job_shape;
 
 /* Bytes on the model's device (on the CPU, of host memory). */

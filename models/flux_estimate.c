@@ -151,9 +151,9 @@ int fl_flux_estimate_memory(const fl_flux_params *p, const fl_flux_job_shape *s,
     size_t inputs = ALIGNED(fl_tensor_nbytes(&img)) * (s->training ? 2 : 1) + ALIGNED(fl_tensor_nbytes(&txt)) +
                     ALIGNED(fl_tensor_nbytes(&y)) + 2 * ALIGNED((size_t)b * sizeof(float));
     size_t scratch = 0;
-    if (s->device == FL_DEVICE_CPU) { /* kernels/cpu/cpu_attention.c, for up to 64 threads */
+    if (s->device == FL_DEVICE_CPU) { /* kernels/cpu/cpu_attention.c */
         size_t l = (size_t)(li + lt), bh = (size_t)b * (size_t)p->num_heads, d = (size_t)fl_flux_head_dim(p);
-        size_t threads = 64, forward = (bh * d * l + threads * 32 * l) * sizeof(float);
+        size_t threads = s->threads > 0 ? (size_t)s->threads : 1, forward = (bh * d * l + threads * 32 * l) * sizeof(float);
         size_t backward = threads * (2 * d + 64) * l * sizeof(float);
         scratch = s->training && backward > forward ? backward : forward;
     }

@@ -21,6 +21,7 @@
 #include "core/utf8.h"
 #include "serve/api_internal.h"
 #include "serve/auth.h"
+#include "serve/redact.h"
 
 fl_api_config fl_api_config_default(void) {
     fl_api_config c;
@@ -37,6 +38,13 @@ fl_api_config fl_api_config_default(void) {
     c.max_text_tokens = 32;
     c.sync_timeout_s = 120;
     c.retry_after_s = 2;
+    c.job_device = FL_DEVICE_CPU;
+    c.max_job_memory = fl_api_default_job_memory();
+    c.max_generation_work = 1310720;
+    c.max_training_work = 16384000;
+    c.max_adapter_bytes = (size_t)2 << 30;
+    c.max_metadata_bytes = (size_t)64 << 10;
+    c.max_page_bytes = (size_t)1 << 20;
     return c;
 }
 
@@ -116,7 +124,9 @@ int fl_api_status_of(fl_error_code code) {
 }
 
 void fl_api_reply_err(fl_http_response *res, const fl_error *err) {
-    fl_http_reply_error(res, fl_api_status_of(err->code), fl_error_code_name(err->code), "%s", err->message);
+    fl_error shown = *err;
+    if (fl_redact_paths(shown.message, sizeof shown.message)) fl_log_warn("reply: %s", err->message);
+    fl_http_reply_error(res, fl_api_status_of(err->code), fl_error_code_name(err->code), "%s", shown.message);
 }
 
 json_t *fl_api_json_or_null(const char *text) {
@@ -257,7 +267,7 @@ static void route(fl_api *api, const fl_http_request *req, fl_http_response *res
         method_is(req, "GET") ? fl_api_images_get(api, r, tenant, id, res) : not_allowed(res, "GET");
     } else if (!strcmp(collection, "adapters") && !*id) {
         *label = method_is(req, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
-        if (method_is(req, "GET")) fl_api_adapters_list(r, tenant, req, res);
+        if (method_is(req, "GET")) fl_api_adapters_list(api, r, tenant, req, res);
         else if (method_is(req, "POST")) fl_api_adapters_import(api, r, tenant, req, res);
         else not_allowed(res, "GET, POST");
     } else if (!strcmp(collection, "adapters") && *id && !*tail) {
