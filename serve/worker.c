@@ -22,6 +22,7 @@
 #include "core/fileio.h"
 #include "core/log.h"
 #include "serve/jobs.h"
+#include "serve/redact.h"
 #include "serve/redis.h"
 #include "serve/worker_internal.h"
 
@@ -124,7 +125,10 @@ void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {
 }
 
 void fl_worker_fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
-    char *text = error_json(code, message);
+    char shown[1024]; /* what the client sees: no server paths (the log keeps them) */
+    snprintf(shown, sizeof shown, "%s", message);
+    fl_redact_paths(shown, sizeof shown);
+    char *text = error_json(code, shown);
     fl_error err = {0};
     if (fl_jobs_finish(w->r, it->job, false, text, NULL, &err) != 0)
         fl_log_warn("worker %s: cannot finish job %s: %s", w->name, it->job, err.message);
