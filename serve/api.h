@@ -13,7 +13,9 @@
  *
  * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
  * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming
- * the field; bodies over the limits 413; full queues 429 with Retry-After; Redis unreachable 503.
+ * the field; bodies over the limits 413; jobs whose memory or work is over the admission limits
+ * 422 (api_admit.c); full queues 429 with Retry-After; Redis unreachable 503. POST /v1/adapters
+ * with a "url" is an import job (202).
  */
 #ifndef FL_SERVE_API_H
 #define FL_SERVE_API_H
