@@ -19,14 +19,15 @@
 
 #define ALIGNED(n) (((size_t)(n) + 255) & ~(size_t)255)
 
-/* Attaches an adapter set of rank `rank` to the selected Linears of a skeleton, without memory;
- * trainable: the flat parameter and gradient buffers it would have (f32). Returns its element
- * count. */
+/* Attaches an adapter set of rank `rank` to the selected Linears of a skeleton, without memory,
+ * trainable or not. Its matrices have the storage dtype, which the ops' checks accept next to the
+ * activations whatever the device; what the real buffers take (a trainable adapter's are f32) is
+ * counted by the caller from the element count returned. */
 static int64_t skeleton_attach(fl_flux_model *m, const bool *selected, int rank, bool trainable) {
     int set_id = m->next_set_id++;
     m->sets = fl_xrealloc(m->sets, (m->n_sets + 1) * sizeof *m->sets);
     m->sets[m->n_sets++] = (flux_adapter_set){set_id, trainable, NULL};
-    fl_dtype dtype = trainable ? FL_F32 : m->dtype;
+    fl_dtype dtype = m->dtype;
     fl_device dev = m->ctx->device;
     int64_t total = 0;
     for (size_t i = 0; i < m->n_linears; i++) {
@@ -39,8 +40,8 @@ static int64_t skeleton_attach(fl_flux_model *m, const bool *selected, int rank,
         ad->scale = 1.0f;
         ad->set_id = set_id;
         if (trainable) {
-            lin->grad_a = fl_tensor_make(NULL, FL_F32, dev, 2, a_shape);
-            lin->grad_b = fl_tensor_make(NULL, FL_F32, dev, 2, b_shape);
+            lin->grad_a = fl_tensor_make(NULL, dtype, dev, 2, a_shape);
+            lin->grad_b = fl_tensor_make(NULL, dtype, dev, 2, b_shape);
             lin->trainable = lin->n_adapters;
         }
         lin->n_adapters++;

@@ -212,6 +212,14 @@ static void test_huge_jobs_are_estimated_not_allocated(void) {
     FL_EXPECTF(est.weights > (size_t)23e9 && est.weights < (size_t)24e9, "FLUX.1-dev weights %zu",
                est.weights);
     FL_EXPECT(est.activations > ((size_t)1 << 30) && est.inputs < ((size_t)1 << 30));
+    /* A bf16 training step and a per-sample forward with adapters plan without tripping the ops'
+     * dtype checks (the API estimates CUDA jobs on any machine). */
+    fl_flux_job_shape t = {.device = FL_DEVICE_CUDA, .batch = 1, .image_tokens = 1024, .text_tokens = 512,
+                           .training = true, .lora_rank = 16, .targets = "attention"};
+    FL_EXPECTF(fl_flux_estimate_memory(&dev, &t, &est, &err) == 0 && est.optimizer > 0, "%s", err.message);
+    fl_flux_job_shape ga = {.device = FL_DEVICE_CUDA, .batch = 2, .image_tokens = 1024, .text_tokens = 512,
+                            .n_adapters = 3, .adapter_rank = 32, .adapter_params = 1000000};
+    FL_EXPECTF(fl_flux_estimate_memory(&dev, &ga, &est, &err) == 0 && est.adapters >= 2000000, "%s", err.message);
     double seconds = now_s() - t0;
     long grew_kb = peak_rss_kb() - rss0;
     FL_EXPECTF(seconds < 5.0, "estimates took %.2f s", seconds);
