@@ -77,7 +77,8 @@ static const char *stem_of(const char *name, const char *suffix, char *buf) {
     return buf;
 }
 
-/* Host f32 copy of a tensor of a computable dtype. */
+/* Host f32 copy of a tensor of a computable dtype; a NaN or an infinity in it is an error naming
+ * the tensor (such an adapter would turn every image it touches into noise or NaN). */
 static float *to_f32(const fl_safetensors *st, const fl_safetensors_info *info, fl_error *err) {
     fl_tensor src;
     if (fl_safetensors_tensor_view(st, info, fl_device_cpu(), &src, err) != 0) {
@@ -94,6 +95,12 @@ static float *to_f32(const fl_safetensors *st, const fl_safetensors_info *info, 
         if (src.dtype == FL_F32) out[i] = ((const float *)src.data)[i];
         else if (src.dtype == FL_BF16) out[i] = fl_bf16_to_f32(((const uint16_t *)src.data)[i]);
         else out[i] = fl_f16_to_f32(((const uint16_t *)src.data)[i]);
+        if (!isfinite(out[i])) {
+            fl_fail(err, FL_EINVAL, "tensor '%s' holds a non-finite value (%s at element %lld)", info->name,
+                    isnan(out[i]) ? "NaN" : "infinity", (long long)i);
+            free(out);
+            return NULL;
+        }
     }
     return out;
 }

@@ -21,6 +21,7 @@
 
 #include "cli/commands.h"
 #include "core/fileio.h"
+#include "core/device.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
@@ -58,6 +59,9 @@ typedef struct service_args {
         redis_backoff_max_ms;
     long device_cache_mb;
     long header_timeout_s, max_header_bytes, max_client_connections, ops_reserve, max_pending_heads, max_parts;
+    /* admission and bounded inputs; -1: the default of the device (api_config_of) */
+    long max_job_memory, max_generation_work, max_training_work, max_resolution, max_adapter_bytes,
+        max_metadata_bytes, max_page_bytes;
 } service_args;
 
 static void serve_usage(FILE *out) {
@@ -90,6 +94,21 @@ static void serve_usage(FILE *out) {
             "private redis-server (supervised: restarted when it exits, its state in /healthz and /metrics):\n"
             "  --redis-backoff-ms N   delay before restarting it after a failure (default 250)\n"
             "  --redis-backoff-max-ms N  the delay doubles per failure in a row up to N (default 30000)\n"
+            "admission (a job over a limit is refused with 422, naming the limit and the figure):\n"
+            "  --max-job-memory BYTES memory one job may take on its worker, from the planning-mode estimate\n"
+            "                         (default: half the physical memory; with --device cuda set it to the GPU's)\n"
+            "  --max-generation-work N  width x height x steps x images of a generation (default 1310720\n"
+            "                         on cpu: 8 images of 64x64 at 40 steps, or one 256x256 at 20; 209715200 on\n"
+            "                         cuda: 4 images of 1024x1024 at 50 steps)\n"
+            "  --max-training-work N  resolution^2 x steps x batch of a training (default 16384000 on cpu:\n"
+            "                         64x64 x 1000 steps x batch 4; 8388608000 on cuda)\n"
+            "  --max-resolution PX    largest width, height or training resolution (default 256 on cpu,\n"
+            "                         1024 on cuda)\n"
+            "  --max-adapter-bytes BYTES  an adapter file imported from a URL (default 2147483648: a rank-128\n"
+            "                         adapter on every Linear of FLUX.1-dev is about 1.3 GB in bf16)\n"
+            "  --max-metadata-bytes BYTES  an imported adapter's metadata as JSON (default 65536)\n"
+            "  --max-page-bytes BYTES one page of GET /v1/adapters; the page ends early, with next_offset\n"
+            "                         (default 1048576)\n"
             "workers:\n"
             "  --batch N              images per generation batch (default 8)\n"
             "  --batch-wait-ms N      wait for more requests to batch (default 5)\n"
@@ -151,6 +170,10 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->ops_reserve = 4;
     a->max_pending_heads = 1024;
     a->max_parts = 64;
+    a->max_job_memory = a->max_generation_work = a->max_training_work = a->max_resolution = -1;
+    a->max_adapter_bytes = 2L << 30;
+    a->max_metadata_bytes = 64L << 10;
+    a->max_page_bytes = 1L << 20;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) return 1;
@@ -196,6 +219,13 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--header-timeout", 1, 3600, &a->header_timeout_s, true},
             {"--max-header-bytes", 1024, 1 << 20, &a->max_header_bytes, true},
             {"--max-parts", 1, 100000, &a->max_parts, true},
+            {"--max-job-memory", 1L << 20, 1L << 50, &a->max_job_memory, true},
+            {"--max-generation-work", 1, 1L << 50, &a->max_generation_work, true},
+            {"--max-training-work", 1, 1L << 50, &a->max_training_work, true},
+            {"--max-resolution", 1, 16384, &a->max_resolution, true},
+            {"--max-adapter-bytes", 1024, 1L << 40, &a->max_adapter_bytes, true},
+            {"--max-metadata-bytes", 1024, 1L << 26, &a->max_metadata_bytes, true},
+            {"--max-page-bytes", 4096, 1L << 30, &a->max_page_bytes, true},
             {"--batch", 1, 64, &a->batch, false},
             {"--batch-wait-ms", 0, 10000, &a->batch_wait_ms, false},
             {"--claim-timeout", 1, 86400, &a->claim_timeout_s, false},
@@ -267,6 +297,19 @@ static int read_model_params(const char *path, fl_flux_params *p, fl_error *err)
     return rc;
 }
 
+/* The admission limits: given ones, else the defaults of the workers' device. */
+static void admission_config(const service_args *a, fl_api_config *ac) {
+    bool cuda = !strncmp(a->device, "cuda", 4) || (!strcmp(a->device, "auto") && fl_cuda_device_count() > 0);
+    ac->job_device = cuda ? FL_DEVICE_CUDA : FL_DEVICE_CPU;
+    ac->max_job_memory = a->max_job_memory > 0 ? (size_t)a->max_job_memory : fl_api_default_job_memory();
+    ac->max_generation_work = a->max_generation_work > 0 ? a->max_generation_work : cuda ? 209715200 : 1310720;
+    ac->max_training_work = a->max_training_work > 0 ? a->max_training_work : cuda ? 8388608000L : 16384000;
+    ac->max_resolution = a->max_resolution > 0 ? (int)a->max_resolution : cuda ? 1024 : 256;
+    ac->max_adapter_bytes = (size_t)a->max_adapter_bytes;
+    ac->max_metadata_bytes = (size_t)a->max_metadata_bytes;
+    ac->max_page_bytes = (size_t)a->max_page_bytes;
+}
+
 static int serve_run(const service_args *a, fl_error *err) {
     char addr[4200], path[4200];
     fl_redis_server *private_server = NULL;
@@ -297,6 +340,7 @@ static int serve_run(const service_args *a, fl_error *err) {
     ac.max_pending_train = a->max_train_queue;
     ac.sync_timeout_s = (int)a->sync_timeout_s;
     ac.allow_private_urls = a->allow_private_urls;
+    admission_config(a, &ac);
     if (rc == 0) rc = read_model_params(a->model, &ac.params, err);
     if (rc == 0) rc = fl_model_hash_cached(r, a->model, ac.base_model_hash, err);
     if (rc == 0) rc = fl_api_create(&ac, &api, err);

@@ -16,15 +16,33 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 typedef struct download {
     unsigned char *data;
     size_t size, cap, max;
-    bool too_large, no_memory, blocked, allow_private;
+    int fd; /* >= 0: the body goes to this file instead of memory */
+    int write_errno;
+    bool too_large, no_memory, write_failed, blocked, allow_private;
+    const fl_fetch_limits *limits;
+    time_t last_progress;
 } download;
+
+static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    download *d = user;
+    time_t now = time(NULL);
+    if (now != d->last_progress) {
+        d->last_progress = now;
+        d->limits->progress(d->limits->progress_arg);
+    }
+    return 0;
+}
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
@@ -38,6 +56,20 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *user) {
     if (n > d->max - d->size) {
         d->too_large = true;
         return 0; /* anything but n aborts the transfer */
+    }
+    if (d->fd >= 0) {
+        for (size_t done = 0; done < n;) {
+            ssize_t w = write(d->fd, ptr + done, n - done);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                d->write_failed = true;
+                d->write_errno = w < 0 ? errno : ENOSPC;
+                return 0;
+            }
+            done += (size_t)w;
+        }
+        d->size += n;
+        return n;
     }
     if (d->size + n > d->cap) {
         size_t grown = d->cap ? d->cap : 1 << 16;
@@ -111,16 +143,57 @@ static bool url_acceptable(const char *url) {
     return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
 }
 
-int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err) {
-    *data = NULL;
-    *size = 0;
+/* host is an address literal (v4, or v6 with or without brackets) of an internal network, or a
+ * name that always means this machine. */
+static bool host_internal(const char *host) {
+    char buf[256];
+    size_t n = strlen(host);
+    if (n >= sizeof buf) return false;
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(buf, host + 1, n - 2);
+        buf[n - 2] = '\0';
+    } else {
+        memcpy(buf, host, n + 1);
+    }
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, buf, &a4) == 1) return ipv4_internal(ntohl(a4.s_addr));
+    if (inet_pton(AF_INET6, buf, &a6) == 1) return ipv6_internal(a6.s6_addr);
+    size_t len = strlen(buf);
+    while (len && buf[len - 1] == '.') buf[--len] = '\0'; /* "localhost." */
+    return !strcasecmp(buf, "localhost") || (len > 10 && !strcasecmp(buf + len - 10, ".localhost"));
+}
+
+int fl_fetch_check_url(const char *url, bool allow_private, fl_error *err) {
+    if (!url_acceptable(url))
+        return fl_fail(err, FL_EINVAL, "not a well-formed http:// or https:// URL");
+    pthread_once(&curl_once, curl_init_once);
+    CURLU *u = curl_url();
+    if (!u) return fl_fail(err, FL_ENOMEM, "out of memory parsing a URL");
+    char *scheme = NULL, *host = NULL;
+    int rc = 0;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host)
+        rc = fl_fail(err, FL_EINVAL, "not a well-formed http:// or https:// URL");
+    else if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)
+        rc = fl_fail(err, FL_EINVAL, "only http:// and https:// URLs are fetched");
+    else if (!allow_private && host_internal(host))
+        rc = fl_fail(err, FL_EINVAL, "the host is a loopback, private or link-local address");
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigned char **data, size_t *size,
+                 fl_error *err) {
     if (!url_acceptable(url))
         return fl_fail(err, FL_EINVAL, "download refused: not a well-formed http:// or https:// URL");
     pthread_once(&curl_once, curl_init_once);
     CURL *h = curl_easy_init();
     if (!h) return fl_fail(err, FL_ENOMEM, "download failed: cannot create a transfer");
 
-    download d = {.max = limits->max_bytes, .allow_private = limits->allow_private};
+    download d = {.max = limits->max_bytes, .fd = fd, .allow_private = limits->allow_private, .limits = limits};
     char errbuf[CURL_ERROR_SIZE] = "";
     long timeout = limits->timeout_seconds;
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -144,6 +217,11 @@ int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char *
     curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &d);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "flashlora/" FL_VERSION);
+    if (limits->progress) {
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &d);
+    }
 
     CURLcode rc = curl_easy_perform(h);
     long status = 0;
@@ -159,6 +237,12 @@ int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char *
                          fl_ds_format_bytes(limits->max_bytes, lim, sizeof lim));
     else if (d.no_memory)
         result = fl_fail(err, FL_ENOMEM, "download failed: not enough memory");
+    else if (d.write_failed)
+        result = fl_fail(err, FL_EIO, "download failed: the file could not be written (%s)", strerror(d.write_errno));
+    else if (rc == CURLE_COULDNT_RESOLVE_HOST)
+        result = fl_fail(err, FL_EINVAL, "download failed: the host name does not resolve");
+    else if (rc == CURLE_URL_MALFORMAT)
+        result = fl_fail(err, FL_EINVAL, "download refused: not a well-formed http:// or https:// URL");
     else if (rc == CURLE_HTTP_RETURNED_ERROR)
         result = fl_fail(err, status == 404 || status == 410 ? FL_ENOTFOUND : FL_EIO, "download failed: HTTP %ld", status);
     else if (rc == CURLE_OPERATION_TIMEDOUT)
@@ -175,9 +259,21 @@ int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char *
         free(d.data);
         return result;
     }
-    *data = d.data;
+    if (data) *data = d.data;
     *size = d.size;
     return 0;
+}
+
+int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err) {
+    *data = NULL;
+    *size = 0;
+    return fetch(url, limits, -1, data, size, err);
+}
+
+int fl_fetch_url_to_fd(const char *url, const fl_fetch_limits *limits, int fd, size_t *size, fl_error *err) {
+    *size = 0;
+    if (fd < 0) return fl_fail(err, FL_EINVAL, "download: no file to write to");
+    return fetch(url, limits, fd, NULL, size, err);
 }
 
 #else /* no libcurl */
@@ -185,6 +281,15 @@ int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char *
 int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err) {
     *data = NULL;
     *size = 0;
+    return fl_fail(err, FL_EUNSUPPORTED, "downloading needs libcurl, which this build lacks");
+}
+
+int fl_fetch_url_to_fd(const char *url, const fl_fetch_limits *limits, int fd, size_t *size, fl_error *err) {
+    *size = 0;
+    return fl_fail(err, FL_EUNSUPPORTED, "downloading needs libcurl, which this build lacks");
+}
+
+int fl_fetch_check_url(const char *url, bool allow_private, fl_error *err) {
     return fl_fail(err, FL_EUNSUPPORTED, "downloading needs libcurl, which this build lacks");
 }
 

@@ -21,9 +21,20 @@ typedef struct fl_fetch_limits {
     size_t max_bytes;       /* body size */
     long timeout_seconds;   /* the whole transfer */
     bool allow_private;     /* allow loopback/private/link-local addresses */
+    void (*progress)(void *arg); /* called about once a second while a transfer runs (may be NULL):
+                                  * a job renews its claim there */
+    void *progress_arg;
 } fl_fetch_limits;
 
-/* Downloads url into *data (malloc'ed, *size bytes). */
+/* Downloads url into *data (malloc'ed, *size bytes). A host name that does not resolve and a
+ * malformed URL are FL_EINVAL. */
 int fl_fetch_url(const char *url, const fl_fetch_limits *limits, unsigned char **data, size_t *size, fl_error *err);
+/* The same, writing the body to fd as it arrives (nothing is buffered beyond libcurl's own
+ * transfer buffer); *size gets the bytes written. */
+int fl_fetch_url_to_fd(const char *url, const fl_fetch_limits *limits, int fd, size_t *size, fl_error *err);
+/* What can be known of url before fetching it, without a network access: well-formed, http or
+ * https, a host; unless allow_private, a host that is an address literal of an internal network
+ * (or "localhost") is refused. FL_EINVAL with the reason (never repeating the URL). */
+int fl_fetch_check_url(const char *url, bool allow_private, fl_error *err);
 
 #endif

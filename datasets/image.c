@@ -210,6 +210,168 @@ static bool png_chunks_ok(const unsigned char *b, size_t n) {
     return true;
 }
 
+/* ---- does the file hold the pixels its header claims? ------------------------------------------- */
+
+/* A file that claims a large image but holds too few bytes for it (cut short, or crafted) is
+ * refused here, from its structure alone, before a decoder sizes buffers by the claim. Each
+ * format's floor is a hard limit of its coding, not a guess:
+ *   PNG   every chunk complete through IEND; the IDAT bytes at least the raw scanlines / 1032
+ *         (deflate's largest expansion: a 258-byte match costs at least 2 bits)
+ *   JPEG  an EOI marker after a scan, segments complete; at least 1 bit per 8x8 block (a block
+ *         needs its DC code, at least 1 bit)
+ *   BMP   the header's pixel offset plus |height| rows of the uncompressed row stride
+ *   GIF   the first image's data sub-blocks complete through their terminator; at least 3 bits
+ *         per 4096 pixels (an LZW code is 3 bits or more and stands for 4096 pixels at most)
+ * bytes_needed gets that floor, *complete whether the structure ends properly. */
+static uint32_t be32(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+static uint32_t le32(const unsigned char *b) {
+    return (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
+}
+
+static int incomplete(fl_error *err, const char *why) {
+    return fl_fail(err, FL_EINVAL, "truncated or corrupt image (%s)", why);
+}
+
+static int too_short(fl_error *err, int w, int h, uint64_t need, uint64_t have) {
+    return fl_fail(err, FL_EINVAL, "truncated or corrupt image (%dx%d needs at least %llu bytes of pixel data, the "
+                                   "file holds %llu)", w, h, (unsigned long long)need, (unsigned long long)have);
+}
+
+static int png_complete(const unsigned char *b, size_t n, int w, int h, fl_error *err) {
+    static const int channels[7] = {1, 0, 3, 1, 2, 0, 4}; /* by color type */
+    if (n < 33) return incomplete(err, "the file ends inside its header");
+    int depth = b[24], color = b[25];
+    int bpp = color <= 6 ? channels[color] * depth : 0;
+    if (bpp <= 0 || depth > 16) return 0; /* stb refuses the header with its reason */
+    uint64_t raw = (uint64_t)h * (1 + ((uint64_t)w * (uint64_t)bpp + 7) / 8), idat = 0;
+    size_t pos = 8;
+    for (;;) {
+        if (n - pos < 12) return incomplete(err, "the file ends before its IEND chunk");
+        uint32_t len = be32(b + pos);
+        if (len > n - pos - 12) return incomplete(err, "the file ends inside a chunk");
+        if (!memcmp(b + pos + 4, "IDAT", 4)) idat += len;
+        if (!memcmp(b + pos + 4, "IEND", 4)) break;
+        pos += 12 + (size_t)len;
+    }
+    uint64_t need = raw / 1032;
+    if (idat < need) return too_short(err, w, h, need, idat);
+    return 0;
+}
+
+static int jpeg_complete(const unsigned char *b, size_t n, int w, int h, fl_error *err) {
+    bool scan = false, end = false;
+    size_t pos = 2;
+    while (pos + 1 < n && !end) {
+        if (b[pos] != 0xFF) { /* entropy-coded data */
+            pos++;
+            continue;
+        }
+        unsigned char m = b[pos + 1];
+        if (m == 0x00 || m == 0xFF || (m >= 0xD0 && m <= 0xD8) || m == 0x01) { /* stuffing, fill, RSTn, SOI, TEM */
+            pos += m == 0xFF ? 1 : 2;
+            continue;
+        }
+        if (m == 0xD9) {
+            end = true;
+            break;
+        }
+        if (n - pos < 4) break;
+        size_t len = (size_t)b[pos + 2] << 8 | b[pos + 3];
+        if (len < 2 || len > n - pos - 2) return incomplete(err, "the file ends inside a JPEG segment");
+        if (m == 0xDA) scan = true;
+        pos += 2 + len;
+    }
+    if (!scan || !end) return incomplete(err, "no end-of-image marker after the scan data");
+    uint64_t blocks = (((uint64_t)w + 7) / 8) * (((uint64_t)h + 7) / 8), need = blocks / 8;
+    if (n < need) return too_short(err, w, h, need, n);
+    return 0;
+}
+
+/* The fields of a BMP header that size its pixels. */
+typedef struct bmp_header {
+    uint32_t offset, compress;
+    int64_t width, height; /* height < 0: rows stored top-down */
+    int bpp;
+} bmp_header;
+
+static int bmp_read(const unsigned char *b, size_t n, bmp_header *hd, fl_error *err) {
+    if (n < 26) return incomplete(err, "the file ends inside its header");
+    memset(hd, 0, sizeof *hd);
+    hd->offset = le32(b + 10);
+    uint32_t hsz = le32(b + 14);
+    if (hsz == 12) { /* OS/2: 16-bit sizes */
+        hd->width = b[18] | b[19] << 8;
+        hd->height = b[20] | b[21] << 8;
+        hd->bpp = b[24] | b[25] << 8;
+    } else {
+        if (n < 34) return incomplete(err, "the file ends inside its header");
+        hd->width = (int32_t)le32(b + 18);
+        hd->height = (int32_t)le32(b + 22);
+        hd->bpp = b[28] | b[29] << 8;
+        hd->compress = le32(b + 30);
+    }
+    if (hd->width <= 0 || hd->width > INT_MAX || hd->height == 0 || hd->height == INT32_MIN)
+        return incomplete(err, "bad BMP size");
+    return 0;
+}
+
+/* The size as the decoder sees it: a negative height is a top-down BMP, as valid as any (stb's
+ * size query reports it unchanged, so it is read here). */
+static int bmp_size(const unsigned char *b, size_t n, int *w, int *h, fl_error *err) {
+    bmp_header hd;
+    if (bmp_read(b, n, &hd, err) != 0) return -1;
+    *w = (int)hd.width;
+    *h = (int)(hd.height < 0 ? -hd.height : hd.height);
+    return 0;
+}
+
+static int bmp_complete(const unsigned char *b, size_t n, fl_error *err) {
+    bmp_header hd;
+    if (bmp_read(b, n, &hd, err) != 0) return -1;
+    if (hd.compress != 0 && hd.compress != 3) return 0; /* RLE and the rest: stb refuses them with its reason */
+    int bpp = hd.bpp;
+    if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 16 && bpp != 24 && bpp != 32) return 0;
+    uint64_t rows = (uint64_t)(hd.height < 0 ? -hd.height : hd.height);
+    uint64_t stride = ((uint64_t)hd.width * (uint64_t)bpp + 31) / 32 * 4, need = (uint64_t)hd.offset + stride * rows;
+    if (n < need) return too_short(err, (int)hd.width, (int)rows, need, n);
+    return 0;
+}
+
+static int gif_complete(const unsigned char *b, size_t n, int w, int h, fl_error *err) {
+    if (n < 13) return incomplete(err, "the file ends inside its header");
+    size_t pos = 13;
+    if (b[10] & 0x80) pos += (size_t)3 << ((b[10] & 7) + 1);
+    for (;;) {
+        if (pos >= n) return incomplete(err, "the file ends before its first image");
+        if (b[pos] == 0x21) { /* extension: label, then sub-blocks */
+            pos += 2;
+            while (pos < n && b[pos] != 0) pos += (size_t)b[pos] + 1;
+            if (pos >= n) return incomplete(err, "the file ends inside an extension");
+            pos++;
+        } else if (b[pos] == 0x2C) {
+            if (n - pos < 11) return incomplete(err, "the file ends inside an image descriptor");
+            unsigned char flags = b[pos + 9];
+            pos += 10;
+            if (flags & 0x80) pos += (size_t)3 << ((flags & 7) + 1);
+            pos++; /* LZW minimum code size */
+            uint64_t data = 0;
+            while (pos < n && b[pos] != 0) {
+                data += b[pos];
+                pos += (size_t)b[pos] + 1;
+            }
+            if (pos >= n) return incomplete(err, "the file ends inside the image data");
+            uint64_t need = (uint64_t)w * (uint64_t)h * 3 / (8 * 4096);
+            if (data < need) return too_short(err, w, h, need, data);
+            return 0;
+        } else {
+            return 0; /* a trailer or an unknown block: stb decides */
+        }
+    }
+}
+
 static const char *stb_reason(void) {
     const char *r = stbi_failure_reason();
     return r && *r ? r : "unknown error";
@@ -240,13 +402,27 @@ int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_erro
     if (strcmp(format, "JPEG") == 0 && !jpeg_tables_ok(b, n))
         return fl_fail(err, FL_EINVAL, "truncated or corrupt image (bad JPEG Huffman table)");
     int w = 0, h = 0, comp = 0;
+    if (strcmp(format, "BMP") == 0 && bmp_size(b, n, &w, &h, err) != 0) return -1;
     stb_budget_begin(0, n);
-    int ok = stbi_info_from_memory(bytes, (int)n, &w, &h, &comp);
+    int ok = stbi_info_from_memory(bytes, (int)n, strcmp(format, "BMP") ? &w : NULL, strcmp(format, "BMP") ? &h : NULL,
+                                   &comp);
     stb_budget_end();
     if (!ok) return fl_fail(err, FL_EINVAL, "truncated or corrupt image (stb: %s)", stb_reason());
+    if (w <= 0 || h <= 0) return fl_fail(err, FL_EINVAL, "truncated or corrupt image (zero size)");
     *width = w;
     *height = h;
     return 0;
+}
+
+int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_error *err) {
+    int decodable = 0;
+    const char *format = fl_image_sniff(bytes, n, &decodable);
+    if (!format || !decodable || width <= 0 || height <= 0) return 0; /* fl_image_probe refuses these */
+    const unsigned char *b = bytes;
+    if (!strcmp(format, "PNG")) return png_complete(b, n, width, height, err);
+    if (!strcmp(format, "JPEG")) return jpeg_complete(b, n, width, height, err);
+    if (!strcmp(format, "BMP")) return bmp_complete(b, n, err);
+    return gif_complete(b, n, width, height, err);
 }
 
 int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
@@ -255,6 +431,7 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
     int w = 0, h = 0;
     if (fl_image_probe(bytes, n, &w, &h, err)) return -1;
     if (fl_image_check_size(w, h, max_pixels, max_side, err)) return -1;
+    if (fl_image_check_data(bytes, n, w, h, err)) return -1;
 
     int lw = 0, lh = 0, comp = 0;
     stb_budget_begin((int64_t)w * h, n);
@@ -285,6 +462,10 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
 #else /* no stb */
 
 int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_error *err) {
+    return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
+}
+
+int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_error *err) {
     return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
 }
 

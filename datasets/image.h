@@ -41,8 +41,16 @@ int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_erro
  * "WxH exceeds the 50 MP limit" or "WxH exceeds the 12000-pixel side limit". */
 int fl_image_check_size(int width, int height, int64_t max_pixels, int max_side, fl_error *err);
 
+/* Refuse a file too short for the width x height its header claims (cut off, or crafted to make
+ * a decoder size its buffers by the claim), from the file's structure alone: FL_EINVAL with
+ * "truncated or corrupt image (...)". PNG: every chunk complete through IEND and the compressed
+ * pixel data at least deflate's floor for the raw scanlines; JPEG: complete segments and an
+ * end-of-image marker after the scan, at least a bit per 8x8 block; BMP: the pixel offset plus
+ * the rows of uncompressed pixels; GIF: the first image's data complete, at least LZW's floor. */
+int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_error *err);
+
 /* Decode bytes into out (RGB float, alpha on white). The header is probed and checked with
- * fl_image_check_size before decoding. On failure out is left zeroed. */
+ * fl_image_check_size and fl_image_check_data before decoding. On failure out is left zeroed. */
 int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
                     fl_error *err);
 

@@ -8,12 +8,15 @@
  */
 #include "datasets/imageset.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/utf8.h"
@@ -66,12 +69,27 @@ void fl_ds_reject(fl_ds_collect *c, const char *name, const char *fmt, ...) {
     fl_log_debug("imageset: %s rejected: %s", name, reason);
 }
 
+static bool is_caption_file(const char *name);
+
 void fl_ds_add_file(fl_ds_collect *c, const char *name, unsigned char *data, size_t size) {
     if (c->count == c->cap) {
         c->cap = c->cap ? c->cap * 2 : 32;
         c->files = fl_xrealloc(c->files, c->cap * sizeof *c->files);
     }
-    c->files[c->count] = (fl_ds_file){fl_xstrdup(name), data, size, c->count};
+    fl_ds_file f = {fl_xstrdup(name), data, size, c->count, 0, 0, NULL};
+    if (c->headers_only) { /* check the image now, keep what its header says, drop its bytes */
+        const fl_imageset_limits *l = c->limits;
+        fl_error why;
+        fl_error_clear(&why);
+        if (!is_caption_file(name) &&
+            (fl_image_probe(data, size, &f.width, &f.height, &why) ||
+             fl_image_check_size(f.width, f.height, l->max_pixels, l->max_side, &why) ||
+             fl_image_check_data(data, size, f.width, f.height, &why)))
+            f.reason = fl_xstrdup(why.message);
+        free(f.data);
+        f.data = NULL;
+    }
+    c->files[c->count] = f;
     c->count++;
 }
 
@@ -108,6 +126,7 @@ static void collect_free(fl_ds_collect *c) {
     for (size_t i = 0; i < c->count; i++) {
         free(c->files[i].name);
         free(c->files[i].data);
+        free(c->files[i].reason);
     }
     free(c->files);
     for (size_t i = 0; i < c->rejected_count; i++) {
@@ -191,8 +210,9 @@ static void set_free_items(fl_imageset_item *items, size_t count) {
     free(items);
 }
 
-/* Decode every image file of c (sorted), pair captions, and hand out the set. Frees c. */
-static int build_set(fl_ds_collect *c, fl_imageset **out, fl_error *err) {
+/* Decode every image file of c (sorted), pair captions, and hand out the set. Frees c. In
+ * headers-only mode (c->headers_only) nothing is decoded: *summary gets the counts instead. */
+static int build_set(fl_ds_collect *c, fl_imageset **out, fl_imageset_summary *summary, fl_error *err) {
 #if !defined(FL_HAVE_STB)
     collect_free(c);
     return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
@@ -216,14 +236,29 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_error *err) {
         if (f->size == (size_t)-1 || is_caption_file(f->name)) continue;
         fl_error why;
         fl_error_clear(&why);
-        int w = 0, h = 0;
-        if (fl_image_probe(f->data, f->size, &w, &h, &why) || fl_image_check_size(w, h, l->max_pixels, l->max_side, &why)) {
+        int w = f->width, h = f->height;
+        if (c->headers_only && f->reason) {
+            fl_ds_reject(c, f->name, "%s", f->reason);
+            continue;
+        }
+        if (!c->headers_only &&
+            (fl_image_probe(f->data, f->size, &w, &h, &why) || fl_image_check_size(w, h, l->max_pixels, l->max_side, &why))) {
             fl_ds_reject(c, f->name, "%s", why.message);
             continue;
         }
         if ((int64_t)w * h > l->max_total_pixels - pixels_used) {
             fl_ds_reject(c, f->name, "%dx%d would take the set past its decoded-pixel budget (%lld pixels)", w, h,
                          (long long)l->max_total_pixels);
+            continue;
+        }
+        if (c->headers_only) {
+            if (count == l->max_images) {
+                rc = fl_fail(err, FL_ELIMIT, "more than %zu usable images (the limit)", l->max_images);
+                break;
+            }
+            count++;
+            pixels_used += (int64_t)w * h;
+            if ((int64_t)w * h > summary->largest_pixels) summary->largest_pixels = (int64_t)w * h;
             continue;
         }
         fl_image image;
@@ -246,8 +281,9 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_error *err) {
         items[count++] = (fl_imageset_item){fl_xstrdup(f->name), NULL, image};
     }
 
-    /* Sidecar captions: `stem.txt` beside `stem.<image extension>`; unmatched .txt files are ignored. */
-    for (size_t i = 0; i < c->count && rc == 0; i++) {
+    /* Sidecar captions: `stem.txt` beside `stem.<image extension>`; unmatched .txt files are ignored
+     * (and all of them in headers-only mode: a caption never decides whether a set is usable). */
+    for (size_t i = 0; i < c->count && rc == 0 && !c->headers_only; i++) {
         fl_ds_file *f = &c->files[i];
         if (f->size == (size_t)-1 || !is_caption_file(f->name)) continue;
         bool matched = false;
@@ -272,9 +308,17 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_error *err) {
         rc = -1;
     }
     if (rc) {
-        set_free_items(items, count);
+        set_free_items(items, c->headers_only ? 0 : count); /* headers-only: counted, never made */
         collect_free(c);
         return -1;
+    }
+    if (c->headers_only) {
+        summary->images = count;
+        summary->rejected = c->rejected_count;
+        summary->total_pixels = pixels_used;
+        summary->archive_ext = c->archive_ext;
+        collect_free(c);
+        return 0;
     }
     fl_imageset *set = fl_xcalloc(1, sizeof *set);
     set->items = items;
@@ -321,7 +365,24 @@ int fl_imageset_load_memory(const void *bytes, size_t n, const char *name_hint, 
         collect_free(&c);
         return -1;
     }
-    return build_set(&c, out, err);
+    return build_set(&c, out, NULL, err);
+}
+
+int fl_imageset_inspect_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                               fl_imageset_summary *out, fl_error *err) {
+    memset(out, 0, sizeof *out);
+    fl_imageset_limits defaults = fl_imageset_limits_default();
+    if (!limits) limits = &defaults;
+    if (check_limits(limits, err)) return -1;
+    if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
+    char label[256];
+    fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
+    fl_ds_collect c = {.limits = limits, .headers_only = true};
+    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
+        collect_free(&c);
+        return -1;
+    }
+    return build_set(&c, NULL, out, err);
 }
 
 int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_imageset **out, fl_error *err) {
@@ -334,13 +395,29 @@ int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_im
     bool http = false;
     if (is_url(source, &http)) {
         if (!http) return fl_fail(err, FL_EUNSUPPORTED, "only http:// and https:// URLs are supported");
-        unsigned char *data = NULL;
+        /* The archive streams to a temporary file (removed at once: only this descriptor holds
+         * it), never to memory, and is read from there like an uploaded archive. */
+        const char *tmpdir = getenv("TMPDIR");
+        char path[4096];
+        snprintf(path, sizeof path, "%s/flashlora-download-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+        int fd = mkostemp(path, O_CLOEXEC);
+        if (fd < 0) return fl_fail(err, FL_EIO, "download failed: no temporary file (%s)", strerror(errno));
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        unlink(path);
+        fl_fetch_limits fetch = {.max_bytes = limits->url_max_bytes, .timeout_seconds = limits->url_timeout_seconds,
+                                 .allow_private = limits->url_allow_private};
         size_t size = 0;
-        fl_fetch_limits fetch = {limits->url_max_bytes, limits->url_timeout_seconds, limits->url_allow_private};
-        if (fl_fetch_url(source, &fetch, &data, &size, err)) return -1;
-        int rc = fl_imageset_load_memory(data, size, "download", limits, out, err);
-        free(data);
-        return rc;
+        int rc = fl_fetch_url_to_fd(source, &fetch, fd, &size, err);
+        fl_ds_collect c = {.limits = limits};
+        if (rc == 0 && size == 0) rc = fl_fail(err, FL_EINVAL, "download: empty archive");
+        if (rc == 0) rc = fl_ds_collect_archive_file(&c, proc, "download", err);
+        close(fd);
+        if (rc) {
+            collect_free(&c);
+            return -1;
+        }
+        return build_set(&c, out, NULL, err);
     }
 
     char label[256];
@@ -356,7 +433,7 @@ int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_im
         collect_free(&c);
         return -1;
     }
-    return build_set(&c, out, err);
+    return build_set(&c, out, NULL, err);
 }
 
 void fl_imageset_free(fl_imageset *set) {

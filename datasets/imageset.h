@@ -76,6 +76,22 @@ int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_im
 int fl_imageset_load_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
                             fl_imageset **out, fl_error *err);
 
+/* What a set holds, found from the images' headers alone (no pixel is decoded): the same rules
+ * and limits as fl_imageset_load_memory (refused files, the decoded-pixel budget, the image
+ * counts, each image's data checked to be long enough for its claimed size), so a set this
+ * accepts is one the loader accepts. Files are read one at a time and dropped once checked, so
+ * the memory it needs is one file (max_file_bytes), not the set. */
+typedef struct fl_imageset_summary {
+    size_t images;            /* usable images */
+    size_t rejected;          /* refused files */
+    int64_t total_pixels;     /* decoded pixels of the usable images together */
+    int64_t largest_pixels;   /* of the largest usable image */
+    const char *archive_ext;  /* the archive's kind as a file extension: ".zip", ".tar", ".tar.gz" */
+} fl_imageset_summary;
+
+int fl_imageset_inspect_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                               fl_imageset_summary *out, fl_error *err);
+
 void fl_imageset_free(fl_imageset *set);
 
 /* The rejection recorded for name, or NULL. */

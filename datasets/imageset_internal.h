@@ -19,13 +19,19 @@ enum { FL_DS_NAME_MAX = 1024 }; /* longest accepted relative path, bytes */
 
 typedef struct fl_ds_file {
     char *name;          /* cleaned relative path */
-    unsigned char *data; /* file bytes (malloc'ed; NULL when size is 0) */
+    unsigned char *data; /* file bytes (malloc'ed; NULL when size is 0, and in headers-only mode) */
     size_t size;
     size_t order; /* position in the source, to keep the first of duplicate names */
+    /* Headers-only mode: what the image's header said, checked as it arrived. */
+    int width, height;
+    char *reason; /* why the file cannot be used (malloc'ed), or NULL */
 } fl_ds_file;
 
 typedef struct fl_ds_collect {
     const fl_imageset_limits *limits;
+    bool headers_only;      /* check each image's header (size, limits, enough data) as it is read,
+                             * then drop its bytes: nothing is decoded */
+    const char *archive_ext; /* ".zip", ".tar" or ".tar.gz" once an archive was recognised */
     fl_ds_file *files;
     size_t count, cap;
     fl_rejected *rejected;

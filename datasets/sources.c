@@ -356,6 +356,11 @@ static int read_archive(fl_ds_collect *c, struct archive *a, const char *label, 
             break;
         }
         if ((rc = fl_ds_count_entry(c, err)) != 0) break;
+        if (!c->archive_ext) {
+            bool zip = (archive_format(a) & ARCHIVE_FORMAT_BASE_MASK) == ARCHIVE_FORMAT_ZIP;
+            bool gzip = archive_filter_count(a) > 1 && archive_filter_code(a, 0) == ARCHIVE_FILTER_GZIP;
+            c->archive_ext = zip ? ".zip" : gzip ? ".tar.gz" : ".tar";
+        }
         if (r == ARCHIVE_RETRY) {
             char shown[64];
             snprintf(shown, sizeof shown, "(entry %zu)", index + 1);

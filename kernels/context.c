@@ -70,6 +70,14 @@ fl_tensor fl_ctx_tensor(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *sh
     return t;
 }
 
+int fl_ctx_tensor_alloc(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape, fl_tensor *out, fl_error *err) {
+    *out = fl_tensor_make(NULL, dtype, ctx->device, ndim, shape);
+    size_t bytes = fl_tensor_nbytes(out);
+    out->data = fl_ctx_alloc(ctx, bytes ? bytes : 1);
+    if (!out->data) return fl_fail(err, FL_ENOMEM, "out of device memory allocating %zu bytes", bytes);
+    return 0;
+}
+
 void fl_ctx_tensor_free(fl_ctx *ctx, fl_tensor *t) {
     fl_ctx_free(ctx, t->data);
     t->data = NULL;

@@ -46,6 +46,9 @@ fl_dtype fl_ctx_storage_dtype(const fl_ctx *ctx);
 
 /* A contiguous tensor allocated on the context's device; fl_ctx_tensor_free releases it. */
 fl_tensor fl_ctx_tensor(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape);
+/* The same for a size that outside input decides: FL_ENOMEM (and out->data NULL) when the device
+ * has no memory for it, instead of an abort. */
+int fl_ctx_tensor_alloc(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape, fl_tensor *out, fl_error *err);
 void fl_ctx_tensor_free(fl_ctx *ctx, fl_tensor *t);
 
 /* Copy a host f32 array into a device tensor of any storage dtype (converted), and back.

@@ -244,7 +244,9 @@ typedef struct fl_flux_inputs {
 int fl_flux_check_inputs(const fl_flux_model *m, const fl_flux_inputs *in, fl_error *err);
 
 /* Forward: *out receives a view [B, Li, out_channels] valid until the next call on m. With
- * per-sample adapters set, B must equal their batch size. */
+ * per-sample adapters set, B must equal their batch size. When the device has no memory for the
+ * step's activations it fails with FL_ENOMEM (the model stays usable; so does the training step
+ * below). */
 int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err);
 
 /* One flow-matching training step's loss and gradients: x_t = (1 - t) x0 + t noise with
@@ -261,5 +263,41 @@ size_t fl_flux_activation_bytes(const fl_flux_model *m);
  * and for every-row steps adapter change; a per-sample forward also plans again after an
  * adapter of a rank larger than any before is attached). */
 uint64_t fl_flux_plan_count(const fl_flux_model *m);
+
+/* ---- memory, before any is allocated -------------------------------------------------------- */
+
+/* One step of a job, as far as its memory depends on it. */
+typedef struct fl_flux_job_shape {
+    fl_device_kind device; /* the workers' device kind: its storage dtype (F32 CPU, BF16 CUDA) */
+    int batch;             /* samples per step: the images of a generation batch, a training batch */
+    int64_t image_tokens;  /* per sample */
+    int64_t text_tokens;   /* per sample */
+    bool training;         /* a LoRA training step (forward and backward) instead of a forward */
+    int lora_rank;         /* training: the trainable adapter's rank */
+    const char *targets;   /* training: target set or regular expression (NULL: "all") */
+    int n_adapters;        /* generation: adapters applied per sample (per-sample mode) */
+    int adapter_rank;      /* generation: their largest rank */
+    int64_t adapter_params; /* generation: elements of their A and B matrices, all together */
+    int threads;           /* CPU threads the step runs on (their scratch; 0: one) */
+} fl_flux_job_shape;
+
+/* Bytes on the model's device (on the CPU, of host memory). */
+typedef struct fl_flux_memory {
+    size_t weights;     /* the base model in the storage dtype */
+    size_t adapters;    /* training: the trainable adapter and its gradients (f32); generation:
+                         * the frozen adapters' matrices in the storage dtype */
+    size_t optimizer;   /* training: AdamW moments (f32) */
+    size_t activations; /* the step's activation arena, measured in planning mode */
+    size_t inputs;      /* the step's input tensors and the kernels' scratch outside the arena */
+    size_t total;
+} fl_flux_memory;
+
+/* The memory a step of shape s takes on a model with parameters p, found without allocating any
+ * of it: a skeleton model (shapes, no storage) runs the step in planning mode against a measuring
+ * arena, as the real step plans its arena. Fails with FL_EINVAL for out-of-range shapes and for
+ * training targets that are not a target set or a valid expression, or select no Linear (the
+ * message names the targets as fl_flux_select_targets does). Cheap: no weights, no data. */
+int fl_flux_estimate_memory(const fl_flux_params *p, const fl_flux_job_shape *s, fl_flux_memory *out,
+                            fl_error *err);
 
 #endif

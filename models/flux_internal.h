@@ -141,4 +141,8 @@ struct fl_flux_model {
 void flux_run_forward(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *img);
 void flux_run_backward(fl_flux_model *m);
 
+/* flux_model.c: the structure of a model with parameters p on ctx (Linears, blocks, parameter
+ * table) and no memory for anything: what flux_estimate.c plans against. */
+fl_flux_model *flux_model_skeleton(fl_ctx *ctx, const fl_flux_params *p);
+
 #endif

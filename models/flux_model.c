@@ -519,7 +519,8 @@ int fl_flux_check_inputs(const fl_flux_model *m, const fl_flux_inputs *in, fl_er
 
 /* Runs forward (and for training, the backward) once in planning mode when the shape changed,
  * then allocates the arena; afterwards resets it for the real run. */
-static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise, int mode);
+static int plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise, int mode,
+                fl_error *err);
 
 static void begin_step(fl_flux_model *m, const fl_flux_inputs *in, int mode) {
     flux_acts *a = &m->acts;
@@ -569,7 +570,8 @@ static void plan_remember(fl_flux_model *m, const flux_plan_key *key) {
     m->plans[0] = *key;
 }
 
-static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise, int mode) {
+static int plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0, const fl_tensor *noise, int mode,
+                fl_error *err) {
     flux_acts *a = &m->acts;
     flux_plan_key key;
     key.mode = m->per_sample ? 3 : mode;
@@ -579,7 +581,7 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
     key.stamp = m->per_sample ? (uint64_t)m->rank_reserve : m->adapters_version;
     if (m->arena_memory && plan_known(m, &key)) {
         fl_arena_init(&m->arena, m->arena_memory, m->arena_bytes, m->ctx->device);
-        return;
+        return 0;
     }
     m->plan_count++;
     fl_arena_init_measure(&m->arena, m->ctx->device);
@@ -594,10 +596,15 @@ static void plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0
         fl_ctx_free(m->ctx, m->arena_memory);
         m->arena_bytes = need;
         m->arena_memory = fl_ctx_alloc(m->ctx, m->arena_bytes ? m->arena_bytes : 1);
-        FL_CHECKF(m->arena_memory, "out of device memory for %zu bytes of activations", m->arena_bytes);
+        if (!m->arena_memory) { /* the step fails, the model stays usable (it plans again next time) */
+            m->arena_bytes = 0;
+            m->n_plans = 0; /* every plan measured so far needs the arena again */
+            return fl_fail(err, FL_ENOMEM, "out of device memory for %zu bytes of activations", need);
+        }
     }
     fl_arena_init(&m->arena, m->arena_memory, m->arena_bytes, m->ctx->device);
     plan_remember(m, &key);
+    return 0;
 }
 
 int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, fl_error *err) {
@@ -610,7 +617,7 @@ int fl_flux_forward(fl_flux_model *m, const fl_flux_inputs *in, fl_tensor *out, 
             if (check_sample(m, b, &m->sample_sel[b], err) != 0) return -1;
     }
     begin_step(m, in, 1);
-    plan(m, in, NULL, NULL, 1);
+    if (plan(m, in, NULL, NULL, 1, err) != 0) return -1;
     flux_run_forward(m, in, in->img);
     *out = m->acts.out;
     return 0;
@@ -626,7 +633,7 @@ int fl_flux_loss_and_grads(fl_flux_model *m, const fl_flux_inputs *in, const fl_
     if (!fl_tensor_same_shape(x0, noise) || noise->dtype != m->dtype)
         return fl_fail(err, FL_EINVAL, "training: noise must match x0");
     begin_step(m, &shaped, 2);
-    plan(m, &shaped, x0, noise, 2);
+    if (plan(m, &shaped, x0, noise, 2, err) != 0) return -1;
     training_step(m, &shaped, x0, noise, loss);
     return 0;
 }
@@ -637,4 +644,11 @@ size_t fl_flux_activation_bytes(const fl_flux_model *m) {
 
 uint64_t fl_flux_plan_count(const fl_flux_model *m) {
     return m->plan_count;
+}
+
+fl_flux_model *flux_model_skeleton(fl_ctx *ctx, const fl_flux_params *p) {
+    fl_flux_model *m = model_new(ctx, p);
+    for (size_t i = 0; i < m->n_params; i++) /* shapes for the ops' checks, no storage */
+        *m->values[i] = fl_tensor_make(NULL, m->dtype, ctx->device, m->decls[i].ndim, m->decls[i].shape);
+    return m;
 }

@@ -40,6 +40,13 @@ fl_api_config fl_api_config_default(void) {
     c.max_text_tokens = 32;
     c.sync_timeout_s = 120;
     c.retry_after_s = 2;
+    c.job_device = FL_DEVICE_CPU;
+    c.max_job_memory = fl_api_default_job_memory();
+    c.max_generation_work = 1310720;
+    c.max_training_work = 16384000;
+    c.max_adapter_bytes = (size_t)2 << 30;
+    c.max_metadata_bytes = (size_t)64 << 10;
+    c.max_page_bytes = (size_t)1 << 20;
     return c;
 }
 
@@ -120,6 +127,8 @@ int fl_api_status_of(fl_error_code code) {
 }
 
 void fl_api_reply_err(fl_http_response *res, const fl_error *err) {
+    /* the HTTP layer takes server paths out of the message; the log keeps them */
+    if (strchr(err->message, '/')) fl_log_info("reply: %s", err->message);
     fl_http_reply_error(res, fl_api_status_of(err->code), fl_error_code_name(err->code), "%s", err->message);
 }
 
@@ -371,7 +380,7 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
     case ROUTE_IMAGE: fl_api_images_get(api, r, tenant, id, res); break;
     case ROUTE_ADAPTERS:
         if (!strcmp(req->method, "POST")) fl_api_adapters_import(api, r, tenant, req, res);
-        else fl_api_adapters_list(r, tenant, req, res);
+        else fl_api_adapters_list(api, r, tenant, req, res);
         break;
     case ROUTE_ADAPTER: fl_api_adapters_one(api, r, tenant, id, req, res); break;
     default: fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path); break;

@@ -13,8 +13,10 @@
  *
  * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
  * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming
- * the field; bodies over the limits 413; full queues 429 with Retry-After; Redis unreachable 503;
- * a full disk (or Redis refusing writes it cannot persist) 507.
+ * the field; bodies over the limits 413; jobs whose memory or work is over the admission limits
+ * 422 (api_admit.c); full queues 429 with Retry-After; Redis unreachable 503; a full disk (or
+ * Redis refusing writes it cannot persist) 507. POST /v1/adapters with a "url" is an import job
+ * (202).
  */
 #ifndef FL_SERVE_API_H
 #define FL_SERVE_API_H
@@ -46,9 +48,23 @@ typedef struct fl_api_config {
     int retry_after_s;           /* Retry-After of a 429 (default 2) */
     bool allow_private_urls;     /* fetch images_url / adapter URLs on loopback and private networks */
     fl_metrics *metrics;         /* required */
+    /* Admission (api_admit.c): what one job may cost. */
+    fl_device_kind job_device;   /* the workers' device kind: the memory estimate's storage dtype (cpu) */
+    size_t max_job_memory;       /* bytes one job may take on its worker (default: half the physical
+                                  * memory, fl_api_default_job_memory) */
+    int64_t max_generation_work; /* width x height x steps x num_images (default 1310720: 8 images
+                                  * of 64x64 at 40 steps, one 256x256 at 20) */
+    int64_t max_training_work;   /* resolution^2 x steps x batch_size (default 16384000: 64x64 x
+                                  * 1000 steps x batch 4) */
+    /* Bounded inputs and outputs (api_adapters.c). */
+    size_t max_adapter_bytes;    /* an adapter file downloaded from a URL (default 2 GiB) */
+    size_t max_metadata_bytes;   /* an imported adapter's metadata, as JSON (default 64 KiB) */
+    size_t max_page_bytes;       /* one page of GET /v1/adapters (default 1 MiB) */
 } fl_api_config;
 
 fl_api_config fl_api_config_default(void);
+/* Half the machine's physical memory: the default --max-job-memory of a CPU service. */
+size_t fl_api_default_job_memory(void);
 
 typedef struct fl_api fl_api;
 int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err);

@@ -1,7 +1,8 @@
 /*
- * api_adapters.c — the adapter routes of the API: list (paginated), import by upload or URL
- * (converted once to the canonical layout and checked against the base model), get and delete.
- * A tenant sees only its own adapters; another tenant's is "not found".
+ * api_adapters.c — the adapter routes of the API: list (paginated, each page bounded in bytes),
+ * import by upload (converted once to the canonical layout and checked against the base model,
+ * metadata bounded) or by URL (an import job: the worker streams the file to disk within a size
+ * limit), get and delete. A tenant sees only its own adapters; another tenant's is "not found".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,9 @@
 
 #include <jansson.h>
 
+#include "datasets/fetch.h"
 #include "serve/api_internal.h"
+#include "serve/jobs.h"
 
 json_t *fl_api_adapter_json(const fl_adapter_info *a) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I}", "id", a->id, "name", a->name,
@@ -29,7 +32,8 @@ int fl_api_find_adapter(fl_redis *r, const char *tenant, const char *id_or_name,
     return -1;
 }
 
-void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res) {
+void fl_api_adapters_list(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                          fl_http_response *res) {
     fl_error err = {0};
     long long offset = 0, limit = 50;
     const char *q_off = fl_http_query(req, "offset"), *q_lim = fl_http_query(req, "limit");
@@ -40,7 +44,9 @@ void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request
         { fl_http_reply_error(res, 400, "invalid_input", "query 'limit': expected an integer in [1, 500]"); return; }
     fl_adapter_info *items = NULL;
     size_t n = 0, total = 0;
-    if (fl_registry_list(r, tenant, (size_t)offset, (size_t)limit, &items, &n, &total, &err) != 0) {
+    /* A page ends early past --max-page-bytes (next_offset says where the rest starts). */
+    if (fl_registry_list_bounded(r, tenant, (size_t)offset, (size_t)limit, api->cfg.max_page_bytes, &items, &n, &total,
+                                 &err) != 0) {
         fl_api_reply_err(res, &err);
         return;
     }
@@ -56,6 +62,55 @@ void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request
     fl_http_reply_json(res, 200, o);
 }
 
+/* An import by URL: checked now (a malformed URL, a loopback or private host, a name taken are 400
+ * / 409), fetched by a worker as an import job (202); the job's result names the adapter. */
+static void import_by_url(fl_api *api, fl_redis *r, const char *tenant, fl_adapter_import_request *ir,
+                          fl_http_response *res) {
+    fl_error err = {0};
+    if (fl_fetch_check_url(ir->url, api->cfg.allow_private_urls, &err) != 0) {
+        fl_fail_prefix(&err, "field 'url'");
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    if (ir->name[0]) {
+        fl_adapter_info taken;
+        if (fl_registry_lookup(r, tenant, ir->name, &taken, &err) == 0) {
+            fl_adapter_info_clear(&taken);
+            fl_http_reply_error(res, 409, "conflict", "field 'name': this tenant already has an adapter named '%s'",
+                                ir->name);
+            return;
+        }
+    }
+    ir->max_bytes = (int64_t)api->cfg.max_adapter_bytes;
+    ir->max_metadata_bytes = (int64_t)api->cfg.max_metadata_bytes;
+    json_t *job = fl_adapter_import_request_to_json(ir);
+    char *text = json_dumps(job, JSON_COMPACT);
+    json_decref(job);
+    char job_id[FL_ID_MAX];
+    fl_jobs_new_id("job", job_id);
+    bool full = false;
+    int rc = fl_jobs_enqueue(r, FL_JOB_IMPORT, job_id, tenant, text, api->cfg.max_pending_train, &full, &err);
+    free(text);
+    if (rc != 0) {
+        fl_api_reply_err(res, &err);
+        return;
+    }
+    if (full) {
+        char retry[16];
+        snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
+        fl_http_reply_error(res, 429, "queue_full", "the import and training queue is full (%ld jobs waiting or "
+                                                    "running); retry later", api->cfg.max_pending_train);
+        fl_http_add_header(res, "Retry-After", retry);
+        return;
+    }
+    char status_url[160], events_url[160];
+    snprintf(status_url, sizeof status_url, "/v1/jobs/%s", job_id);
+    snprintf(events_url, sizeof events_url, "/v1/jobs/%s/events", job_id);
+    fl_http_add_header(res, "Location", status_url);
+    fl_http_reply_json(res, 202, json_pack("{s:s, s:s, s:s, s:s}", "job_id", job_id, "status", "queued",
+                                           "status_url", status_url, "events_url", events_url));
+}
+
 void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
                             fl_http_response *res) {
     fl_error err = {0};
@@ -67,22 +122,28 @@ void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
     fl_adapter_info info;
     memset(&info, 0, sizeof info);
     int rc = fl_adapter_import_request_decode(o, source, &ir, &err);
+    json_decref(o);
     const char *name = rc == 0 && ir.name[0] ? ir.name : NULL, *trigger = rc == 0 ? ir.trigger_word : NULL;
-    const char *url = rc == 0 ? ir.url : NULL;
-    if (rc == 0 && !file && !url)
+    if (rc == 0 && !file && !ir.url)
         rc = fl_fail(&err, FL_EINVAL, "field 'file' (a multipart file) or 'url' is required");
-    if (rc == 0 && file && url) rc = fl_fail(&err, FL_EINVAL, "give either 'file' or 'url', not both");
+    if (rc == 0 && file && ir.url) rc = fl_fail(&err, FL_EINVAL, "give either 'file' or 'url', not both");
+    if (rc == 0 && ir.url) {
+        import_by_url(api, r, tenant, &ir, res);
+        fl_adapter_import_request_clear(&ir);
+        return;
+    }
     if (rc == 0) {
         snprintf(info.tenant, sizeof info.tenant, "%s", tenant);
         if (name) snprintf(info.name, sizeof info.name, "%s", name);
         if (trigger) snprintf(info.trigger, sizeof info.trigger, "%s", trigger);
         snprintf(info.base_model, sizeof info.base_model, "%s", api->cfg.base_model_hash);
-        if (!url) snprintf(info.source, sizeof info.source, "upload"); /* a URL is recorded without its query */
-        rc = url ? fl_registry_import_url(r, api->store, &api->cfg.params, url, api->cfg.allow_private_urls, &info, &err)
-                 : fl_registry_import_bytes(r, api->store, &api->cfg.params, file->data, file->size, &info, &err);
+        snprintf(info.source, sizeof info.source, "upload");
+        fl_import_limits limits = fl_import_limits_default();
+        limits.max_metadata_bytes = api->cfg.max_metadata_bytes;
+        rc = fl_registry_import_bytes_limited(r, api->store, &api->cfg.params, file->data, file->size, &limits, &info,
+                                              &err);
     }
     fl_adapter_import_request_clear(&ir);
-    json_decref(o);
     if (rc != 0) {
         fl_adapter_info_clear(&info);
         fl_api_reply_err(res, &err);

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "datasets/imageset.h"
 #include "serve/api.h"
 #include "serve/http.h"
 #include "serve/redis.h"
@@ -47,7 +48,8 @@ json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source,
 json_t *fl_api_adapter_json(const fl_adapter_info *a);
 /* An adapter of the tenant by id, else by name; FL_ENOTFOUND naming it otherwise. */
 int fl_api_find_adapter(fl_redis *r, const char *tenant, const char *id_or_name, fl_adapter_info *out, fl_error *err);
-void fl_api_adapters_list(fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res);
+void fl_api_adapters_list(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                          fl_http_response *res);
 void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
                             fl_http_response *res);
 void fl_api_adapters_one(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
@@ -62,6 +64,13 @@ void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_re
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
                         fl_http_response *res);
 void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res);
+
+/* api_admit.c: a job's memory and work against the limits (FL_ELIMIT naming the limit and the
+ * figure; FL_EINVAL for bad training targets); fills the request's max_decoded_pixels (training:
+ * set is the upload's summary, NULL for images_url) or batch_images (generation). */
+int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_summary *set, fl_error *err);
+int fl_api_admit_generation(fl_api *api, fl_generate_request *gr, const fl_adapter_info *adapters, int n_adapters,
+                            fl_error *err);
 
 /* api_ops.c: no key needed */
 void fl_api_healthz(fl_api *api, fl_http_response *res);

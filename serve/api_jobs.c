@@ -13,6 +13,8 @@
 
 #include "core/clock.h"
 #include "core/fileio.h"
+#include "core/log.h"
+#include "datasets/fetch.h"
 #include "datasets/imageset.h"
 #include "serve/api_internal.h"
 #include "serve/jobs.h"
@@ -75,27 +77,42 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
     char job_id[FL_ID_MAX];
     fl_jobs_new_id("job", job_id);
     char upload_path[4500] = "";
+    /* Check the set now from its images' headers (nothing is decoded here: the worker decodes, within
+     * the budget admission gives it), so a broken upload is a 400 and not a failed job. */
+    fl_imageset_summary set;
+    memset(&set, 0, sizeof set);
     if (rc == 0 && archive) {
-        /* Validate the set now, so a broken upload is a 400 and not a failed job. */
         fl_imageset_limits limits = fl_imageset_limits_default();
-        fl_imageset *set = NULL;
         const char *label = archive->filename && *archive->filename ? archive->filename : "images.zip";
-        rc = fl_imageset_load_memory(archive->data, archive->size, label, &limits, &set, &err);
-        fl_imageset_free(set);
-        const char *ext = strstr(label, ".tar.gz") ? ".tar.gz" : strrchr(label, '.') ? strrchr(label, '.') : ".zip";
-        char file[160];
-        snprintf(file, sizeof file, "%s%.10s", job_id, ext);
-        snprintf(upload_path, sizeof upload_path, "%s/uploads/%s", api->cfg.state_dir, file);
-        if (rc == 0) rc = fl_write_file_atomic(upload_path, archive->data, archive->size, &err);
-        if (rc != 0) upload_path[0] = '\0';
-        if (rc == 0) {
+        rc = fl_imageset_inspect_memory(archive->data, archive->size, label, &limits, &set, &err);
+    }
+    /* A URL must at least be one (its host's address is checked when the worker connects). */
+    if (rc == 0 && !archive && fl_fetch_check_url(tr.images, true, &err) != 0)
+        rc = fl_fail_prefix(&err, "field 'images_url'");
+    bool refused = false; /* by admission: 422 */
+    if (rc == 0) {
+        rc = fl_api_admit_training(api, &tr, archive ? &set : NULL, &err);
+        refused = rc != 0 && err.code == FL_ELIMIT;
+    }
+    if (rc == 0 && archive) {
+        /* The file is named by the job and the archive's detected kind, never by the client. */
+        snprintf(upload_path, sizeof upload_path, "%s/uploads/%s%s", api->cfg.state_dir, job_id,
+                 set.archive_ext ? set.archive_ext : ".zip");
+        rc = fl_write_file_atomic(upload_path, archive->data, archive->size, &err);
+        if (rc != 0) {
+            fl_log_warn("storing the upload of %s: %s", job_id, err.message);
+            if (err.code == FL_ENOSPACE) fl_fail(&err, FL_ENOSPACE, "the upload could not be stored: the service's disk is full");
+            else fl_fail(&err, FL_EIO, "the upload could not be stored; retry later");
+            upload_path[0] = '\0';
+        } else {
             tr.images = fl_xstrdup(upload_path);
             tr.source = fl_xstrdup("upload");
         }
     }
     if (rc != 0) {
         fl_train_request_clear(&tr);
-        fl_api_reply_err(res, &err);
+        if (refused) fl_http_reply_error(res, 422, "limit_exceeded", "%s", err.message);
+        else fl_api_reply_err(res, &err);
         return;
     }
     json_t *job = fl_train_request_to_json(&tr);
@@ -343,26 +360,34 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     int rc = fl_generate_request_decode(o, source, &api->limits, &gr, &err);
     json_decref(o);
     /* Resolve each adapter (id or name) to its file, made for this base model. */
+    fl_adapter_info infos[FL_REQ_MAX_ADAPTERS];
+    memset(infos, 0, sizeof infos);
     for (int i = 0; rc == 0 && i < gr.n_adapters; i++) {
         fl_request_adapter *a = &gr.adapters[i];
-        fl_adapter_info info;
-        if (fl_api_find_adapter(r, tenant, a->id, &info, &err) != 0) {
+        fl_adapter_info *info = &infos[i];
+        if (fl_api_find_adapter(r, tenant, a->id, info, &err) != 0) {
             rc = -1;
             break;
         }
-        if (strcmp(info.base_model, api->cfg.base_model_hash) != 0)
+        if (strcmp(info->base_model, api->cfg.base_model_hash) != 0)
             rc = fl_fail(&err, FL_EINVAL, "field 'adapters[%d]': adapter %s was made for base model %.12s, not %.12s", i,
-                         info.id, info.base_model, api->cfg.base_model_hash);
-        snprintf(a->id, sizeof a->id, "%s", info.id);
-        memcpy(a->sha256, info.sha256, sizeof a->sha256);
-        fl_adapter_info_clear(&info);
+                         info->id, info->base_model, api->cfg.base_model_hash);
+        memcpy(a->id, info->id, sizeof a->id); /* both FL_ID_MAX, NUL-terminated */
+        memcpy(a->sha256, info->sha256, sizeof a->sha256);
+        fl_adapter_info_clear(info);
+    }
+    gr.max_text_tokens = api->cfg.max_text_tokens;
+    bool refused = false; /* by admission: 422 */
+    if (rc == 0) {
+        rc = fl_api_admit_generation(api, &gr, infos, gr.n_adapters, &err);
+        refused = rc != 0 && err.code == FL_ELIMIT;
     }
     if (rc != 0) {
         fl_generate_request_clear(&gr);
-        fl_api_reply_err(res, &err);
+        if (refused) fl_http_reply_error(res, 422, "limit_exceeded", "%s", err.message);
+        else fl_api_reply_err(res, &err);
         return;
     }
-    gr.max_text_tokens = api->cfg.max_text_tokens;
     bool sync = gr.sync;
     json_t *job = fl_generate_request_to_json(&gr);
     fl_generate_request_clear(&gr);

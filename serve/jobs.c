@@ -50,21 +50,21 @@ static const char *const finish_script =
     "redis.call('HINCRBY', KEYS[2], st, -1)\n"
     "redis.call('HINCRBY', KEYS[2], ARGV[1], 1)\n"
     "redis.call('HSET', KEYS[1], 'state', ARGV[1], ARGV[2], ARGV[3], 'updated_ms', ARGV[4], 'finished_ms', ARGV[4])\n"
-    "local queue = redis.call('HGET', KEYS[1], 'kind') == 'train' and KEYS[3] or KEYS[4]\n"
+    "local queue = redis.call('HGET', KEYS[1], 'kind') == 'generate' and KEYS[4] or KEYS[3]\n"
     "if redis.call('DECR', queue) < 0 then redis.call('SET', queue, 0) end\n"
     "redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'data', ARGV[5])\n"
     "return 1\n";
 
 const char *fl_job_kind_name(fl_job_kind kind) {
-    return kind == FL_JOB_TRAIN ? "train" : "generate";
+    return kind == FL_JOB_TRAIN ? "train" : kind == FL_JOB_IMPORT ? "import" : "generate";
 }
 
 const char *fl_job_stream_key(fl_job_kind kind) {
-    return kind == FL_JOB_TRAIN ? "fl:stream:train" : "fl:stream:generate";
+    return kind == FL_JOB_GENERATE ? "fl:stream:generate" : "fl:stream:train";
 }
 
 static const char *queue_key(fl_job_kind kind) {
-    return kind == FL_JOB_TRAIN ? "fl:queue:train" : "fl:queue:generate";
+    return kind == FL_JOB_GENERATE ? "fl:queue:generate" : "fl:queue:train";
 }
 
 void fl_job_clear(fl_job *job) {
@@ -171,7 +171,8 @@ int fl_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_job *out, fl
         const char *s = v->type == REDIS_REPLY_STRING ? v->str : "";
         if (!strcmp(k, "id")) copy_field(out->id, sizeof out->id, v);
         else if (!strcmp(k, "tenant")) copy_field(out->tenant, sizeof out->tenant, v);
-        else if (!strcmp(k, "kind")) out->kind = !strcmp(s, "train") ? FL_JOB_TRAIN : FL_JOB_GENERATE;
+        else if (!strcmp(k, "kind"))
+            out->kind = !strcmp(s, "train") ? FL_JOB_TRAIN : !strcmp(s, "import") ? FL_JOB_IMPORT : FL_JOB_GENERATE;
         else if (!strcmp(k, "state")) copy_field(out->state, sizeof out->state, v);
         else if (!strcmp(k, "worker")) copy_field(out->worker, sizeof out->worker, v);
         else if (!strcmp(k, "request")) out->request_json = dup_field(v);

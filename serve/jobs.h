@@ -27,9 +27,11 @@
 
 #define FL_JOBS_GROUP "workers"
 
-typedef enum fl_job_kind { FL_JOB_TRAIN = 0, FL_JOB_GENERATE = 1 } fl_job_kind;
+/* An import (an adapter fetched from a URL) shares the training jobs' stream and queue bound: both
+ * are long, one at a time per worker. */
+typedef enum fl_job_kind { FL_JOB_TRAIN = 0, FL_JOB_GENERATE = 1, FL_JOB_IMPORT = 2 } fl_job_kind;
 
-const char *fl_job_kind_name(fl_job_kind kind);     /* "train", "generate" */
+const char *fl_job_kind_name(fl_job_kind kind);     /* "train", "generate", "import" */
 const char *fl_job_stream_key(fl_job_kind kind);    /* "fl:stream:train", ... */
 
 typedef struct fl_job {

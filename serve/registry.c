@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,8 +38,6 @@
 #include "datasets/imageset.h"
 
 #define KEY_MAX 256
-#define METADATA_JSON_MAX (4u << 20)      /* bytes of an imported file's metadata kept in Redis */
-#define IMPORT_URL_MAX_BYTES (2ull << 30) /* adapter downloads: 2 GiB */
 #define CREATE_RETRIES 100                /* waits of 20 ms for a concurrent file removal */
 
 /* KEYS: adapter hash, tenant's sorted set, tenant's names hash, blob count.
@@ -298,8 +297,17 @@ int fl_registry_lookup(fl_redis *r, const char *tenant, const char *name_or_trig
     return 0;
 }
 
+size_t fl_registry_entry_bytes(const fl_adapter_info *a) {
+    return sizeof *a + (a->metadata_json ? strlen(a->metadata_json) : 0);
+}
+
 int fl_registry_list(fl_redis *r, const char *tenant, size_t offset, size_t limit, fl_adapter_info **items,
                      size_t *n, size_t *total, fl_error *err) {
+    return fl_registry_list_bounded(r, tenant, offset, limit, 0, items, n, total, err);
+}
+
+int fl_registry_list_bounded(fl_redis *r, const char *tenant, size_t offset, size_t limit, size_t max_bytes,
+                             fl_adapter_info **items, size_t *n, size_t *total, fl_error *err) {
     *items = NULL;
     *n = 0;
     *total = 0;
@@ -321,13 +329,19 @@ int fl_registry_list(fl_redis *r, const char *tenant, size_t offset, size_t limi
     if (!reply) return -1;
     size_t count = reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
     fl_adapter_info *out = fl_xcalloc(count ? count : 1, sizeof *out);
-    size_t got = 0;
+    size_t got = 0, bytes = 0;
     int rc = 0;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0; i < count && !(max_bytes && got > 0 && bytes >= max_bytes); i++) {
         const redisReply *e = reply->element[i];
         if (e->type != REDIS_REPLY_STRING || e->len >= FL_ID_MAX) continue;
         fl_error one = {0};
         if (get_entry(r, tenant, e->str, &out[got], &one) == 0) {
+            size_t more = fl_registry_entry_bytes(&out[got]);
+            if (max_bytes && got > 0 && bytes + more > max_bytes) { /* the next page starts with it */
+                fl_adapter_info_clear(&out[got]);
+                break;
+            }
+            bytes += more;
             got++;
         } else if (one.code != FL_ENOTFOUND) { /* deleted since ZRANGE: skip; Redis gone: fail */
             if (err) *err = one;
@@ -407,8 +421,17 @@ static double metadata_number(const fl_safetensors *st, const char *key) {
     return end != v && !*end && isfinite(x) && x > 0 ? x : 0;
 }
 
-/* The file's metadata as a JSON object (text malloc'ed). */
-static int metadata_to_json(const fl_safetensors *st, char **out, fl_error *err) {
+fl_import_limits fl_import_limits_default(void) {
+    return (fl_import_limits){
+        .max_metadata_bytes = (size_t)64 << 10,
+        .max_download_bytes = (size_t)2 << 30,
+        .timeout_seconds = 60,
+        .allow_private = false,
+    };
+}
+
+/* The file's metadata as a JSON object (text malloc'ed), at most max_bytes of it. */
+static int metadata_to_json(const fl_safetensors *st, size_t max_bytes, char **out, fl_error *err) {
     json_t *obj = json_object();
     for (size_t i = 0; i < fl_safetensors_metadata_count(st); i++) {
         const char *key, *value;
@@ -418,12 +441,24 @@ static int metadata_to_json(const fl_safetensors *st, char **out, fl_error *err)
     *out = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(obj);
     FL_CHECK(*out);
-    if (strlen(*out) > METADATA_JSON_MAX) {
+    size_t n = strlen(*out);
+    if (n > max_bytes) {
         free(*out);
         *out = NULL;
-        return fl_fail(err, FL_ELIMIT, "the file's metadata exceeds %u MiB", METADATA_JSON_MAX >> 20);
+        return fl_fail(err, FL_ELIMIT, "the file's metadata is %zu bytes as JSON, over the %zu-byte limit", n,
+                       max_bytes);
     }
     return 0;
+}
+
+/* A failure of the store's files becomes a message without its paths (they are logged). */
+static int store_failed(fl_error *err, const char *what) {
+    if (!err) return -1;
+    fl_log_warn("import: %s: %s", what, err->message);
+    if (err->code == FL_EINVAL || err->code == FL_ELIMIT) return -1; /* about the adapter, not the store */
+    if (err->code == FL_ENOSPACE)
+        return fl_fail(err, FL_ENOSPACE, "the adapter store could not keep the file (%s): the service's disk is full", what);
+    return fl_fail(err, FL_EIO, "the adapter store could not keep the file (%s); retry later", what);
 }
 
 /* Writes the canonical file for l to a new temporary path under the store (malloc'ed). */
@@ -432,7 +467,8 @@ static char *write_canonical(fl_store *store, const fl_lora *l, const fl_safeten
     if (asprintf(&tmp, "%s/blobs/.tmp-import-XXXXXX", fl_store_root(store)) < 0) FL_CHECK(!"out of memory");
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
-        fl_fail(err, FL_EIO, "cannot create a file under %s: %s", fl_store_root(store), strerror(errno));
+        fl_log_warn("import: cannot create a file under %s: %s", fl_store_root(store), strerror(errno));
+        fl_fail(err, FL_EIO, "the adapter store cannot take a file now (%s); retry later", strerror(errno));
         free(tmp);
         return NULL;
     }
@@ -450,6 +486,7 @@ static char *write_canonical(fl_store *store, const fl_lora *l, const fl_safeten
     int rc = fl_lora_save(l, FL_LORA_CANONICAL, tmp, meta, m, err);
     free(meta);
     if (rc != 0) {
+        store_failed(err, "writing the canonical file");
         unlink(tmp);
         free(tmp);
         return NULL;
@@ -469,9 +506,10 @@ static int create_stored(fl_redis *r, fl_store *store, const fl_adapter_info *a,
         if (attempt == CREATE_RETRIES)
             return fl_fail(err, FL_EUNAVAILABLE, "adapter file %s is being removed; retry", a->sha256);
         fl_sleep_ms(20);
-        if (fl_store_put_file(store, canonical_path, hex, err) != 0) return -1;
+        if (fl_store_put_file(store, canonical_path, hex, err) != 0) return store_failed(err, "storing the file");
     }
-    if (!fl_store_has(store, a->sha256) && fl_store_put_file(store, canonical_path, hex, err) != 0) return -1;
+    if (!fl_store_has(store, a->sha256) && fl_store_put_file(store, canonical_path, hex, err) != 0)
+        return store_failed(err, "storing the file");
     return 0;
 }
 
@@ -491,6 +529,13 @@ static void drop_if_unused(fl_redis *r, fl_store *store, const char *sha256) {
 
 int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params *p, const void *data, size_t size,
                              fl_adapter_info *inout, fl_error *err) {
+    fl_import_limits limits = fl_import_limits_default();
+    return fl_registry_import_bytes_limited(r, store, p, data, size, &limits, inout, err);
+}
+
+int fl_registry_import_bytes_limited(fl_redis *r, fl_store *store, const fl_flux_params *p, const void *data,
+                                     size_t size, const fl_import_limits *limits, fl_adapter_info *inout,
+                                     fl_error *err) {
     if (check_info(inout, false, err) != 0) return -1;
     if (fl_flux_params_validate(p, err) != 0) return fl_fail_prefix(err, "base model parameters");
     if (!data || size == 0) return fl_fail(err, FL_EINVAL, "the adapter file is empty");
@@ -514,14 +559,18 @@ int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params 
         goto done;
     }
     if (fl_safetensors_open_memory(data, size, &st, err) != 0) goto done; /* parsed above: cannot fail */
-    if (metadata_to_json(st, &metadata, err) != 0) goto done;
+    if (metadata_to_json(st, limits->max_metadata_bytes, &metadata, err) != 0) goto done;
     canonical = write_canonical(store, l, st, err);
     if (!canonical) goto done;
     char hex[65];
-    if (fl_store_put_file(store, canonical, hex, err) != 0) goto done;
+    if (fl_store_put_file(store, canonical, hex, err) != 0) {
+        store_failed(err, "storing the file");
+        goto done;
+    }
     struct stat sb;
     if (stat(canonical, &sb) != 0) {
-        fl_fail(err, FL_EIO, "%s: %s", canonical, strerror(errno));
+        fl_fail(err, FL_EIO, "the stored file cannot be read back (%s)", strerror(errno));
+        store_failed(err, "reading the file back");
         goto done;
     }
 
@@ -565,26 +614,59 @@ done:
     return rc;
 }
 
+int fl_registry_import_file(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *path,
+                            const fl_import_limits *limits, fl_adapter_info *inout, fl_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fl_log_warn("import: %s: %s", path, fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0) close(fd);
+        return fl_fail(err, FL_EIO, "the adapter file could not be read");
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return fl_fail(err, FL_EINVAL, "the adapter file is empty");
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return fl_fail(err, FL_EIO, "the adapter file could not be read (%s)", strerror(errno));
+    int rc = fl_registry_import_bytes_limited(r, store, p, map, (size_t)st.st_size, limits, inout, err);
+    munmap(map, (size_t)st.st_size);
+    return rc;
+}
+
 int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *url,
-                           bool allow_private, fl_adapter_info *inout, fl_error *err) {
+                           const fl_import_limits *limits, fl_adapter_info *inout, fl_error *err) {
     if (!url || !*url) return fl_fail(err, FL_EINVAL, "no URL");
     if (check_info(inout, false, err) != 0) return -1;
-    fl_fetch_limits limits = {(size_t)IMPORT_URL_MAX_BYTES, fl_imageset_limits_default().url_timeout_seconds,
-                              allow_private};
-    unsigned char *data = NULL;
-    size_t size = 0;
-    if (fl_fetch_url(url, &limits, &data, &size, err) != 0) return fl_fail_prefix(err, "downloading the adapter");
-    if (!inout->source[0]) { /* the URL without its query or fragment, which may carry a token */
-        size_t n = strcspn(url, "?#");
-        if (n >= sizeof inout->source) n = sizeof inout->source - 1;
-        memcpy(inout->source, url, n);
-        inout->source[n] = '\0';
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)inout->source[i] < 0x20 || inout->source[i] == 0x7f) inout->source[i] = '?';
-        if (!fl_utf8_valid(inout->source, n))
-            snprintf(inout->source, sizeof inout->source, "url");
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s/blobs/.tmp-download-XXXXXX", fl_store_root(store)) < 0) FL_CHECK(!"out of memory");
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        fl_log_warn("import: cannot create a file under %s: %s", fl_store_root(store), strerror(errno));
+        free(tmp);
+        return fl_fail(err, FL_EIO, "the adapter store cannot take a download now (%s); retry later", strerror(errno));
     }
-    int rc = fl_registry_import_bytes(r, store, p, data, size, inout, err);
-    free(data);
+    fl_fetch_limits fetch = {limits->max_download_bytes, limits->timeout_seconds, limits->allow_private,
+                             limits->progress, limits->progress_arg};
+    size_t size = 0;
+    int rc = fl_fetch_url_to_fd(url, &fetch, fd, &size, err);
+    close(fd);
+    if (rc != 0) {
+        fl_fail_prefix(err, "downloading the adapter");
+    } else {
+        if (!inout->source[0]) { /* the URL without its query or fragment, which may carry a token */
+            size_t n = strcspn(url, "?#");
+            if (n >= sizeof inout->source) n = sizeof inout->source - 1;
+            memcpy(inout->source, url, n);
+            inout->source[n] = '\0';
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)inout->source[i] < 0x20 || inout->source[i] == 0x7f) inout->source[i] = '?';
+            if (!fl_utf8_valid(inout->source, n)) snprintf(inout->source, sizeof inout->source, "url");
+        }
+        rc = fl_registry_import_file(r, store, p, tmp, limits, inout, err);
+    }
+    unlink(tmp);
+    free(tmp);
     return rc;
 }

@@ -67,18 +67,48 @@ int fl_registry_lookup(fl_redis *r, const char *tenant, const char *name_or_trig
  * fl_adapter_info_clear then free the array) holds at most limit; *total is the tenant's count. */
 int fl_registry_list(fl_redis *r, const char *tenant, size_t offset, size_t limit, fl_adapter_info **items,
                      size_t *n, size_t *total, fl_error *err);
+/* The same, ending the page early once its entries' size (fl_registry_entry_bytes) passes
+ * max_bytes (0: no bound); a page holds at least one entry, so *n < limit with offset + *n <
+ * *total means "more from offset + *n". */
+int fl_registry_list_bounded(fl_redis *r, const char *tenant, size_t offset, size_t limit, size_t max_bytes,
+                             fl_adapter_info **items, size_t *n, size_t *total, fl_error *err);
+/* About how many bytes an entry takes shown as JSON (its metadata and fields). */
+size_t fl_registry_entry_bytes(const fl_adapter_info *a);
 /* Deletes the entry, then its file if no other entry uses it. */
 int fl_registry_delete(fl_redis *r, fl_store *store, const char *tenant, const char *id, fl_error *err);
 
-/* Import: the file bytes in any layout, checked against the base model with parameters p.
- * Fills out->id (when empty), sha256, format, rank, alpha, bytes, created_ms, metadata_json;
- * the caller sets tenant, name, trigger, base_model and source before calling. On success the
- * canonical file is stored and the entry created. */
+/* What an import accepts. */
+typedef struct fl_import_limits {
+    size_t max_metadata_bytes; /* the file's metadata as JSON (default 64 KiB): more is FL_ELIMIT */
+    size_t max_download_bytes; /* a URL's body (default 2 GiB: a rank-128 adapter on every Linear of
+                                * FLUX.1-dev is about 1.3 GB in bf16); more is FL_ELIMIT */
+    long timeout_seconds;      /* a URL's whole transfer (default 60) */
+    bool allow_private;        /* fetch from loopback, private and link-local addresses */
+    void (*progress)(void *arg); /* called about once a second while downloading (may be NULL) */
+    void *progress_arg;
+} fl_import_limits;
+
+fl_import_limits fl_import_limits_default(void);
+
+/* Import: the file bytes in any layout, checked against the base model with parameters p (every
+ * value finite: a NaN or infinity is FL_EINVAL naming the tensor). Fills out->id (when empty),
+ * sha256, format, rank, alpha, bytes, created_ms, metadata_json; the caller sets tenant, name,
+ * trigger, base_model and source before calling. On success the canonical file is stored and the
+ * entry created. Messages never name a path of the server. The first form uses the default
+ * limits. */
 int fl_registry_import_bytes(fl_redis *r, fl_store *store, const fl_flux_params *p, const void *data, size_t size,
                              fl_adapter_info *inout, fl_error *err);
-/* The same after downloading url with libcurl (limits of datasets/imageset.h's URL fetcher;
- * loopback, private and link-local addresses only with allow_private). */
+int fl_registry_import_bytes_limited(fl_redis *r, fl_store *store, const fl_flux_params *p, const void *data,
+                                     size_t size, const fl_import_limits *limits, fl_adapter_info *inout,
+                                     fl_error *err);
+/* The same from a file (mapped, not read into memory). */
+int fl_registry_import_file(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *path,
+                            const fl_import_limits *limits, fl_adapter_info *inout, fl_error *err);
+/* The same after downloading url (datasets/fetch.h) into a temporary file of the store, never
+ * into memory: at most limits->max_download_bytes, within limits->timeout_seconds, and loopback,
+ * private and link-local addresses only with limits->allow_private. inout->source, when empty,
+ * gets the URL without its query or fragment. */
 int fl_registry_import_url(fl_redis *r, fl_store *store, const fl_flux_params *p, const char *url,
-                           bool allow_private, fl_adapter_info *inout, fl_error *err);
+                           const fl_import_limits *limits, fl_adapter_info *inout, fl_error *err);
 
 #endif

@@ -229,7 +229,7 @@ int fl_generate_request_decode(json_t *obj, fl_req_source source, const fl_reque
     reader r = {obj, source};
     static const char *const allowed[] = {"prompt", "adapters", "width", "height", "steps", "guidance", "seed",
                                           "num_images", "sync", NULL};
-    static const char *const internal[] = {"max_text_tokens", NULL};
+    static const char *const internal[] = {"max_text_tokens", "batch_images", NULL};
     const char *prompt = NULL;
     int size = default_size(lim);
     int rc = check_known(&r, allowed, internal, err);
@@ -248,6 +248,7 @@ int fl_generate_request_decode(json_t *obj, fl_req_source source, const fl_reque
     if (rc == 0) rc = read_int32(&r, "num_images", 1, 1, lim->max_num_images, &out->num_images, err);
     if (rc == 0 && source != FL_REQ_STORED) rc = read_bool(&r, "sync", false, &out->sync, err);
     if (rc == 0 && source == FL_REQ_STORED) rc = read_int32(&r, "max_text_tokens", 0, 1, 65536, &out->max_text_tokens, err);
+    if (rc == 0 && source == FL_REQ_STORED) rc = read_int32(&r, "batch_images", 0, 0, 4096, &out->batch_images, err);
     if (rc == 0) rc = read_adapters(&r, out, err);
     return rc;
 }
@@ -262,6 +263,7 @@ json_t *fl_generate_request_to_json(const fl_generate_request *r) {
                           r->guidance, "seed", (json_int_t)r->seed, "num_images", r->num_images, "max_text_tokens",
                           r->max_text_tokens);
     FL_CHECK(o != NULL); /* strings were checked as UTF-8 on the way in */
+    if (r->batch_images > 0) json_object_set_new(o, "batch_images", json_integer(r->batch_images));
     return o;
 }
 
@@ -294,7 +296,7 @@ int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_
     static const char *const allowed[] = {"images_url", "trigger_word", "name", "steps", "rank", "alpha",
                                           "learning_rate", "resolution", "caption", "is_style", "buckets", "seed",
                                           "batch_size", "targets", NULL};
-    static const char *const internal[] = {"images", "source", NULL};
+    static const char *const internal[] = {"images", "source", "max_decoded_pixels", NULL};
     const char *url = NULL, *images = NULL, *src = NULL, *trigger = NULL, *name = NULL, *caption = NULL,
                *targets = NULL;
     int rc = check_known(&r, allowed, internal, err);
@@ -321,6 +323,8 @@ int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_
     if (rc == 0) rc = read_int32(&r, "batch_size", 1, 1, lim->max_batch_size, &out->batch_size, err);
     if (rc == 0) rc = read_bool(&r, "is_style", false, &out->is_style, err);
     if (rc == 0) rc = read_bool(&r, "buckets", false, &out->buckets, err);
+    if (rc == 0 && source == FL_REQ_STORED)
+        rc = read_int(&r, "max_decoded_pixels", 0, 0, (int64_t)1 << 40, &out->max_decoded_pixels, err);
     if (rc != 0) return rc;
     snprintf(out->trigger_word, sizeof out->trigger_word, "%s", trigger);
     snprintf(out->name, sizeof out->name, "%s", name ? name : "");
@@ -337,6 +341,8 @@ json_t *fl_train_request_to_json(const fl_train_request *r) {
                           "resolution", r->resolution, "seed", (json_int_t)r->seed, "batch_size", r->batch_size,
                           "is_style", r->is_style, "buckets", r->buckets);
     FL_CHECK(o != NULL);
+    if (r->max_decoded_pixels > 0)
+        json_object_set_new(o, "max_decoded_pixels", json_integer((json_int_t)r->max_decoded_pixels));
     const char *strings[][2] = {{"images", r->images}, {"source", r->source}, {"caption", r->caption},
                                 {"targets", r->targets}, {"name", r->name[0] ? r->name : NULL}};
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++)
@@ -372,7 +378,7 @@ int fl_adapter_import_request_decode(json_t *obj, fl_req_source source, fl_adapt
     if (!json_is_object(obj)) return fl_fail(err, FL_EINVAL, "the request must be a JSON object");
     reader r = {obj, source};
     static const char *const allowed[] = {"name", "trigger_word", "url", NULL};
-    static const char *const internal[] = {NULL};
+    static const char *const internal[] = {"max_bytes", "max_metadata_bytes", NULL};
     const char *name = NULL, *trigger = NULL, *url = NULL;
     int rc = check_known(&r, allowed, internal, err);
     if (rc == 0) rc = read_str(&r, "name", false, FL_NAME_MAX - 1, &name, err);
@@ -381,11 +387,37 @@ int fl_adapter_import_request_decode(json_t *obj, fl_req_source source, fl_adapt
     if (rc == 0 && trigger && *trigger && !fl_request_one_word(trigger))
         rc = fl_fail(err, FL_EINVAL, "field 'trigger_word': must be one word");
     if (rc == 0) rc = read_str(&r, "url", false, FL_REQ_MAX_URL_BYTES, &url, err);
+    if (rc == 0 && source == FL_REQ_STORED && !url) rc = fl_fail(err, FL_EINVAL, "field 'url' is required");
+    if (rc == 0 && source == FL_REQ_STORED)
+        rc = read_int(&r, "max_bytes", 0, 1, (int64_t)1 << 50, &out->max_bytes, err);
+    if (rc == 0 && source == FL_REQ_STORED)
+        rc = read_int(&r, "max_metadata_bytes", 0, 1, (int64_t)1 << 40, &out->max_metadata_bytes, err);
     if (rc != 0) return rc;
     snprintf(out->name, sizeof out->name, "%s", name ? name : "");
     snprintf(out->trigger_word, sizeof out->trigger_word, "%s", trigger ? trigger : "");
     out->url = dup_or_null(url);
     return 0;
+}
+
+json_t *fl_adapter_import_request_to_json(const fl_adapter_import_request *r) {
+    json_t *o = json_pack("{s:s, s:I, s:I}", "url", r->url ? r->url : "", "max_bytes", (json_int_t)r->max_bytes,
+                          "max_metadata_bytes", (json_int_t)r->max_metadata_bytes);
+    FL_CHECK(o != NULL);
+    if (r->name[0]) json_object_set_new(o, "name", json_string(r->name));
+    if (r->trigger_word[0]) json_object_set_new(o, "trigger_word", json_string(r->trigger_word));
+    return o;
+}
+
+int fl_adapter_import_request_parse(const char *text, fl_adapter_import_request *out, fl_error *err) {
+    json_error_t jerr;
+    json_t *o = text ? json_loads(text, 0, &jerr) : NULL;
+    if (!o) {
+        memset(out, 0, sizeof *out);
+        return fl_fail(err, FL_EINVAL, "the stored request is not JSON");
+    }
+    int rc = fl_adapter_import_request_decode(o, FL_REQ_STORED, out, err);
+    json_decref(o);
+    return rc;
 }
 
 void fl_adapter_import_request_clear(fl_adapter_import_request *r) {

@@ -72,6 +72,8 @@ typedef struct fl_generate_request {
     int n_adapters;
     fl_request_adapter adapters[FL_REQ_MAX_ADAPTERS];
     int max_text_tokens; /* filled by the API from its configuration */
+    int batch_images;    /* filled by the API: the most images of this size one batch may hold
+                          * within the memory limit (0: not limited) */
 } fl_generate_request;
 
 typedef struct fl_train_request {
@@ -90,13 +92,17 @@ typedef struct fl_train_request {
     int batch_size;      /* default 1 */
     int64_t seed;        /* default 0 */
     bool is_style, buckets;
+    int64_t max_decoded_pixels; /* filled by the API: the decoding budget of the set, in pixels,
+                                 * within the memory limit (0: the loader's default) */
 } fl_train_request;
 
-/* An adapter import: a file part (handled by the API) or a URL. */
+/* An adapter import: a file part (handled by the API) or a URL (run as an import job). */
 typedef struct fl_adapter_import_request {
     char *url;                    /* NULL when a file is uploaded */
     char name[FL_NAME_MAX];       /* "" when not given */
     char trigger_word[FL_NAME_MAX]; /* "" when not given */
+    int64_t max_bytes;            /* filled by the API: the download's size limit */
+    int64_t max_metadata_bytes;   /* filled by the API: the metadata's size limit */
 } fl_adapter_import_request;
 
 /* Decode obj into out (zeroed first; release with the matching _clear even on failure). */
@@ -109,9 +115,11 @@ int fl_adapter_import_request_decode(json_t *obj, fl_req_source source, fl_adapt
 /* The stored form (a new reference). */
 json_t *fl_generate_request_to_json(const fl_generate_request *r);
 json_t *fl_train_request_to_json(const fl_train_request *r);
+json_t *fl_adapter_import_request_to_json(const fl_adapter_import_request *r);
 /* The same decoders over stored text. */
 int fl_generate_request_parse(const char *text, fl_generate_request *out, fl_error *err);
 int fl_train_request_parse(const char *text, fl_train_request *out, fl_error *err);
+int fl_adapter_import_request_parse(const char *text, fl_adapter_import_request *out, fl_error *err);
 void fl_generate_request_clear(fl_generate_request *r);
 void fl_train_request_clear(fl_train_request *r);
 void fl_adapter_import_request_clear(fl_adapter_import_request *r);

@@ -125,6 +125,7 @@ void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {
 }
 
 void fl_worker_fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
+    /* stored as it is: whatever shows it to a client (the HTTP layer) takes server paths out */
     char *text = error_json(code, message);
     fl_error err = {0};
     if (fl_jobs_finish(w->r, it->job, false, text, NULL, &err) != 0)

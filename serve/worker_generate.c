@@ -196,7 +196,7 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
     gen_request **batch = fl_xcalloc((size_t)(live ? live : 1), sizeof *batch);
     for (int i = 0; i < live; i++) {
         if (reqs[i].done) continue;
-        int nb = 0, images = 0;
+        int nb = 0, images = 0, cap = reqs[i].req.batch_images; /* images within the memory limit (0: any) */
         char shas[FL_FLUX_MAX_ADAPTERS][65];
         int n_shas = 0;
         for (int j = i; j < live; j++) {
@@ -212,8 +212,11 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
                 for (int b = 0; b < a && !have; b++) have = !strcmp(g->req.adapters[b].sha256, g->req.adapters[a].sha256);
                 if (!have) new_shas++;
             }
-            if (nb > 0 && (images + g->req.num_images > w->cfg.max_batch || n_shas + new_shas > FL_FLUX_MAX_ADAPTERS))
+            int g_cap = g->req.batch_images > 0 && (cap == 0 || g->req.batch_images < cap) ? g->req.batch_images : cap;
+            if (nb > 0 && (images + g->req.num_images > w->cfg.max_batch || n_shas + new_shas > FL_FLUX_MAX_ADAPTERS ||
+                           (g_cap > 0 && images + g->req.num_images > g_cap)))
                 continue;
+            cap = g_cap;
             for (int a = 0; a < g->req.n_adapters; a++) {
                 bool have = false;
                 for (int u = 0; u < n_shas; u++) have = have || !strcmp(shas[u], g->req.adapters[a].sha256);

@@ -54,7 +54,10 @@ void fl_worker_heartbeat(worker_state *w, bool force);
 
 /* worker_generate.c: runs the generation items read together, batching compatible ones. */
 void fl_worker_process_generate(worker_state *w, const work_item *items, int n);
-/* worker_train.c: runs one training item. */
+/* worker_train.c: runs one training item (an import item, which shares the stream, goes on to
+ * worker_import.c). */
 void fl_worker_process_train(worker_state *w, const work_item *item);
+/* worker_import.c: runs one import job (started, its record read). */
+void fl_worker_process_import(worker_state *w, const work_item *item, const fl_job *job);
 
 #endif

@@ -113,6 +113,11 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     }
     fl_job job;
     if (fl_jobs_get(w->r, NULL, item->job, &job, &err) != 0) return;
+    if (job.kind == FL_JOB_IMPORT) { /* imports share the training stream */
+        fl_worker_process_import(w, item, &job);
+        fl_job_clear(&job);
+        return;
+    }
     fl_train_request req;
     if (fl_train_request_parse(job.request_json, &req, &err) != 0) {
         fl_worker_fail_job(w, FL_JOB_TRAIN, item, "invalid_input", err.message);
@@ -127,6 +132,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     fl_train_job tj = fl_train_job_default();
     tj.images = req.images;
     tj.url_allow_private = w->cfg.allow_private_urls;
+    tj.max_decoded_pixels = req.max_decoded_pixels; /* the budget admission gave the job */
     tj.trigger = req.trigger_word;
     if (req.caption) tj.caption = req.caption;
     tj.is_style = req.is_style;

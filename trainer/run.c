@@ -104,6 +104,8 @@ static int prepare_images(run_state *s, int patch, fl_error *err) {
     limits.min_images = (size_t)j->min_images;
     limits.max_images = (size_t)j->max_images;
     limits.url_allow_private = j->url_allow_private;
+    if (j->max_decoded_pixels > 0 && j->max_decoded_pixels < limits.max_total_pixels)
+        limits.max_total_pixels = j->max_decoded_pixels;
     fl_imageset *set = NULL;
     if (fl_imageset_load(j->images, &limits, &set, err) != 0) return -1;
     for (size_t i = 0; i < set->rejected_count; i++)

@@ -39,6 +39,7 @@ typedef struct fl_train_job {
     /* Previews: preview_count images (seeds 1..count, preview_steps sampling steps, resolution
      * square) as preview_dir/stepNNNNNN_K.png every preview_every steps (0: only at the end). */
     int preview_every, preview_count, preview_steps;
+    int64_t max_decoded_pixels;  /* decoding budget of the image set, in pixels (0: the loader's default) */
     fl_train_config cfg;
 } fl_train_job;
 

@@ -169,8 +169,16 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
         t->bucket_members[b][t->bucket_count[b]++] = i;
         t->ex_bucket[i] = (int)b;
     }
-    t->tokens = fl_xmalloc(total_tokens * sizeof(float));
-    t->tokens_flip = fl_xmalloc(total_tokens * sizeof(float));
+    /* The large buffers are sized by the request: running out of memory fails the job. */
+    t->tokens = malloc(total_tokens * sizeof(float));
+    t->tokens_flip = malloc(total_tokens * sizeof(float));
+    t->h_x0 = malloc((size_t)t->batch * tok * sizeof(float));
+    t->h_noise = malloc((size_t)t->batch * tok * sizeof(float));
+    if (!t->tokens || !t->tokens_flip || !t->h_x0 || !t->h_noise) {
+        fl_fail(err, FL_ENOMEM, "out of memory for the training set's %zu tokens", total_tokens / (size_t)t->channels);
+        fl_trainer_free(t);
+        return NULL;
+    }
     t->txt = fl_xmalloc(n_examples * txt * sizeof(float));
     t->y = fl_xmalloc(n_examples * vec * sizeof(float));
     t->txt_empty = fl_xmalloc(txt * sizeof(float));
@@ -184,8 +192,6 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     fl_text_hash_encode("", (int)t->lt, (int)t->ctx_dim, (int)t->vec_dim, t->txt_empty, t->y_empty);
 
     int64_t b = t->batch;
-    t->h_x0 = fl_xmalloc((size_t)b * tok * sizeof(float));
-    t->h_noise = fl_xmalloc((size_t)b * tok * sizeof(float));
     t->h_txt = fl_xmalloc((size_t)b * txt * sizeof(float));
     t->h_y = fl_xmalloc((size_t)b * vec * sizeof(float));
     t->h_t = fl_xmalloc((size_t)b * sizeof(float));
@@ -195,8 +201,12 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     for (int64_t i = 0; i < b; i++) t->h_g[i] = config->guidance;
 
     fl_dtype storage = fl_ctx_storage_dtype(t->ctx);
-    t->d_x0 = device_tensor(t->ctx, storage, 3, b, t->li, t->channels);
-    t->d_noise = device_tensor(t->ctx, storage, 3, b, t->li, t->channels);
+    int64_t shape_x[3] = {b, t->li, t->channels};
+    if (fl_ctx_tensor_alloc(t->ctx, storage, 3, shape_x, &t->d_x0, err) != 0 ||
+        fl_ctx_tensor_alloc(t->ctx, storage, 3, shape_x, &t->d_noise, err) != 0) {
+        fl_trainer_free(t);
+        return NULL;
+    }
     t->d_txt = device_tensor(t->ctx, storage, 3, b, t->lt, t->ctx_dim);
     t->d_y = device_tensor(t->ctx, storage, 2, b, t->vec_dim, 0);
     t->d_t = device_tensor(t->ctx, FL_F32, 1, b, 0, 0);

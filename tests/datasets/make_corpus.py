@@ -263,7 +263,7 @@ def main():
     # Single hostile files (loaded in a folder beside the four good PNGs).
     noise = noise_png(64, 7)
     files["truncated.png"] = noise[: len(noise) // 2]
-    expected.append(("truncated.png", "rejected", "truncated.png", "truncated or corrupt image (stb:"))
+    expected.append(("truncated.png", "rejected", "truncated.png", "truncated or corrupt image (the file ends"))
     files["text.jpg"] = b"This is a text file, not a JPEG.\n"
     expected.append(("text.jpg", "rejected", "text.jpg", "not an image"))
     files["empty.png"] = b""

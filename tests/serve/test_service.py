@@ -355,8 +355,11 @@ def url_tests(svc, work, state, key, procs):
     try:
         r = sc.request(svc.base, "POST", "/v1/adapters", key,
                        {"url": files_url + "/rand1.safetensors?token=secret", "name": "from-url"})
-        check("an adapter imports from a URL, recorded without its query",
-              r.status == 201 and r.json()["source"] == files_url + "/rand1.safetensors", r.body)
+        job = sc.wait_job(svc.base, key, r.json()["job_id"]) if r.status == 202 else {}
+        got = sc.request(svc.base, "GET", "/v1/adapters/from-url", key)
+        check("an adapter imports from a URL (an import job), recorded without its query",
+              job.get("state") == "succeeded" and got.status == 200
+              and got.json()["source"] == files_url + "/rand1.safetensors", (r.body, job))
         r = sc.request(svc.base, "POST", "/v1/trainings", key, {"images_url": files_url + "/images.zip",
                                                                 "trigger_word": "sks", "steps": 10, "rank": 2,
                                                                 "resolution": 16})
