@@ -27,6 +27,10 @@ fl_api_config fl_api_config_default(void) {
     memset(&c, 0, sizeof c);
     c.max_pending_generate = 64;
     c.max_pending_train = 8;
+    c.max_pending_generate_tenant = 16;
+    c.max_pending_train_tenant = 2;
+    c.job_retention_s = 7L * 24 * 3600;
+    c.jobs_per_tenant = 10000;
     c.max_resolution = 1024;
     c.max_generation_steps = 100;
     c.max_num_images = 8;
@@ -247,8 +251,10 @@ static void route(fl_api *api, const fl_http_request *req, fl_http_response *res
         *label = "POST /v1/generations";
         method_is(req, "POST") ? fl_api_generations_create(api, r, tenant, req, res) : not_allowed(res, "POST");
     } else if (!strcmp(collection, "jobs") && *id && !*tail) {
-        *label = "GET /v1/jobs/{id}";
-        method_is(req, "GET") ? fl_api_jobs_get(r, tenant, id, res) : not_allowed(res, "GET");
+        *label = method_is(req, "DELETE") ? "DELETE /v1/jobs/{id}" : "GET /v1/jobs/{id}";
+        if (method_is(req, "GET")) fl_api_jobs_get(r, tenant, id, res);
+        else if (method_is(req, "DELETE")) fl_api_jobs_cancel(api, r, tenant, id, res);
+        else not_allowed(res, "GET, DELETE");
     } else if (!strcmp(collection, "jobs") && *id && !strcmp(tail, "events")) {
         *label = "GET /v1/jobs/{id}/events";
         method_is(req, "GET") ? fl_api_jobs_events(api, r, tenant, id, req, res) : not_allowed(res, "GET");

@@ -171,7 +171,9 @@ static const char *const keep_claim_script = LUA_PRELUDE
     "if redis.call('HGET', KEYS[2], 'cancel_requested') == '1' then return 2 end\n"
     "return 1\n";
 
-/* KEYS: work stream, job, events. ARGV: group, worker, entry, now, id. See fl_requeue_outcome. */
+/* KEYS: work stream, job, events. ARGV: group, worker, entry, now, id. See fl_requeue_outcome. An
+ * entry held but not started yet (the job is queued: the entry is its only live one) is handed
+ * back as it is. */
 static const char *const requeue_script = LUA_PRELUDE
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
     "if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end\n"
@@ -179,6 +181,11 @@ static const char *const requeue_script = LUA_PRELUDE
     "if not st or terminal(st) then\n"
     "  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
     "  return 0\n"
+    "end\n"
+    "if st == 'queued' then\n"
+    "  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "  redis.call('XADD', KEYS[1], '*', 'job', ARGV[5])\n"
+    "  return 1\n"
     "end\n"
     "if st ~= 'running' or redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return 0 end\n"
     "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"

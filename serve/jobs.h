@@ -137,10 +137,11 @@ int fl_jobs_keep_claim(fl_redis *r, fl_job_kind kind, const char *id, const char
 
 typedef enum fl_requeue_outcome {
     FL_REQUEUE_NOT_HELD = 0, /* the entry or job is not this worker's any more: nothing done */
-    FL_REQUEUED = 1,         /* state queued again, the entry acknowledged and a new one added */
+    FL_REQUEUED = 1,         /* (again) queued, the entry acknowledged and a new one added */
     FL_REQUEUE_CANCELED = 2, /* it was marked cancel_requested: finished as canceled instead */
 } fl_requeue_outcome;
-/* Hands a running job back (a stopping worker): another worker can take it at once. */
+/* Hands a job back (a stopping worker): a running one, or one read but not started yet; another
+ * worker can take it at once. */
 int fl_jobs_requeue(fl_redis *r, fl_job_kind kind, const char *id, const char *entry, const char *worker,
                     fl_requeue_outcome *outcome, fl_error *err);
 

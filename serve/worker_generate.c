@@ -2,7 +2,9 @@
  * worker_generate.c — a worker's generation jobs: requests read from the work stream are grouped
  * into batches of one size, step count and text length (up to the batch size and the adapter slots
  * of a Linear), sampled in one pass where each request's rows carry its own adapters, written as
- * PNGs, and each request finished and acknowledged on its own.
+ * PNGs, and each request finished and acknowledged on its own. Between sampling steps the claims
+ * are renewed and cancels seen (a batch nobody wants any more stops there); a stopping worker
+ * hands back what it has not finished.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,50 @@ typedef struct gen_request {
     fl_generate_request req;
     int64_t created_ms;
     bool done; /* finished (or failed) already */
+    int first_sample; /* its first image in the batch being sampled */
 } gen_request;
+
+/* The per-step watch over a running batch (the sampler's callback): at the poll period it renews
+ * the claims of every request this worker holds — the batch's and those waiting for a later
+ * batch — finishes as canceled the ones their clients canceled, lets go of the ones another
+ * worker took over, and stops the batch when none of its requests is left or when a stopping
+ * worker must abandon it (its requests are then handed back). */
+typedef struct batch_watch {
+    worker_state *w;
+    gen_request *held; /* every request of this read, done or not */
+    int n_held;
+    gen_request **batch;
+    int n_batch;
+    int64_t last_poll_ms;
+    bool abandoned;
+} batch_watch;
+
+/* Renews one request's claim; false (and the request done) when it is no longer this worker's
+ * to run: canceled (finished as such), taken over, or finished elsewhere. */
+static bool still_ours(worker_state *w, gen_request *g) {
+    if (g->done) return false;
+    fl_claim claim = fl_worker_keep_claim(w, FL_JOB_GENERATE, &g->item);
+    if (claim == FL_CLAIM_HELD) return true;
+    if (claim == FL_CLAIM_CANCEL) fl_worker_cancel_job(w, FL_JOB_GENERATE, &g->item);
+    else if (claim == FL_CLAIM_FINISHED) fl_worker_ack(w, FL_JOB_GENERATE, g->item.entry);
+    g->done = true;
+    return false;
+}
+
+static bool batch_watch_step(void *arg, int done, int steps) {
+    (void)done, (void)steps;
+    batch_watch *bw = arg;
+    fl_worker_heartbeat(bw->w, false);
+    if (fl_worker_abandon_generation(bw->w)) {
+        bw->abandoned = true;
+        return true;
+    }
+    if (!fl_worker_poll_due(bw->w, &bw->last_poll_ms)) return false;
+    for (int i = 0; i < bw->n_held; i++) still_ours(bw->w, &bw->held[i]);
+    for (int b = 0; b < bw->n_batch; b++)
+        if (!bw->batch[b]->done) return false;
+    return true; /* nobody wants this batch any more */
+}
 
 static bool compatible(const gen_request *a, const gen_request *b) {
     return a->req.width == b->req.width && a->req.height == b->req.height && a->req.steps == b->req.steps &&
@@ -30,8 +75,8 @@ static bool compatible(const gen_request *a, const gen_request *b) {
 }
 
 /* Runs one batch: attaches the union of its adapters, samples every image in one pass, writes
- * the PNGs, and finishes and acknowledges each request. */
-static void run_batch(worker_state *w, gen_request **reqs, int n) {
+ * the PNGs, and finishes and acknowledges each request. watch checks the requests between steps. */
+static void run_batch(worker_state *w, gen_request **reqs, int n, batch_watch *watch) {
     fl_flux_clear_adapters(w->model);
     fl_adapter_cache_unpin_all(w->cache);
     char union_sha[FL_FLUX_MAX_ADAPTERS][65];
@@ -79,6 +124,7 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
         gen_request *g = reqs[i];
         if (g->done) continue;
         first = first ? first : g;
+        g->first_sample = s;
         for (int k = 0; k < g->req.num_images; k++, s++) {
             samples[s].prompt = g->req.prompt;
             samples[s].seed = g->req.seed + (uint64_t)k;
@@ -94,20 +140,25 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
     }
     fl_error err = {0};
     int64_t t0 = fl_now_ms();
-    int rc = fl_flux_sample_pixels_batch(w->model, first->req.width, first->req.height, first->req.steps, first->req.max_text_tokens,
-                                         samples, total, images, &err);
+    fl_sample_hooks hooks = {batch_watch_step, watch};
+    int rc = fl_flux_sample_pixels_batch_hooked(w->model, first->req.width, first->req.height, first->req.steps,
+                                                first->req.max_text_tokens, samples, total, &hooks, images, &err);
+    for (int i = 0; i < n && watch->abandoned; i++)
+        if (!reqs[i]->done) { /* a stopping worker: another one runs it from the start */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &reqs[i]->item);
+            reqs[i]->done = true;
+        }
     double seconds = (double)(fl_now_ms() - t0) / 1000.0;
     if (rc == 0 && w->cfg.metrics) fl_metrics_observe_batch(w->cfg.metrics, total, seconds);
     fl_flux_clear_adapters(w->model);
     fl_adapter_cache_unpin_all(w->cache);
     fl_log_info("worker %s: batch of %d images (%d requests) in %.2f s", w->name, total, n, seconds);
 
-    s = 0;
     for (int i = 0; i < n; i++) {
         gen_request *g = reqs[i];
         if (g->done) continue;
-        int first_sample = s;
-        s += g->req.num_images; /* the next request's images start there, whatever happens to this one */
+        int first_sample = g->first_sample; /* requests done while it ran still hold their images */
+        if (rc == 0 && !still_ours(w, g)) continue; /* canceled or taken over while it ran */
         if (rc != 0) {
             fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, fl_error_code_name(err.code), err.message);
             g->done = true;
@@ -175,6 +226,10 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
         int attempts = 0;
         bool finished = false;
         fl_error err = {0};
+        if (fl_worker_stopping(w)) { /* read just before the stop: another worker takes it */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &items[i]);
+            continue;
+        }
         if (fl_jobs_start(w->r, items[i].job, w->name, &attempts, &finished, &err) != 0) {
             if (err.code == FL_ENOTFOUND) fl_worker_ack(w, FL_JOB_GENERATE, items[i].entry); /* a job record that is gone */
             else fl_log_warn("worker %s: job %s: %s", w->name, items[i].job, err.message);
@@ -202,6 +257,11 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
     gen_request **batch = fl_xcalloc((size_t)(live ? live : 1), sizeof *batch);
     for (int i = 0; i < live; i++) {
         if (reqs[i].done) continue;
+        if (fl_worker_stopping(w)) { /* started here, not sampled yet: another worker runs it */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &reqs[i].item);
+            reqs[i].done = true;
+            continue;
+        }
         int nb = 0, images = 0;
         char shas[FL_FLUX_MAX_ADAPTERS][65];
         int n_shas = 0;
@@ -228,8 +288,10 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
             batch[nb++] = g;
             images += g->req.num_images;
         }
-        for (int b = 0; b < nb; b++) fl_worker_keep_claim(w, FL_JOB_GENERATE, batch[b]->item.entry);
-        run_batch(w, batch, nb);
+        int kept = 0;
+        for (int b = 0; b < nb; b++) kept += still_ours(w, batch[b]);
+        batch_watch watch = {w, reqs, live, batch, nb, fl_monotonic_ms(), false};
+        if (kept > 0) run_batch(w, batch, nb, &watch);
     }
     for (int i = 0; i < live; i++) fl_generate_request_clear(&reqs[i].req);
     free(batch);
