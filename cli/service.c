@@ -138,9 +138,9 @@ static void worker_usage(FILE *out) {
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
             "Redis of a `flashlora serve` running on the same --state directory.\n\n"
             "On SIGINT/SIGTERM it takes no new work: a running training writes a checkpoint and goes back\n"
-            "to the queue at once, a running generation batch may finish within half of --shutdown-timeout\n"
-            "(default 30 s) and otherwise goes back to the queue, and the process exits within\n"
-            "--shutdown-timeout; a second signal exits at once. --sweep-interval S (default 10): how often\n"
+            "to the queue at once, a running generation batch finishes if its pace lets it within half of\n"
+            "--shutdown-timeout (default 30 s) and otherwise goes back to the queue at its next step, and\n"
+            "the process exits within --shutdown-timeout; a second signal exits at once. --sweep-interval S (default 10): how often\n"
             "the retention sweep runs (retention itself is set by `flashlora serve`).\n");
 }
 
@@ -352,6 +352,8 @@ static int serve_run(const service_args *a, fl_error *err) {
      * waiting handlers ("sync" generations) answer at once. */
     if (api) fl_api_begin_shutdown(api);
     for (long i = 0; i < a->workers; i++) fl_worker_request_stop(workers[i]);
+    for (int i = 0; api && fl_api_waiting(api) > 0 && i < 40; i++) usleep(50 * 1000);
+    if (api) usleep(100 * 1000); /* their answers leave before the connections close */
     fl_http_stop(http);
     for (long i = 0; i < a->workers; i++) fl_worker_stop(workers[i]);
     fl_api_free(api);

@@ -67,5 +67,7 @@ void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res)
 /* The service is stopping: handlers that wait for a job (a "sync" generation) stop waiting and
  * answer 503 with the job's URL; the job itself carries on. */
 void fl_api_begin_shutdown(fl_api *api);
+/* How many handlers are still waiting for a job (0 soon after fl_api_begin_shutdown). */
+int fl_api_waiting(fl_api *api);
 
 #endif

@@ -28,6 +28,7 @@ struct fl_api {
     fl_redis *pool[FL_API_POOL_MAX];
     int n_pool;
     _Atomic bool stopping; /* fl_api_begin_shutdown */
+    _Atomic int waiting;   /* handlers waiting for a job ("sync" generations) */
 };
 
 /* A Redis connection for this thread's request (FL_EUNAVAILABLE when Redis cannot be reached),

@@ -367,6 +367,10 @@ void fl_api_begin_shutdown(fl_api *api) {
     api->stopping = true;
 }
 
+int fl_api_waiting(fl_api *api) {
+    return api->waiting;
+}
+
 /* Waits for a job's terminal event on its event stream. Returns 0 when it ended, 1 on timeout,
  * 2 when the service began to stop. */
 static int wait_for_job(fl_api *api, const char *id, int timeout_s, fl_error *err) {
@@ -499,7 +503,12 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     free(text);
     if (rc != 0) { fl_api_reply_err(res, &err); return; }
     if (admission != FL_ADMITTED) { reply_refused(api, res, FL_JOB_GENERATE, admission); return; }
-    if (sync) { reply_sync_result(api, r, tenant, job_id, res); return; }
+    if (sync) {
+        api->waiting++;
+        reply_sync_result(api, r, tenant, job_id, res);
+        api->waiting--;
+        return;
+    }
     reply_accepted(res, job_id);
 }
 

@@ -140,8 +140,9 @@ bool fl_worker_stopping(worker_state *w) {
     return true;
 }
 
-bool fl_worker_abandon_generation(worker_state *w) {
-    return fl_worker_stopping(w) && fl_monotonic_ms() - w->stop_seen_ms >= w->cfg.shutdown_timeout_ms / 2;
+bool fl_worker_abandon_generation(worker_state *w, int64_t remaining_ms) {
+    if (!fl_worker_stopping(w)) return false;
+    return remaining_ms < 0 || fl_monotonic_ms() + remaining_ms > w->stop_seen_ms + w->cfg.shutdown_timeout_ms / 2;
 }
 
 void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {

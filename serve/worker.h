@@ -22,8 +22,9 @@
  *
  * Stopping: once *stop is set the worker takes no new work. A running training writes a
  * checkpoint and is handed back to the queue at once (another worker resumes it); a running
- * generation batch may finish within half of shutdown_timeout_ms, then it is abandoned at the
- * next step and its requests handed back; requests read but not yet started are handed back.
+ * generation batch finishes when, at the pace of its steps so far, it can within half of
+ * shutdown_timeout_ms; otherwise it is abandoned at the next step and its requests handed back;
+ * requests read but not yet started are handed back.
  *
  * Retention: every sweep_interval_ms one worker (a Redis lock) trims the work streams and
  * removes due and orphaned images, uploads and checkpoints, a bounded number per pass.

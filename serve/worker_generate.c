@@ -31,7 +31,8 @@ typedef struct gen_request {
  * the claims of every request this worker holds — the batch's and those waiting for a later
  * batch — finishes as canceled the ones their clients canceled, lets go of the ones another
  * worker took over, and stops the batch when none of its requests is left or when a stopping
- * worker must abandon it (its requests are then handed back). */
+ * worker must abandon it because it would not finish in time (its requests are then handed
+ * back). */
 typedef struct batch_watch {
     worker_state *w;
     gen_request *held; /* every request of this read, done or not */
@@ -39,6 +40,7 @@ typedef struct batch_watch {
     gen_request **batch;
     int n_batch;
     int64_t last_poll_ms;
+    int64_t started_ms; /* monotonic, when sampling began */
     bool abandoned;
 } batch_watch;
 
@@ -55,10 +57,11 @@ static bool still_ours(worker_state *w, gen_request *g) {
 }
 
 static bool batch_watch_step(void *arg, int done, int steps) {
-    (void)done, (void)steps;
     batch_watch *bw = arg;
     fl_worker_heartbeat(bw->w, false);
-    if (fl_worker_abandon_generation(bw->w)) {
+    if (done == 0) bw->started_ms = fl_monotonic_ms();
+    int64_t remaining = done > 0 ? (fl_monotonic_ms() - bw->started_ms) * (steps - done) / done : -1;
+    if (fl_worker_abandon_generation(bw->w, remaining)) {
         bw->abandoned = true;
         return true;
     }
@@ -290,7 +293,7 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
         }
         int kept = 0;
         for (int b = 0; b < nb; b++) kept += still_ours(w, batch[b]);
-        batch_watch watch = {w, reqs, live, batch, nb, fl_monotonic_ms(), false};
+        batch_watch watch = {w, reqs, live, batch, nb, fl_monotonic_ms(), 0, false};
         if (kept > 0) run_batch(w, batch, nb, &watch);
     }
     for (int i = 0; i < live; i++) fl_generate_request_clear(&reqs[i].req);

@@ -58,9 +58,10 @@ fl_claim fl_worker_keep_claim(worker_state *w, fl_job_kind kind, const work_item
 bool fl_worker_poll_due(const worker_state *w, int64_t *last);
 /* True once the worker was asked to stop (remembers when it first saw it). */
 bool fl_worker_stopping(worker_state *w);
-/* True when a stopping worker must abandon a running generation batch: half of the shutdown
- * timeout has passed since the stop request. */
-bool fl_worker_abandon_generation(worker_state *w);
+/* True when a stopping worker must abandon a running generation batch: it would not finish
+ * within half of the shutdown timeout after the stop request, at the pace of its steps so far
+ * (remaining_ms; < 0 when unknown). */
+bool fl_worker_abandon_generation(worker_state *w, int64_t remaining_ms);
 /* Acknowledges an entry (after its job's result is stored). */
 void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry);
 /* Fails the item's job with {code, message} and acknowledges its entry; a training's upload and

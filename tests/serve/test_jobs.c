@@ -402,6 +402,22 @@ static void test_claims_and_requeue(void) {
     FL_EXPECT(!strcmp(owner_of(FL_JOB_GENERATE, entry2), ""));
     /* An entry nobody holds any more: lost. */
     FL_EXPECT(keep_claim(FL_JOB_GENERATE, "job_c", entry2, "w3") == FL_CLAIM_LOST);
+
+    /* An entry read but not started (a worker stopping right after reading it) goes back as it
+     * is: still queued, counted once, one live entry. */
+    submit(FL_JOB_TRAIN, "job_u", "alpha", &p);
+    char entry3[64], entry4[64];
+    FL_EXPECT(read_entry(FL_JOB_TRAIN, "w4", entry3, sizeof entry3, NULL, 0));
+    FL_EXPECT(fl_jobs_requeue(redis, FL_JOB_TRAIN, "job_u", entry3, "w4", &rq, &err) == 0 && rq == FL_REQUEUED);
+    FL_EXPECT(!strcmp(state_of("job_u"), "queued") && state_count("queued") == 1 && queue_count("train") == 1);
+    FL_EXPECT(!strcmp(owner_of(FL_JOB_TRAIN, entry3), ""));
+    FL_EXPECT(read_entry(FL_JOB_TRAIN, "w5", entry4, sizeof entry4, job_id, sizeof job_id) &&
+              !strcmp(job_id, "job_u"));
+    FL_EXPECT(!read_entry(FL_JOB_TRAIN, "w5", entry3, sizeof entry3, NULL, 0));
+    /* Another worker's entry is not handed back by this one. */
+    FL_EXPECT(fl_jobs_requeue(redis, FL_JOB_TRAIN, "job_u", entry4, "w4", &rq, &err) == 0 &&
+              rq == FL_REQUEUE_NOT_HELD);
+    FL_EXPECT(!strcmp(owner_of(FL_JOB_TRAIN, entry4), "w5"));
 }
 
 static void test_expiry_and_images(void) {
