@@ -336,9 +336,10 @@ def worker_shutdown(work, procs):
 
     w = start_worker(state, "--claim-timeout", "1", "--shutdown-timeout", "30")
     procs.append(w)
-    r = gen(base, alpha, width=64, height=64, steps=8, seed=5)
+    r = gen(base, alpha, width=64, height=64, steps=20, seed=5)
     gid = r.json().get("job_id", "x")
     wait_until(state_is(base, alpha, gid, "running", "succeeded"), 20)
+    time.sleep(0.5)  # sampling has begun (a job started but not yet sampling is handed back)
     code, took = stop_process(w, limit=40)
     job = job_of(base, alpha, gid)
     check("SIGTERM during a short generation: it finishes first, then the worker exits",
@@ -370,9 +371,9 @@ def worker_shutdown(work, procs):
     wait_until(state_is(base, alpha, tid, "canceled"), 20)
     code, took = stop_process(w, limit=10)
 
-    # A generation of a few seconds that the first signal lets finish (60 s to stop): the second
-    # signal does not wait for it.
-    w = start_worker(state, "--claim-timeout", "60", "--shutdown-timeout", "60")
+    # A generation of a few seconds that the first signal lets finish (an hour to stop): the
+    # second signal does not wait for it.
+    w = start_worker(state, "--claim-timeout", "60", "--shutdown-timeout", "3600")
     procs.append(w)
     r = gen(base, alpha, width=64, height=64, steps=100, seed=9)
     gid = r.json().get("job_id", "x")

@@ -333,6 +333,7 @@ static void test_abort_writes_no_checkpoint(void) {
     json_t *last = json_array_get(rec.events, json_array_size(rec.events) - 1);
     FL_EXPECT(!strcmp(kind_of(last), "progress") && json_integer_value(json_object_get(last, "step")) == 3);
     FL_EXPECT(rec.polls == 3); /* asked before steps 1..3, not at the abort: the abort is asked first */
+    json_decref(rec.events);
     fl_train_job resume = job;
     resume.resume = true;
     recorder_init(&rec, 0);
