@@ -140,8 +140,9 @@ static void worker_usage(FILE *out) {
             "On SIGINT/SIGTERM it takes no new work: a running training writes a checkpoint and goes back\n"
             "to the queue at once, a running generation batch finishes if its pace lets it within half of\n"
             "--shutdown-timeout (default 30 s) and otherwise goes back to the queue at its next step, and\n"
-            "the process exits within --shutdown-timeout; a second signal exits at once. --sweep-interval S (default 10): how often\n"
-            "the retention sweep runs (retention itself is set by `flashlora serve`).\n");
+            "the process exits within --shutdown-timeout; a second signal exits at once.\n"
+            "--sweep-interval S (default 10): how often the retention sweep runs (retention itself is set\n"
+            "by `flashlora serve`).\n");
 }
 
 static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {

@@ -56,7 +56,8 @@ static void reply_queue_full(fl_api *api, fl_http_response *res, const char *kin
 static fl_job_policy job_policy(const fl_api *api, fl_job_kind kind) {
     fl_job_policy p;
     p.max_pending = kind == FL_JOB_TRAIN ? api->cfg.max_pending_train : api->cfg.max_pending_generate;
-    p.max_pending_tenant = kind == FL_JOB_TRAIN ? api->cfg.max_pending_train_tenant : api->cfg.max_pending_generate_tenant;
+    p.max_pending_tenant =
+        kind == FL_JOB_TRAIN ? api->cfg.max_pending_train_tenant : api->cfg.max_pending_generate_tenant;
     p.retention_s = api->cfg.job_retention_s;
     p.keep_per_tenant = api->cfg.jobs_per_tenant;
     return p;

@@ -90,7 +90,8 @@
     "end\n"                                                                                                       \
     "local function cancel_now(job, events, id, now, message)\n"                                                  \
     "  local e = {code = 'canceled', message = message}\n"                                                        \
-    "  finish(job, events, 'canceled', 'error', cjson.encode(e), now, cjson.encode({event = 'canceled', job = id, error = e}))\n" \
+    "  local event = cjson.encode({event = 'canceled', job = id, error = e})\n"                                   \
+    "  finish(job, events, 'canceled', 'error', cjson.encode(e), now, event)\n"                                  \
     "end\n"
 
 /* KEYS: job, work stream, tenant index, events. ARGV: id, tenant, kind, request, now, max pending,

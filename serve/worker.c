@@ -181,8 +181,10 @@ void fl_worker_requeue(worker_state *w, fl_job_kind kind, const work_item *it) {
         return;
     }
     if (out == FL_REQUEUE_CANCELED && kind == FL_JOB_TRAIN) fl_jobs_remove_files(w->cfg.state_dir, it->job);
-    fl_log_info("worker %s: job %s %s", w->name, it->job,
-                out == FL_REQUEUED ? "handed back to the queue" : out == FL_REQUEUE_CANCELED ? "canceled" : "is not ours any more");
+    const char *what = out == FL_REQUEUED            ? "handed back to the queue"
+                       : out == FL_REQUEUE_CANCELED ? "canceled"
+                                                    : "is not this worker's any more";
+    fl_log_info("worker %s: job %s %s", w->name, it->job, what);
 }
 
 /* ---- heartbeat ------------------------------------------------------------------------------- */

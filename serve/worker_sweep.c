@@ -96,7 +96,8 @@ static void sweep_dir(worker_state *w, int dir) {
 
 void fl_worker_sweep(worker_state *w) {
     int64_t now = fl_monotonic_ms();
-    if (w->cfg.sweep_interval_ms <= 0 || (w->last_sweep_ms && now - w->last_sweep_ms < w->cfg.sweep_interval_ms)) return;
+    if (w->cfg.sweep_interval_ms <= 0) return;
+    if (w->last_sweep_ms && now - w->last_sweep_ms < w->cfg.sweep_interval_ms) return;
     w->last_sweep_ms = now;
     fl_error err = {0};
     char px[32];
