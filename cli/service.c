@@ -10,9 +10,14 @@
  * server's socket (and `keys` starts it briefly when no
  * service is running). Workers on other machines name the shared Redis with --redis and the
  * shared state directory with --state.
+ *
+ * SIGINT/SIGTERM stop `serve` and `worker` gracefully within --shutdown-timeout (new requests
+ * refused, running jobs finished or handed back to the queue); a second signal exits at once.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +25,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "core/clock.h"
 #include "core/fileio.h"
 #include "core/device.h"
 #include "core/log.h"
@@ -35,8 +41,35 @@
 
 static volatile sig_atomic_t stop_requested = 0;
 
+/* The first SIGINT/SIGTERM asks for a graceful stop; a second one exits at once (what is
+ * accepted stays in Redis, and other workers take over what this process held after
+ * --claim-timeout). */
 static void on_stop_signal(int sig) {
+    if (stop_requested) {
+        static const char msg[] = "flashlora: second signal: exiting now\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(128 + sig);
+    }
     stop_requested = sig;
+}
+
+/* Ends the process when a graceful stop outlives --shutdown-timeout (a step that takes longer,
+ * a handler that does not return). */
+static void *shutdown_watchdog(void *arg) {
+    long timeout_s = (long)(intptr_t)arg;
+    while (!stop_requested) usleep(100 * 1000);
+    int64_t deadline = fl_monotonic_ms() + timeout_s * 1000;
+    while (fl_monotonic_ms() < deadline) usleep(50 * 1000);
+    fl_log_error("shutdown took longer than --shutdown-timeout %ld s: exiting now (other workers take over what "
+                 "this process still held after --claim-timeout)", timeout_s);
+    _exit(1);
+    return NULL;
+}
+
+static void start_shutdown_watchdog(long timeout_s) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, shutdown_watchdog, (void *)(intptr_t)timeout_s) == 0) pthread_detach(t);
 }
 
 static void install_stop_handlers(void) {
@@ -62,6 +95,8 @@ typedef struct service_args {
     /* admission and bounded inputs; -1: the default of the device (api_config_of) */
     long max_job_memory, max_generation_work, max_training_work, max_resolution, max_adapter_bytes,
         max_metadata_bytes, max_page_bytes;
+    long max_queue_tenant, max_train_queue_tenant, shutdown_timeout_s, job_retention_s, jobs_per_tenant,
+        sweep_interval_s;
 } service_args;
 
 static void serve_usage(FILE *out) {
@@ -78,6 +113,9 @@ static void serve_usage(FILE *out) {
             "limits:\n"
             "  --max-queue N          generation jobs queued or running before 429 (default 64)\n"
             "  --max-train-queue N    training jobs (default 8)\n"
+            "  --max-queue-per-tenant N        generation jobs one tenant may have queued or running\n"
+            "                         before 429 tenant_quota (default 16; 0 = no quota)\n"
+            "  --max-train-queue-per-tenant N  training jobs of one tenant (default 2; 0 = no quota)\n"
             "  --max-body BYTES       JSON body limit (default 1048576)\n"
             "  --max-upload BYTES     multipart upload limit (default 268435456)\n"
             "  --max-connections N    requests served at once; more get 503 (default 256)\n"
@@ -91,6 +129,9 @@ static void serve_usage(FILE *out) {
             "  --sync-timeout S       longest wait of a \"sync\": true generation (default 120)\n"
             "  --allow-private-urls   fetch images_url and adapter URLs on loopback/private networks too\n"
             "                         (off by default: requests cannot make the service probe its own network)\n"
+            "  --shutdown-timeout S   after SIGTERM/SIGINT: stop accepting, let running work finish or hand\n"
+            "                         it back, and exit within S seconds (default 30); a second signal exits\n"
+            "                         at once\n"
             "private redis-server (supervised: restarted when it exits, its state in /healthz and /metrics):\n"
             "  --redis-backoff-ms N   delay before restarting it after a failure (default 250)\n"
             "  --redis-backoff-max-ms N  the delay doubles per failure in a row up to N (default 30000)\n"
@@ -109,6 +150,12 @@ static void serve_usage(FILE *out) {
             "  --max-metadata-bytes BYTES  an imported adapter's metadata as JSON (default 65536)\n"
             "  --max-page-bytes BYTES one page of GET /v1/adapters; the page ends early, with next_offset\n"
             "                         (default 1048576)\n"
+            "retention:\n"
+            "  --job-retention S      a finished job, its events and its images are removed S seconds after\n"
+            "                         it ends (default 604800, a week)\n"
+            "  --jobs-per-tenant N    finished jobs kept per tenant; the oldest go first (default 10000)\n"
+            "  --sweep-interval S     how often workers trim the work streams and remove due images and\n"
+            "                         orphaned files (default 10)\n"
             "workers:\n"
             "  --batch N              images per generation batch (default 8)\n"
             "  --batch-wait-ms N      wait for more requests to batch (default 5)\n"
@@ -125,9 +172,16 @@ static void worker_usage(FILE *out) {
             "usage: flashlora worker --model BASE.safetensors [--state DIR] [--redis ADDR] [--name NAME]\n"
             "                        [--device cpu|cuda|auto] [--batch N] [--batch-wait-ms N] [--claim-timeout S]\n"
             "                        [--max-deliveries N] [--cache-mb N] [--device-cache-mb N]\n"
-            "                        [--checkpoint-every N] [--allow-private-urls]\n\n"
+            "                        [--checkpoint-every N] [--shutdown-timeout S] [--sweep-interval S]\n"
+            "                        [--allow-private-urls]\n\n"
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
-            "Redis of a `flashlora serve` running on the same --state directory.\n");
+            "Redis of a `flashlora serve` running on the same --state directory.\n\n"
+            "On SIGINT/SIGTERM it takes no new work: a running training writes a checkpoint and goes back\n"
+            "to the queue at once, a running generation batch finishes if its pace lets it within half of\n"
+            "--shutdown-timeout (default 30 s) and otherwise goes back to the queue at its next step, and\n"
+            "the process exits within --shutdown-timeout; a second signal exits at once.\n"
+            "--sweep-interval S (default 10): how often the retention sweep runs (retention itself is set\n"
+            "by `flashlora serve`).\n");
 }
 
 static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {
@@ -174,6 +228,12 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->max_adapter_bytes = 2L << 30;
     a->max_metadata_bytes = 64L << 10;
     a->max_page_bytes = 1L << 20;
+    a->max_queue_tenant = 16;
+    a->max_train_queue_tenant = 2;
+    a->shutdown_timeout_s = 30;
+    a->job_retention_s = 7L * 24 * 3600;
+    a->jobs_per_tenant = 10000;
+    a->sweep_interval_s = 10;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) return 1;
@@ -226,6 +286,12 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--max-adapter-bytes", 1024, 1L << 40, &a->max_adapter_bytes, true},
             {"--max-metadata-bytes", 1024, 1L << 26, &a->max_metadata_bytes, true},
             {"--max-page-bytes", 4096, 1L << 30, &a->max_page_bytes, true},
+            {"--max-queue-per-tenant", 0, 1000000, &a->max_queue_tenant, true},
+            {"--max-train-queue-per-tenant", 0, 100000, &a->max_train_queue_tenant, true},
+            {"--job-retention", 1, 10L * 366 * 24 * 3600, &a->job_retention_s, true},
+            {"--jobs-per-tenant", 1, 100000000, &a->jobs_per_tenant, true},
+            {"--shutdown-timeout", 1, 3600, &a->shutdown_timeout_s, false},
+            {"--sweep-interval", 1, 86400, &a->sweep_interval_s, false},
             {"--batch", 1, 64, &a->batch, false},
             {"--batch-wait-ms", 0, 10000, &a->batch_wait_ms, false},
             {"--claim-timeout", 1, 86400, &a->claim_timeout_s, false},
@@ -286,6 +352,8 @@ static fl_worker_config worker_config_of(const service_args *a, const char *redi
     wc.device_cache_bytes = (size_t)a->device_cache_mb << 20;
     wc.checkpoint_every = (int)a->checkpoint_every;
     wc.allow_private_urls = a->allow_private_urls;
+    wc.shutdown_timeout_ms = (int)(a->shutdown_timeout_s * 1000);
+    wc.sweep_interval_ms = (int)(a->sweep_interval_s * 1000);
     return wc;
 }
 
@@ -338,6 +406,10 @@ static int serve_run(const service_args *a, fl_error *err) {
     ac.metrics = metrics;
     ac.max_pending_generate = a->max_queue;
     ac.max_pending_train = a->max_train_queue;
+    ac.max_pending_generate_tenant = a->max_queue_tenant;
+    ac.max_pending_train_tenant = a->max_train_queue_tenant;
+    ac.job_retention_s = a->job_retention_s;
+    ac.jobs_per_tenant = a->jobs_per_tenant;
     ac.sync_timeout_s = (int)a->sync_timeout_s;
     ac.allow_private_urls = a->allow_private_urls;
     admission_config(a, &ac);
@@ -381,8 +453,15 @@ static int serve_run(const service_args *a, fl_error *err) {
             if (fl_write_file_atomic(a->port_file, port_text, (size_t)n, &perr) != 0) fl_log_warn("%s", perr.message);
         }
         while (!stop_requested) usleep(100 * 1000);
-        fl_log_info("flashlora serve: stopping (signal %d)", (int)stop_requested);
+        fl_log_info("flashlora serve: stopping (signal %d): no new requests; running jobs finish or go back to the "
+                    "queue within %ld s", (int)stop_requested, a->shutdown_timeout_s);
     }
+    /* Workers first (they hand their jobs back while the HTTP layer drains), then the HTTP layer:
+     * waiting handlers ("sync" generations) answer at once. */
+    if (api) fl_api_begin_shutdown(api);
+    for (long i = 0; i < a->workers; i++) fl_worker_request_stop(workers[i]);
+    for (int i = 0; api && fl_api_waiting(api) > 0 && i < 40; i++) usleep(50 * 1000);
+    if (api) usleep(100 * 1000); /* their answers leave before the connections close */
     fl_http_stop(http);
     for (long i = 0; i < a->workers; i++) fl_worker_stop(workers[i]);
     fl_api_free(api);
@@ -401,6 +480,7 @@ int fl_cmd_serve(int argc, char **argv) {
     }
     fl_threads_init_from_env();
     install_stop_handlers();
+    start_shutdown_watchdog(a.shutdown_timeout_s);
     fl_error err = {0};
     if (serve_run(&a, &err) != 0) {
         fprintf(stderr, "flashlora serve: %s\n", err.message);
@@ -418,6 +498,7 @@ int fl_cmd_worker(int argc, char **argv) {
     }
     fl_threads_init_from_env();
     install_stop_handlers();
+    start_shutdown_watchdog(a.shutdown_timeout_s);
     char addr[4200];
     if (a.redis) snprintf(addr, sizeof addr, "%s", a.redis);
     else private_address(a.state, addr, sizeof addr);

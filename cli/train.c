@@ -340,7 +340,7 @@ static int run(const train_args *a, fl_error *err) {
     if (rc == 0) rc = fl_sha256_file(a->model, base_hash, err);
     if (rc == 0) {
         fl_train_job job = make_job(a, checkpoint, base_hash);
-        fl_train_hooks hooks = {event_hook, stop_hook, &cs};
+        fl_train_hooks hooks = {event_hook, stop_hook, &cs, NULL};
         cs.checkpoint_existed = a->resume && access(checkpoint, F_OK) == 0;
         rc = fl_train_run(m, &job, &hooks, &result, err);
     }

@@ -28,7 +28,7 @@ typedef struct download {
     size_t size, cap, max;
     int fd; /* >= 0: the body goes to this file instead of memory */
     int write_errno;
-    bool too_large, no_memory, write_failed, blocked, allow_private;
+    bool too_large, no_memory, write_failed, blocked, allow_private, stopped;
     const fl_fetch_limits *limits;
     time_t last_progress;
 } download;
@@ -39,7 +39,10 @@ static int on_progress(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_of
     time_t now = time(NULL);
     if (now != d->last_progress) {
         d->last_progress = now;
-        d->limits->progress(d->limits->progress_arg);
+        if (!d->limits->progress(d->limits->progress_arg)) {
+            d->stopped = true;
+            return 1; /* non-zero aborts the transfer */
+        }
     }
     return 0;
 }
@@ -232,6 +235,8 @@ static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigne
     int result = 0;
     if (d.blocked)
         result = fl_fail(err, FL_EINVAL, "download refused: the host is a loopback, private or link-local address");
+    else if (d.stopped)
+        result = fl_fail(err, FL_EUNAVAILABLE, "download stopped");
     else if (d.too_large || rc == CURLE_FILESIZE_EXCEEDED)
         result = fl_fail(err, FL_ELIMIT, "download is larger than the %s limit",
                          fl_ds_format_bytes(limits->max_bytes, lim, sizeof lim));

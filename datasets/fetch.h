@@ -21,8 +21,9 @@ typedef struct fl_fetch_limits {
     size_t max_bytes;       /* body size */
     long timeout_seconds;   /* the whole transfer */
     bool allow_private;     /* allow loopback/private/link-local addresses */
-    void (*progress)(void *arg); /* called about once a second while a transfer runs (may be NULL):
-                                  * a job renews its claim there */
+    bool (*progress)(void *arg); /* called about once a second while a transfer runs (may be NULL):
+                                  * a job renews its claim there; false stops the transfer, which
+                                  * then fails with FL_EUNAVAILABLE */
     void *progress_arg;
 } fl_fetch_limits;
 

@@ -38,9 +38,11 @@ double fl_flux_time_shift(double mu, double t) {
 /* The Euler loop over n requests of one size, one forward per step for all of them. Request r
  * owns rows [r*L, (r+1)*L) of every input, so with n == 1 this is exactly the single-request
  * sampler. With per_sample the requests' adapters are installed as per-sample adapters for the
- * run (the caller restores the model's selection); otherwise the model's adapters apply as set. */
+ * run (the caller restores the model's selection); otherwise the model's adapters apply as set.
+ * hooks (may be NULL) are asked before every step whether to stop. */
 static int sample_run(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
-                      const fl_sample_request *reqs, int n, bool per_sample, float **images, fl_error *err) {
+                      const fl_sample_request *reqs, int n, bool per_sample, const fl_sample_hooks *hooks,
+                      float **images, fl_error *err) {
     const fl_flux_params *p = fl_flux_get_params(m);
     int patch = fl_flux_pixel_patch(p);
     if (patch == 0)
@@ -90,6 +92,10 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
     double mu = fl_flux_time_shift_mu(li);
     int rc = 0;
     for (int i = 0; i < steps && rc == 0; i++) {
+        if (hooks && hooks->before_step && hooks->before_step(hooks->arg, i, steps)) {
+            rc = fl_fail(err, FL_EUNAVAILABLE, "stopped at step %d of %d", i, steps);
+            break;
+        }
         float t_cur = (float)fl_flux_time_shift(mu, 1.0 - (double)i / steps);
         float t_next = (float)fl_flux_time_shift(mu, 1.0 - (double)(i + 1) / steps);
         for (int r = 0; r < n; r++) t[r] = t_cur;
@@ -118,11 +124,17 @@ int fl_flux_sample_pixels(fl_flux_model *m, const fl_sample_params *sp, float *i
     req.prompt = sp->prompt;
     req.seed = sp->seed;
     req.guidance = sp->guidance;
-    return sample_run(m, sp->width, sp->height, sp->steps, sp->max_text_tokens, &req, 1, false, &image, err);
+    return sample_run(m, sp->width, sp->height, sp->steps, sp->max_text_tokens, &req, 1, false, NULL, &image, err);
 }
 
 int fl_flux_sample_pixels_batch(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
                                 const fl_sample_request *reqs, int n, float **images, fl_error *err) {
+    return fl_flux_sample_pixels_batch_hooked(m, width, height, steps, max_text_tokens, reqs, n, NULL, images, err);
+}
+
+int fl_flux_sample_pixels_batch_hooked(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
+                                       const fl_sample_request *reqs, int n, const fl_sample_hooks *hooks,
+                                       float **images, fl_error *err) {
     /* Keep the caller's selection to put it back afterwards. */
     int prev_batch = m->sample_batch;
     fl_flux_sample_adapters *prev = NULL;
@@ -130,7 +142,7 @@ int fl_flux_sample_pixels_batch(fl_flux_model *m, int width, int height, int ste
         prev = fl_xmalloc((size_t)prev_batch * sizeof *prev);
         memcpy(prev, m->sample_sel, (size_t)prev_batch * sizeof *prev);
     }
-    int rc = sample_run(m, width, height, steps, max_text_tokens, reqs, n, true, images, err);
+    int rc = sample_run(m, width, height, steps, max_text_tokens, reqs, n, true, hooks, images, err);
     if (prev) {
         if (fl_flux_set_sample_adapters(m, prev_batch, prev, NULL) != 0) fl_flux_clear_sample_adapters(m);
         free(prev);

@@ -9,11 +9,13 @@
  *
  * The batch sampler runs several requests — each with its own prompt, seed, guidance and
  * adapters — through one forward per step; per-sample adapters (flux.h) make each request's
- * image bitwise the image it gets when sampled alone.
+ * image bitwise the image it gets when sampled alone. A callback before every step lets the
+ * caller stop a run between steps (a canceled job, a stopping worker).
  */
 #ifndef FL_MODELS_SAMPLER_H
 #define FL_MODELS_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -57,6 +59,19 @@ typedef struct fl_sample_request {
  * pixel image space. */
 int fl_flux_sample_pixels_batch(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
                                 const fl_sample_request *reqs, int n, float **images, fl_error *err);
+
+/* A batch sampler's per-step callback: called before each step with the steps done so far
+ * (0 .. steps - 1); returning true stops the run there (FL_EUNAVAILABLE, "stopped at step k of
+ * n"), before that step's forward, with no image written and every buffer of the run freed. */
+typedef struct fl_sample_hooks {
+    bool (*before_step)(void *arg, int done, int steps);
+    void *arg;
+} fl_sample_hooks;
+
+/* fl_flux_sample_pixels_batch with a per-step callback (hooks may be NULL). */
+int fl_flux_sample_pixels_batch_hooked(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
+                                       const fl_sample_request *reqs, int n, const fl_sample_hooks *hooks,
+                                       float **images, fl_error *err);
 
 /* Encodes an image [height, width, 3] in [-1, 1] as 8-bit PNG: into a malloc'ed buffer, or into a
  * file written atomically. Needs stb (FL_HAVE_STB); otherwise FL_EUNSUPPORTED. */

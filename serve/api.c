@@ -30,6 +30,10 @@ fl_api_config fl_api_config_default(void) {
     memset(&c, 0, sizeof c);
     c.max_pending_generate = 64;
     c.max_pending_train = 8;
+    c.max_pending_generate_tenant = 16;
+    c.max_pending_train_tenant = 2;
+    c.job_retention_s = 7L * 24 * 3600;
+    c.jobs_per_tenant = 10000;
     c.max_resolution = 1024;
     c.max_generation_steps = 100;
     c.max_num_images = 8;
@@ -218,7 +222,8 @@ static const char *allowed_methods(api_route r) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS: return "POST";
     case ROUTE_ADAPTERS: return "GET, HEAD, POST";
-    case ROUTE_ADAPTER: return "GET, HEAD, DELETE";
+    case ROUTE_ADAPTER:
+    case ROUTE_JOB: return "GET, HEAD, DELETE";
     default: return "GET, HEAD";
     }
 }
@@ -231,7 +236,8 @@ static bool method_allowed(api_route r, const char *method) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS: return !strcmp(method, "POST");
     case ROUTE_ADAPTERS: return is_get(method) || !strcmp(method, "POST");
-    case ROUTE_ADAPTER: return is_get(method) || !strcmp(method, "DELETE");
+    case ROUTE_ADAPTER:
+    case ROUTE_JOB: return is_get(method) || !strcmp(method, "DELETE");
     default: return is_get(method);
     }
 }
@@ -242,7 +248,7 @@ static const char *route_label(api_route r, const char *method) {
     case ROUTE_METRICS: return "GET /metrics";
     case ROUTE_TRAININGS: return "POST /v1/trainings";
     case ROUTE_GENERATIONS: return "POST /v1/generations";
-    case ROUTE_JOB: return "GET /v1/jobs/{id}";
+    case ROUTE_JOB: return !strcmp(method, "DELETE") ? "DELETE /v1/jobs/{id}" : "GET /v1/jobs/{id}";
     case ROUTE_JOB_EVENTS: return "GET /v1/jobs/{id}/events";
     case ROUTE_IMAGE: return "GET /v1/images/{id}";
     case ROUTE_ADAPTERS: return !strcmp(method, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
@@ -375,7 +381,10 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
     switch (c->route) {
     case ROUTE_TRAININGS: fl_api_trainings_create(api, r, tenant, req, res); break;
     case ROUTE_GENERATIONS: fl_api_generations_create(api, r, tenant, req, res); break;
-    case ROUTE_JOB: fl_api_jobs_get(r, tenant, id, res); break;
+    case ROUTE_JOB:
+        if (!strcmp(req->method, "DELETE")) fl_api_jobs_cancel(api, r, tenant, id, res);
+        else fl_api_jobs_get(r, tenant, id, res);
+        break;
     case ROUTE_JOB_EVENTS: fl_api_jobs_events(api, r, tenant, id, req, res); break;
     case ROUTE_IMAGE: fl_api_images_get(api, r, tenant, id, res); break;
     case ROUTE_ADAPTERS:

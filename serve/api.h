@@ -4,6 +4,8 @@
  *
  *   POST /v1/trainings                 archive upload (multipart) or {images_url}, options -> 202 job
  *   GET  /v1/jobs/{id}                 state, progress, result or error
+ *   DELETE /v1/jobs/{id}               cancel: 200 canceled (it was queued), 202 (running: it
+ *                                      stops at its next step), 409 when already finished
  *   GET  /v1/jobs/{id}/events          server-sent events until the job ends
  *   POST /v1/generations               {prompt, adapters:[{id, scale}], ...} -> 202 job, or 200
  *                                      with base64 PNGs when "sync": true
@@ -14,9 +16,9 @@
  * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
  * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming
  * the field; bodies over the limits 413; jobs whose memory or work is over the admission limits
- * 422 (api_admit.c); full queues 429 with Retry-After; Redis unreachable 503; a full disk (or
- * Redis refusing writes it cannot persist) 507. POST /v1/adapters with a "url" is an import job
- * (202).
+ * 422 (api_admit.c); full queues and a tenant's quota 429 with Retry-After; Redis unreachable 503;
+ * a full disk (or Redis refusing writes it cannot persist) 507. POST /v1/adapters with a "url" is
+ * an import job (202).
  */
 #ifndef FL_SERVE_API_H
 #define FL_SERVE_API_H
@@ -35,6 +37,13 @@ typedef struct fl_api_config {
     char base_model_hash[65];
     long max_pending_generate;   /* generation jobs queued or running before 429 (default 64) */
     long max_pending_train;      /* training jobs (default 8) */
+    long max_pending_generate_tenant; /* generation jobs one tenant may have queued or running
+                                  * (default 16; <= 0: no quota) */
+    long max_pending_train_tenant;    /* training jobs of one tenant (default 2) */
+    long job_retention_s;        /* a finished job, its events and images are kept this long
+                                  * (default 7 days) */
+    long jobs_per_tenant;        /* finished jobs kept per tenant, older ones removed first
+                                  * (default 10000) */
     int default_size;            /* width, height and training resolution when a request gives none
                                   * (default 64) */
     int max_resolution;          /* largest width / height / training resolution (default 1024) */
@@ -75,5 +84,10 @@ void fl_api_free(fl_api *api);
 bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm, fl_http_response *res);
 /* The fl_http_handler of the service (app is the fl_api); HEAD is answered as GET. */
 void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res);
+/* The service is stopping: handlers that wait for a job (a "sync" generation) stop waiting and
+ * answer 503 with the job's URL; the job itself carries on. */
+void fl_api_begin_shutdown(fl_api *api);
+/* How many handlers are still waiting for a job (0 soon after fl_api_begin_shutdown). */
+int fl_api_waiting(fl_api *api);
 
 #endif

@@ -28,6 +28,8 @@ struct fl_api {
     pthread_mutex_t lock;
     fl_redis *pool[FL_API_POOL_MAX];
     int n_pool;
+    _Atomic bool stopping; /* fl_api_begin_shutdown */
+    _Atomic int waiting;   /* handlers waiting for a job ("sync" generations) */
 };
 
 /* A Redis connection for this thread's request (FL_EUNAVAILABLE when Redis cannot be reached),
@@ -61,6 +63,7 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
 void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
                                fl_http_response *res);
 void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
                         fl_http_response *res);
 void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res);

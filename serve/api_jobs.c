@@ -1,8 +1,9 @@
 /*
  * api_jobs.c — the job routes of the API: training and generation requests (checked against the
  * service's limits and queued), a job's state, its server-sent events, synchronous generation,
- * and the generated images. A tenant sees only its own jobs and images.
+ * cancel, and the generated images. A tenant sees only its own jobs and images.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,37 @@ static void reply_queue_full(fl_api *api, fl_http_response *res, const char *kin
     snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
     fl_http_reply_error(res, 429, "queue_full", "the %s queue is full (%ld jobs waiting or running); retry later", kind,
                         max);
+    fl_http_add_header(res, "Retry-After", retry);
+}
+
+/* How a job of a kind is admitted and kept, from the service's settings. */
+static fl_job_policy job_policy(const fl_api *api, fl_job_kind kind) {
+    fl_job_policy p;
+    p.max_pending = kind == FL_JOB_TRAIN ? api->cfg.max_pending_train : api->cfg.max_pending_generate;
+    p.max_pending_tenant =
+        kind == FL_JOB_TRAIN ? api->cfg.max_pending_train_tenant : api->cfg.max_pending_generate_tenant;
+    p.retention_s = api->cfg.job_retention_s;
+    p.keep_per_tenant = api->cfg.jobs_per_tenant;
+    return p;
+}
+
+/* The 429 of a refused admission: the queue as a whole, or the tenant's quota (named with its
+ * setting). */
+static void reply_refused(fl_api *api, fl_http_response *res, fl_job_kind kind, fl_admission admission) {
+    const char *what = kind == FL_JOB_TRAIN ? "training" : "generation";
+    fl_job_policy p = job_policy(api, kind);
+    if (admission == FL_ADMIT_QUEUE_FULL) {
+        reply_queue_full(api, res, what, p.max_pending);
+        return;
+    }
+    char retry[16];
+    snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
+    fl_http_reply_error(res, 429, "tenant_quota",
+                        "tenant quota: this tenant already has %ld %s jobs waiting or running (%s %ld); retry when "
+                        "one has finished",
+                        p.max_pending_tenant, what,
+                        kind == FL_JOB_TRAIN ? "--max-train-queue-per-tenant" : "--max-queue-per-tenant",
+                        p.max_pending_tenant);
     fl_http_add_header(res, "Retry-After", retry);
 }
 
@@ -119,13 +151,14 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
     fl_train_request_clear(&tr);
     char *text = json_dumps(job, JSON_COMPACT);
     json_decref(job);
-    bool full = false;
-    rc = fl_jobs_enqueue(r, FL_JOB_TRAIN, job_id, tenant, text, api->cfg.max_pending_train, &full, &err);
+    fl_job_policy policy = job_policy(api, FL_JOB_TRAIN);
+    fl_admission admission = FL_ADMIT_QUEUE_FULL;
+    rc = fl_jobs_submit(r, FL_JOB_TRAIN, job_id, tenant, text, &policy, &admission, &err);
     free(text);
-    if (rc != 0 || full) {
+    if (rc != 0 || admission != FL_ADMITTED) {
         if (*upload_path) unlink(upload_path);
         if (rc != 0) { fl_api_reply_err(res, &err); return; }
-        reply_queue_full(api, res, "training", api->cfg.max_pending_train);
+        reply_refused(api, res, FL_JOB_TRAIN, admission);
         return;
     }
     reply_accepted(res, job_id);
@@ -147,6 +180,8 @@ static json_t *job_json(const fl_job *job) {
                                                      "loss", job->loss, "eta_s", job->eta_s));
     json_object_set_new(o, "result", fl_api_json_or_null(job->result_json));
     json_object_set_new(o, "error", fl_api_json_or_null(job->error_json));
+    if (job->cancel_requested) json_object_set_new(o, "cancel_requested", json_true());
+    if (job->finished_ms) json_object_set_new(o, "finished_ms", json_integer((json_int_t)job->finished_ms));
     return o;
 }
 
@@ -158,9 +193,26 @@ void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_re
     fl_job_clear(&job);
 }
 
-/* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream. */
+/* DELETE /v1/jobs/{id}: a queued job is canceled now (200, and a training's upload goes with
+ * it); a running one is asked to stop (202: its worker stops it at the next step and finishes it
+ * as canceled); a finished one is 409; another tenant's is 404. */
+void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+    fl_error err = {0};
+    fl_cancel_outcome outcome = FL_CANCEL_REQUESTED;
+    if (fl_jobs_cancel(r, tenant, id, &outcome, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    if (outcome == FL_CANCEL_DONE && job.kind == FL_JOB_TRAIN) fl_jobs_remove_files(api->cfg.state_dir, id);
+    fl_http_reply_json(res, outcome == FL_CANCEL_DONE ? 200 : 202, job_json(&job));
+    fl_job_clear(&job);
+}
+
+/* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream.
+ * While nothing arrives the job's state is checked: a stream whose job has ended (or is gone)
+ * ends too, whatever Last-Event-ID the client sent. */
 typedef struct event_stream {
     fl_redis *r;
+    char id[FL_ID_MAX];
     char key[160];
     char last_id[64];
     char *buf;
@@ -192,6 +244,53 @@ static void es_append(event_stream *es, const char *fmt, ...) {
     }
 }
 
+static bool is_terminal_event(const char *type) {
+    return type && (!strcmp(type, "succeeded") || !strcmp(type, "failed") || !strcmp(type, "canceled"));
+}
+
+/* Appends the entries of an XREAD reply as SSE events; marks the stream ended at a terminal one. */
+static void es_append_entries(event_stream *es, const redisReply *rep) {
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0 || rep->element[0]->elements < 2) return;
+    const redisReply *entries = rep->element[0]->element[1];
+    for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *e = entries->element[i];
+        if (e->elements < 2) continue;
+        snprintf(es->last_id, sizeof es->last_id, "%s", e->element[0]->str);
+        const redisReply *fields = e->element[1];
+        for (size_t k = 0; k + 1 < fields->elements; k += 2) {
+            if (strcmp(fields->element[k]->str, "data") != 0) continue;
+            const char *data = fields->element[k + 1]->str;
+            json_error_t jerr;
+            json_t *ev = json_loads(data, 0, &jerr);
+            const char *type = ev ? json_string_value(json_object_get(ev, "event")) : NULL;
+            char *clean = NULL; /* an error message naming a server path: without it */
+            if (ev && strchr(data, '/')) fl_http_redact_json(ev), clean = json_dumps(ev, JSON_COMPACT);
+            es_append(es, "id: %s\nevent: %s\ndata: %s\n\n", es->last_id, type ? type : "message",
+                      clean ? clean : data);
+            free(clean);
+            if (is_terminal_event(type)) es->ended = true;
+            json_decref(ev);
+        }
+    }
+}
+
+/* Nothing new arrived: a job that has ended (or whose record is gone) ends its stream, after
+ * whatever was appended since the last read. */
+static void es_check_job(event_stream *es) {
+    fl_error err = {0};
+    redisReply *rep = fl_redis_cmd(es->r, &err, "HGET fl:job:%s state", es->id);
+    if (!rep) return;
+    bool over = rep->type != REDIS_REPLY_STRING || fl_job_state_terminal(rep->str);
+    freeReplyObject(rep);
+    if (!over) return;
+    rep = fl_redis_cmd(es->r, &err, "XREAD COUNT 1000 STREAMS %s %s", es->key, es->last_id);
+    if (rep) {
+        es_append_entries(es, rep);
+        freeReplyObject(rep);
+    }
+    es->ended = true;
+}
+
 static ssize_t event_stream_read(void *arg, char *out, size_t max) {
     event_stream *es = arg;
     if (es->off < es->len) {
@@ -209,30 +308,10 @@ static ssize_t event_stream_read(void *arg, char *out, size_t max) {
         es->ended = true;
         return event_stream_read(arg, out, max);
     }
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 && rep->element[0]->elements >= 2) {
-        const redisReply *entries = rep->element[0]->element[1];
-        for (size_t i = 0; i < entries->elements; i++) {
-            const redisReply *e = entries->element[i];
-            if (e->elements < 2) continue;
-            snprintf(es->last_id, sizeof es->last_id, "%s", e->element[0]->str);
-            const redisReply *fields = e->element[1];
-            for (size_t k = 0; k + 1 < fields->elements; k += 2) {
-                if (strcmp(fields->element[k]->str, "data") != 0) continue;
-                const char *data = fields->element[k + 1]->str;
-                json_error_t jerr;
-                json_t *ev = json_loads(data, 0, &jerr);
-                const char *type = ev ? json_string_value(json_object_get(ev, "event")) : NULL;
-                char *clean = NULL; /* an error message naming a server path: without it */
-                if (ev && strchr(data, '/')) fl_http_redact_json(ev), clean = json_dumps(ev, JSON_COMPACT);
-                es_append(es, "id: %s\nevent: %s\ndata: %s\n\n", es->last_id, type ? type : "message",
-                          clean ? clean : data);
-                free(clean);
-                if (type && (!strcmp(type, "succeeded") || !strcmp(type, "failed"))) es->ended = true;
-                json_decref(ev);
-            }
-        }
-    }
+    es_append_entries(es, rep);
     freeReplyObject(rep);
+    if (es->len == 0) es_check_job(es);
+    if (es->len == 0 && es->ended) return -1;
     if (es->len == 0 && fl_now_ms() - es->last_send_ms > 15000) es_append(es, ": keep-alive\n\n");
     if (es->len == 0) return 0;
     es->last_send_ms = fl_now_ms();
@@ -240,6 +319,37 @@ static ssize_t event_stream_read(void *arg, char *out, size_t max) {
     memcpy(out, es->buf, n);
     es->off = n;
     return (ssize_t)n;
+}
+
+/* "ms-seq" (or "ms") as two numbers; false when malformed. */
+static bool parse_stream_id(const char *id, unsigned long long *ms, unsigned long long *seq) {
+    char *end = NULL;
+    errno = 0;
+    *ms = strtoull(id, &end, 10);
+    if (end == id || errno) return false;
+    *seq = 0;
+    if (*end == '-') {
+        const char *s = end + 1;
+        *seq = strtoull(s, &end, 10);
+        if (end == s || errno) return false;
+    }
+    return *end == '\0';
+}
+
+/* A Last-Event-ID is honoured only when it names a place in the stream: at or before its last
+ * entry. Anything else (malformed, or beyond what the stream has issued) replays from the start. */
+static void es_resume_from(event_stream *es, const char *last) {
+    snprintf(es->last_id, sizeof es->last_id, "0-0");
+    unsigned long long ms, seq, top_ms, top_seq;
+    if (!last || !*last || strlen(last) >= sizeof es->last_id || !parse_stream_id(last, &ms, &seq)) return;
+    fl_error err = {0};
+    redisReply *rep = fl_redis_cmd(es->r, &err, "XREVRANGE %s + - COUNT 1", es->key);
+    bool ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements >= 1 &&
+              rep->element[0]->element[0]->type == REDIS_REPLY_STRING &&
+              parse_stream_id(rep->element[0]->element[0]->str, &top_ms, &top_seq) &&
+              (ms < top_ms || (ms == top_ms && seq <= top_seq));
+    if (rep) freeReplyObject(rep);
+    if (ok) snprintf(es->last_id, sizeof es->last_id, "%llu-%llu", ms, seq);
 }
 
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
@@ -254,10 +364,9 @@ void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char
         err.code = FL_EUNAVAILABLE;
         { fl_api_reply_err(res, &err); return; }
     }
+    snprintf(es->id, sizeof es->id, "%s", id);
     snprintf(es->key, sizeof es->key, "fl:job:%s:events", id);
-    const char *last = fl_http_header(req, "Last-Event-ID");
-    bool valid_last = last && *last && strlen(last) < sizeof es->last_id && strspn(last, "0123456789-") == strlen(last);
-    snprintf(es->last_id, sizeof es->last_id, "%s", valid_last ? last : "0-0");
+    es_resume_from(es, fl_http_header(req, "Last-Event-ID"));
     es->last_send_ms = fl_now_ms();
     res->status = 200;
     res->content_type = "text/event-stream";
@@ -267,26 +376,38 @@ void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char
     res->stream_free = event_stream_free;
 }
 
-/* True for the text of a job's last event (succeeded or failed). */
+/* True for the text of a job's last event (succeeded, failed or canceled). */
 static bool event_is_terminal(const char *data) {
     json_error_t jerr;
     json_t *ev = json_loads(data, 0, &jerr);
-    const char *type = json_string_value(json_object_get(ev, "event"));
-    bool terminal = type && (!strcmp(type, "succeeded") || !strcmp(type, "failed"));
+    bool terminal = is_terminal_event(json_string_value(json_object_get(ev, "event")));
     json_decref(ev);
     return terminal;
 }
 
-/* Waits for a job's terminal event on its event stream. Returns 0 when it ended, 1 on timeout. */
+void fl_api_begin_shutdown(fl_api *api) {
+    api->stopping = true;
+}
+
+int fl_api_waiting(fl_api *api) {
+    return api->waiting;
+}
+
+/* Waits for a job's terminal event on its event stream. Returns 0 when it ended, 1 on timeout,
+ * 2 when the service began to stop. */
 static int wait_for_job(fl_api *api, const char *id, int timeout_s, fl_error *err) {
     fl_redis *r = NULL;
     if (fl_redis_connect(api->cfg.redis_address, &r, err) != 0) return -1;
     char key[160], last[64] = "0-0";
     snprintf(key, sizeof key, "fl:job:%s:events", id);
-    int64_t deadline = fl_now_ms() + (int64_t)timeout_s * 1000;
+    int64_t deadline = fl_monotonic_ms() + (int64_t)timeout_s * 1000;
     int rc = 1;
-    while (rc == 1 && fl_now_ms() < deadline) {
-        redisReply *rep = fl_redis_cmd(r, err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s", key, last);
+    while (rc == 1 && fl_monotonic_ms() < deadline) {
+        if (api->stopping) {
+            rc = 2;
+            break;
+        }
+        redisReply *rep = fl_redis_cmd(r, err, "XREAD COUNT 64 BLOCK 500 STREAMS %s %s", key, last);
         if (!rep) {
             rc = -1;
             break;
@@ -316,6 +437,17 @@ static void reply_sync_result(fl_api *api, fl_redis *r, const char *tenant, cons
         fl_job_clear(&job);
         fl_http_reply_error(res, 504, "timeout", "job %s did not finish within %d s; follow it at /v1/jobs/%s", id,
                             api->cfg.sync_timeout_s, id);
+        return;
+    }
+    if (w == 2) {
+        fl_job_clear(&job);
+        fl_http_reply_error(res, 503, "unavailable", "the service is stopping; job %s carries on: follow it at "
+                            "/v1/jobs/%s", id, id);
+        return;
+    }
+    if (!strcmp(job.state, "canceled")) {
+        fl_job_clear(&job);
+        fl_http_reply_error(res, 409, "canceled", "job %s was canceled", id);
         return;
     }
     if (strcmp(job.state, "succeeded") != 0) {
@@ -395,12 +527,18 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     json_decref(job);
     char job_id[FL_ID_MAX];
     fl_jobs_new_id("job", job_id);
-    bool full = false;
-    rc = fl_jobs_enqueue(r, FL_JOB_GENERATE, job_id, tenant, text, api->cfg.max_pending_generate, &full, &err);
+    fl_job_policy policy = job_policy(api, FL_JOB_GENERATE);
+    fl_admission admission = FL_ADMIT_QUEUE_FULL;
+    rc = fl_jobs_submit(r, FL_JOB_GENERATE, job_id, tenant, text, &policy, &admission, &err);
     free(text);
     if (rc != 0) { fl_api_reply_err(res, &err); return; }
-    if (full) { reply_queue_full(api, res, "generation", api->cfg.max_pending_generate); return; }
-    if (sync) { reply_sync_result(api, r, tenant, job_id, res); return; }
+    if (admission != FL_ADMITTED) { reply_refused(api, res, FL_JOB_GENERATE, admission); return; }
+    if (sync) {
+        api->waiting++;
+        reply_sync_result(api, r, tenant, job_id, res);
+        api->waiting--;
+        return;
+    }
     reply_accepted(res, job_id);
 }
 

@@ -200,8 +200,8 @@ void fl_api_metrics(fl_api *api, fl_http_response *res) {
         redisReply *rep = fl_redis_cmd(r, &err, "HGETALL fl:jobs:states");
         fl_metrics_appendf(&text, &len, &cap,
                            "# HELP flashlora_jobs Jobs by state.\n# TYPE flashlora_jobs gauge\n");
-        const char *states[] = {"queued", "running", "succeeded", "failed"};
-        for (int s = 0; s < 4; s++) {
+        const char *states[] = {"queued", "running", "succeeded", "failed", "canceled"};
+        for (int s = 0; s < 5; s++) {
             long long v = 0;
             for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2)
                 if (!strcmp(rep->element[i]->str, states[s])) v = atoll(rep->element[i + 1]->str);

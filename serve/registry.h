@@ -84,7 +84,8 @@ typedef struct fl_import_limits {
                                 * FLUX.1-dev is about 1.3 GB in bf16); more is FL_ELIMIT */
     long timeout_seconds;      /* a URL's whole transfer (default 60) */
     bool allow_private;        /* fetch from loopback, private and link-local addresses */
-    void (*progress)(void *arg); /* called about once a second while downloading (may be NULL) */
+    bool (*progress)(void *arg); /* called about once a second while downloading (may be NULL);
+                                  * false stops the download (FL_EUNAVAILABLE) */
     void *progress_arg;
 } fl_import_limits;
 

@@ -1,7 +1,8 @@
 /*
  * worker.c — the worker loop (see worker.h): read jobs from the Redis work streams, hand them to
- * the generation and training code (worker_generate.c, worker_train.c), renew claims, reclaim what
- * dead workers left behind, and publish heartbeats.
+ * the generation and training code (worker_generate.c, worker_train.c), renew claims, see cancels,
+ * hand jobs back when stopping, reclaim what dead workers left behind, publish heartbeats, and
+ * run the retention sweep (worker_sweep.c).
  */
 #include "serve/worker.h"
 
@@ -36,6 +37,8 @@ fl_worker_config fl_worker_config_default(void) {
     c.cache_bytes = (size_t)1 << 30;
     c.device_cache_bytes = (size_t)1 << 30;
     c.checkpoint_every = 10;
+    c.shutdown_timeout_ms = 30000;
+    c.sweep_interval_ms = 10000;
     return c;
 }
 
@@ -108,15 +111,39 @@ static int read_group(worker_state *w, bool want_gen, bool want_train, int count
     return 0;
 }
 
-/* Renews this worker's claim on an entry so no other worker takes it over while it runs. */
-void fl_worker_keep_claim(worker_state *w, fl_job_kind kind, const char *entry) {
+fl_claim fl_worker_keep_claim(worker_state *w, fl_job_kind kind, const work_item *it) {
     fl_error err = {0};
-    char idle[16];
-    snprintf(idle, sizeof idle, "0");
-    redisReply *rep = fl_redis_cmd(w->r, &err, "XCLAIM %s %s %s %s %s JUSTID", fl_job_stream_key(kind), FL_JOBS_GROUP,
-                                   w->name, idle, entry);
-    if (rep) freeReplyObject(rep);
+    fl_claim claim = FL_CLAIM_HELD;
+    if (fl_jobs_keep_claim(w->r, kind, it->job, it->entry, w->name, &claim, &err) != 0) {
+        fl_log_warn("worker %s: job %s: cannot renew the claim: %s", w->name, it->job, err.message);
+        return FL_CLAIM_HELD;
+    }
     w->last_keepalive_ms = fl_now_ms();
+    if (claim == FL_CLAIM_LOST)
+        fl_log_warn("worker %s: job %s was taken over by another worker: stopping it here", w->name, it->job);
+    return claim;
+}
+
+bool fl_worker_poll_due(const worker_state *w, int64_t *last) {
+    int period = w->cfg.claim_timeout_ms / 4 < 250 ? w->cfg.claim_timeout_ms / 4 : 250;
+    int64_t now = fl_monotonic_ms();
+    if (*last != 0 && now - *last < (period > 10 ? period : 10)) return false;
+    *last = now;
+    return true;
+}
+
+bool fl_worker_stopping(worker_state *w) {
+    if (!*w->stop) return false;
+    if (w->stop_seen_ms == 0) {
+        w->stop_seen_ms = fl_monotonic_ms();
+        fl_log_info("worker %s: stopping: no new work; running jobs finish or go back to the queue", w->name);
+    }
+    return true;
+}
+
+bool fl_worker_abandon_generation(worker_state *w, int64_t remaining_ms) {
+    if (!fl_worker_stopping(w)) return false;
+    return remaining_ms < 0 || fl_monotonic_ms() + remaining_ms > w->stop_seen_ms + w->cfg.shutdown_timeout_ms / 2;
 }
 
 void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {
@@ -124,16 +151,43 @@ void fl_worker_ack(worker_state *w, fl_job_kind kind, const char *entry) {
     if (fl_jobs_ack(w->r, kind, entry, &err) != 0) fl_log_warn("worker %s: XACK %s: %s", w->name, entry, err.message);
 }
 
-void fl_worker_fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
-    /* stored as it is: whatever shows it to a client (the HTTP layer) takes server paths out */
+/* The message is stored as it is: whatever shows it to a client (the HTTP layer) takes server
+ * paths out. */
+static void end_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *state, const char *code,
+                    const char *message) {
     char *text = error_json(code, message);
     fl_error err = {0};
-    if (fl_jobs_finish(w->r, it->job, false, text, NULL, &err) != 0)
+    if (fl_jobs_finish_as(w->r, it->job, state, text, NULL, &err) != 0) {
         fl_log_warn("worker %s: cannot finish job %s: %s", w->name, it->job, err.message);
-    else
+    } else {
         fl_worker_ack(w, kind, it->entry);
-    fl_log_info("job %s failed: %s", it->job, message);
+        if (kind == FL_JOB_TRAIN) fl_jobs_remove_files(w->cfg.state_dir, it->job);
+    }
+    fl_log_info("job %s %s: %s", it->job, state, message);
     free(text);
+}
+
+void fl_worker_fail_job(worker_state *w, fl_job_kind kind, const work_item *it, const char *code, const char *message) {
+    end_job(w, kind, it, "failed", code, message);
+}
+
+void fl_worker_cancel_job(worker_state *w, fl_job_kind kind, const work_item *it) {
+    end_job(w, kind, it, "canceled", "canceled", "canceled by the client");
+}
+
+void fl_worker_requeue(worker_state *w, fl_job_kind kind, const work_item *it) {
+    fl_error err = {0};
+    fl_requeue_outcome out = FL_REQUEUE_NOT_HELD;
+    if (fl_jobs_requeue(w->r, kind, it->job, it->entry, w->name, &out, &err) != 0) {
+        fl_log_warn("worker %s: cannot hand job %s back (another worker takes it after the claim timeout): %s",
+                    w->name, it->job, err.message);
+        return;
+    }
+    if (out == FL_REQUEUE_CANCELED && kind == FL_JOB_TRAIN) fl_jobs_remove_files(w->cfg.state_dir, it->job);
+    const char *what = out == FL_REQUEUED            ? "handed back to the queue"
+                       : out == FL_REQUEUE_CANCELED ? "canceled"
+                                                    : "is not this worker's any more";
+    fl_log_info("worker %s: job %s %s", w->name, it->job, what);
 }
 
 /* ---- heartbeat ------------------------------------------------------------------------------- */
@@ -223,11 +277,12 @@ static void prune_consumers(worker_state *w) {
 }
 
 static void reclaim(worker_state *w) {
+    if (fl_worker_stopping(w)) return;
     int64_t now = fl_now_ms();
     int period = w->cfg.claim_timeout_ms / 4 > 250 ? w->cfg.claim_timeout_ms / 4 : 250;
     if (now - w->last_reclaim_ms < period) return;
     w->last_reclaim_ms = now;
-    for (int k = 0; k < 2 && !*w->stop; k++) {
+    for (int k = 0; k < 2 && !fl_worker_stopping(w); k++) {
         fl_job_kind kind = k == 0 ? FL_JOB_GENERATE : FL_JOB_TRAIN;
         fl_error err = {0};
         char idle[32];
@@ -256,7 +311,7 @@ static void reclaim(worker_state *w) {
         if (keep == 0) continue;
         if (kind == FL_JOB_GENERATE) fl_worker_process_generate(w, items, keep);
         else
-            for (int i = 0; i < keep && !*w->stop; i++) fl_worker_process_train(w, &items[i]);
+            for (int i = 0; i < keep && !fl_worker_stopping(w); i++) fl_worker_process_train(w, &items[i]);
     }
 }
 
@@ -286,6 +341,7 @@ static int open_worker(worker_state *w, fl_error *err) {
 }
 
 static void close_worker(worker_state *w) {
+    fl_worker_sweep_close(w);
     if (w->r) {
         fl_error err = {0};
         redisReply *rep = fl_redis_cmd(w->r, &err, "DEL fl:worker:%s", w->name);
@@ -307,10 +363,11 @@ static int worker_loop(worker_state *w, fl_error *err) {
     fl_log_info("worker %s: ready (model %s, device %s)", w->name, w->cfg.model_path, w->cfg.device);
     fl_worker_heartbeat(w, true);
     int failures = 0;
-    while (!*w->stop) {
+    while (!fl_worker_stopping(w)) {
         fl_worker_heartbeat(w, false);
         reclaim(w);
         prune_consumers(w);
+        fl_worker_sweep(w);
         work_item gen[FL_WORKER_MAX_ITEMS], train[FL_WORKER_MAX_ITEMS];
         int n_gen = 0, n_train = 0;
         fl_error e = {0};
@@ -330,8 +387,9 @@ static int worker_loop(worker_state *w, fl_error *err) {
             read_group(w, true, false, batch - n_gen, -1, gen, &n_gen, train, &n_train, &e);
         }
         if (n_gen > 0) fl_worker_process_generate(w, gen, n_gen);
-        for (int i = 0; i < n_train && !*w->stop; i++) fl_worker_process_train(w, &train[i]);
+        for (int i = 0; i < n_train; i++) fl_worker_process_train(w, &train[i]);
     }
+    fl_log_info("worker %s: stopped", w->name);
     close_worker(w);
     return 0;
 }
@@ -379,6 +437,10 @@ int fl_worker_start(const fl_worker_config *config, fl_worker **out, fl_error *e
     }
     *out = wk;
     return 0;
+}
+
+void fl_worker_request_stop(fl_worker *w) {
+    if (w) w->stop = 1;
 }
 
 void fl_worker_stop(fl_worker *w) {

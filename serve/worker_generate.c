@@ -4,7 +4,9 @@
  * batch may use), sampled in one pass where each request's rows carry its own adapters, written as
  * PNGs, and each request finished and acknowledged on its own. Adapters stay attached between
  * batches (adapters/cache.h device tier): a batch acquires the sets it names (attaching only those
- * not resident) and selects them per sample; it detaches nothing.
+ * not resident) and selects them per sample; it detaches nothing. Between sampling steps the
+ * claims are renewed and cancels seen (a batch nobody wants any more stops there); a stopping
+ * worker hands back what it has not finished.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +26,53 @@ typedef struct gen_request {
     fl_generate_request req;
     int64_t created_ms;
     bool done; /* finished (or failed) already */
+    int first_sample; /* its first image in the batch being sampled */
 } gen_request;
+
+/* The per-step watch over a running batch (the sampler's callback): at the poll period it renews
+ * the claims of every request this worker holds — the batch's and those waiting for a later
+ * batch — finishes as canceled the ones their clients canceled, lets go of the ones another
+ * worker took over, and stops the batch when none of its requests is left or when a stopping
+ * worker must abandon it because it would not finish in time (its requests are then handed
+ * back). */
+typedef struct batch_watch {
+    worker_state *w;
+    gen_request *held; /* every request of this read, done or not */
+    int n_held;
+    gen_request **batch;
+    int n_batch;
+    int64_t last_poll_ms;
+    int64_t started_ms; /* monotonic, when sampling began */
+    bool abandoned;
+} batch_watch;
+
+/* Renews one request's claim; false (and the request done) when it is no longer this worker's
+ * to run: canceled (finished as such), taken over, or finished elsewhere. */
+static bool still_ours(worker_state *w, gen_request *g) {
+    if (g->done) return false;
+    fl_claim claim = fl_worker_keep_claim(w, FL_JOB_GENERATE, &g->item);
+    if (claim == FL_CLAIM_HELD) return true;
+    if (claim == FL_CLAIM_CANCEL) fl_worker_cancel_job(w, FL_JOB_GENERATE, &g->item);
+    else if (claim == FL_CLAIM_FINISHED) fl_worker_ack(w, FL_JOB_GENERATE, g->item.entry);
+    g->done = true;
+    return false;
+}
+
+static bool batch_watch_step(void *arg, int done, int steps) {
+    batch_watch *bw = arg;
+    fl_worker_heartbeat(bw->w, false);
+    if (done == 0) bw->started_ms = fl_monotonic_ms();
+    int64_t remaining = done > 0 ? (fl_monotonic_ms() - bw->started_ms) * (steps - done) / done : -1;
+    if (fl_worker_abandon_generation(bw->w, remaining)) {
+        bw->abandoned = true;
+        return true;
+    }
+    if (!fl_worker_poll_due(bw->w, &bw->last_poll_ms)) return false;
+    for (int i = 0; i < bw->n_held; i++) still_ours(bw->w, &bw->held[i]);
+    for (int b = 0; b < bw->n_batch; b++)
+        if (!bw->batch[b]->done) return false;
+    return true; /* nobody wants this batch any more */
+}
 
 static bool compatible(const gen_request *a, const gen_request *b) {
     return a->req.width == b->req.width && a->req.height == b->req.height && a->req.steps == b->req.steps &&
@@ -32,8 +80,9 @@ static bool compatible(const gen_request *a, const gen_request *b) {
 }
 
 /* Runs one batch: acquires the union of its adapters (pinned, attached unless resident), samples
- * every image in one pass, writes the PNGs, and finishes and acknowledges each request. */
-static void run_batch(worker_state *w, gen_request **reqs, int n) {
+ * every image in one pass, writes the PNGs, and finishes and acknowledges each request. watch
+ * checks the requests between steps. */
+static void run_batch(worker_state *w, gen_request **reqs, int n, batch_watch *watch) {
     fl_adapter_cache_release_all(w->cache);
     char union_sha[FL_FLUX_MAX_ADAPTERS][65];
     int union_set[FL_FLUX_MAX_ADAPTERS];
@@ -74,6 +123,7 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
         gen_request *g = reqs[i];
         if (g->done) continue;
         first = first ? first : g;
+        g->first_sample = s;
         for (int k = 0; k < g->req.num_images; k++, s++) {
             samples[s].prompt = g->req.prompt;
             samples[s].seed = g->req.seed + (uint64_t)k;
@@ -89,19 +139,24 @@ static void run_batch(worker_state *w, gen_request **reqs, int n) {
     }
     fl_error err = {0};
     int64_t t0 = fl_now_ms();
-    int rc = fl_flux_sample_pixels_batch(w->model, first->req.width, first->req.height, first->req.steps, first->req.max_text_tokens,
-                                         samples, total, images, &err);
+    fl_sample_hooks hooks = {batch_watch_step, watch};
+    int rc = fl_flux_sample_pixels_batch_hooked(w->model, first->req.width, first->req.height, first->req.steps,
+                                                first->req.max_text_tokens, samples, total, &hooks, images, &err);
+    for (int i = 0; i < n && watch->abandoned; i++)
+        if (!reqs[i]->done) { /* a stopping worker: another one runs it from the start */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &reqs[i]->item);
+            reqs[i]->done = true;
+        }
     double seconds = (double)(fl_now_ms() - t0) / 1000.0;
     if (rc == 0 && w->cfg.metrics) fl_metrics_observe_batch(w->cfg.metrics, total, seconds);
     fl_adapter_cache_release_all(w->cache);
     fl_log_info("worker %s: batch of %d images (%d requests) in %.2f s", w->name, total, n, seconds);
 
-    s = 0;
     for (int i = 0; i < n; i++) {
         gen_request *g = reqs[i];
         if (g->done) continue;
-        int first_sample = s;
-        s += g->req.num_images; /* the next request's images start there, whatever happens to this one */
+        int first_sample = g->first_sample; /* requests done while it ran still hold their images */
+        if (rc == 0 && !still_ours(w, g)) continue; /* canceled or taken over while it ran */
         if (rc != 0) {
             fl_worker_fail_job(w, FL_JOB_GENERATE, &g->item, fl_error_code_name(err.code), err.message);
             g->done = true;
@@ -169,6 +224,10 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
         int attempts = 0;
         bool finished = false;
         fl_error err = {0};
+        if (fl_worker_stopping(w)) { /* read just before the stop: another worker takes it */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &items[i]);
+            continue;
+        }
         if (fl_jobs_start(w->r, items[i].job, w->name, &attempts, &finished, &err) != 0) {
             if (err.code == FL_ENOTFOUND) fl_worker_ack(w, FL_JOB_GENERATE, items[i].entry); /* a job record that is gone */
             else fl_log_warn("worker %s: job %s: %s", w->name, items[i].job, err.message);
@@ -196,6 +255,11 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
     gen_request **batch = fl_xcalloc((size_t)(live ? live : 1), sizeof *batch);
     for (int i = 0; i < live; i++) {
         if (reqs[i].done) continue;
+        if (fl_worker_stopping(w)) { /* started here, not sampled yet: another worker runs it */
+            fl_worker_requeue(w, FL_JOB_GENERATE, &reqs[i].item);
+            reqs[i].done = true;
+            continue;
+        }
         int nb = 0, images = 0, cap = reqs[i].req.batch_images; /* images within the memory limit (0: any) */
         char shas[FL_FLUX_MAX_ADAPTERS][65];
         int n_shas = 0;
@@ -225,8 +289,10 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n) 
             batch[nb++] = g;
             images += g->req.num_images;
         }
-        for (int b = 0; b < nb; b++) fl_worker_keep_claim(w, FL_JOB_GENERATE, batch[b]->item.entry);
-        run_batch(w, batch, nb);
+        int kept = 0;
+        for (int b = 0; b < nb; b++) kept += still_ours(w, batch[b]);
+        batch_watch watch = {w, reqs, live, batch, nb, fl_monotonic_ms(), 0, false};
+        if (kept > 0) run_batch(w, batch, nb, &watch);
     }
     for (int i = 0; i < live; i++) fl_generate_request_clear(&reqs[i].req);
     free(batch);

@@ -21,12 +21,18 @@
 typedef struct import_ctx {
     worker_state *w;
     const work_item *item;
+    fl_claim claim;
+    int64_t last_poll_ms;
 } import_ctx;
 
-static void keep_claim(void *arg) {
+/* While the file arrives: the claim renewed; a cancel, a takeover or a stopping worker ends the
+ * download. */
+static bool keep_claim(void *arg) {
     import_ctx *ic = arg;
-    if (fl_now_ms() - ic->w->last_keepalive_ms >= 1000) fl_worker_keep_claim(ic->w, FL_JOB_IMPORT, ic->item->entry);
+    if (ic->claim == FL_CLAIM_HELD && fl_worker_poll_due(ic->w, &ic->last_poll_ms))
+        ic->claim = fl_worker_keep_claim(ic->w, FL_JOB_IMPORT, ic->item);
     fl_worker_heartbeat(ic->w, false);
+    return ic->claim == FL_CLAIM_HELD && !fl_worker_stopping(ic->w);
 }
 
 void fl_worker_process_import(worker_state *w, const work_item *item, const fl_job *job) {
@@ -38,7 +44,7 @@ void fl_worker_process_import(worker_state *w, const work_item *item, const fl_j
         return;
     }
     snprintf(w->current_job, sizeof w->current_job, "%s", job->id);
-    fl_worker_keep_claim(w, FL_JOB_IMPORT, item->entry);
+    import_ctx ic = {w, item, fl_worker_keep_claim(w, FL_JOB_IMPORT, item), fl_monotonic_ms()};
     fl_adapter_info info;
     /* The adapter of import job "job_X" is "ad_X": a job retried after its worker died finds
      * what the first attempt registered instead of importing the file twice. */
@@ -53,15 +59,22 @@ void fl_worker_process_import(worker_state *w, const work_item *item, const fl_j
     snprintf(info.name, sizeof info.name, "%s", req.name);
     snprintf(info.trigger, sizeof info.trigger, "%s", req.trigger_word);
     snprintf(info.base_model, sizeof info.base_model, "%s", w->base_hash);
-    import_ctx ic = {w, item};
     fl_import_limits limits = fl_import_limits_default();
     limits.max_download_bytes = (size_t)req.max_bytes;
     limits.max_metadata_bytes = (size_t)req.max_metadata_bytes;
     limits.allow_private = w->cfg.allow_private_urls;
     limits.progress = keep_claim;
     limits.progress_arg = &ic;
-    int rc = registered ? 0 : fl_registry_import_url(w->r, w->store, &w->params, req.url, &limits, &info, &err);
-    if (rc != 0) {
+    int rc = registered || ic.claim != FL_CLAIM_HELD
+                 ? 0
+                 : fl_registry_import_url(w->r, w->store, &w->params, req.url, &limits, &info, &err);
+    if (ic.claim == FL_CLAIM_CANCEL) {
+        fl_worker_cancel_job(w, FL_JOB_IMPORT, item);
+    } else if (ic.claim != FL_CLAIM_HELD) {
+        /* taken over or finished elsewhere: nothing of it is this worker's to finish */
+    } else if (rc != 0 && fl_worker_stopping(w)) {
+        fl_worker_requeue(w, FL_JOB_IMPORT, item);
+    } else if (rc != 0) {
         fl_worker_fail_job(w, FL_JOB_IMPORT, item, fl_error_code_name(err.code), err.message);
     } else {
         json_t *result = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I}", "adapter_id", info.id, "name",

@@ -1,8 +1,9 @@
 /*
  * worker_train.c — a worker's training jobs: the request is run by trainer/run.h on the resident
  * model with checkpoints in the shared state directory (so another worker can resume it), progress
- * goes to the job's event stream, the claim is renewed while it runs, and the adapter is stored and
- * registered under an id derived from the job before the job is finished and acknowledged.
+ * goes to the job's event stream, the claim is renewed between steps (a cancel or a takeover ends
+ * the run there), and the adapter is stored and registered under an id derived from the job before
+ * the job is finished and acknowledged. A stopping worker checkpoints and hands the job back.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,8 @@
 typedef struct train_ctx {
     worker_state *w;
     const work_item *item;
+    int64_t last_poll_ms;
+    fl_claim claim; /* FL_CLAIM_HELD until a poll finds otherwise */
 } train_ctx;
 
 static void on_train_event(void *arg, json_t *event) {
@@ -42,23 +45,22 @@ static void on_train_event(void *arg, json_t *event) {
     if (fl_jobs_event(w->r, tc->item->job, text, step, total, loss, eta, &err) != 0)
         fl_log_warn("worker %s: job %s: event not stored: %s", w->name, tc->item->job, err.message);
     free(text);
-    if (fl_now_ms() - w->last_keepalive_ms >= 1000) fl_worker_keep_claim(w, FL_JOB_TRAIN, tc->item->entry);
     fl_worker_heartbeat(w, false);
 }
 
-static bool train_should_stop(void *arg) {
+/* Between steps: renew the claim; a cancel, a job taken over or finished elsewhere ends the run
+ * at once, without a checkpoint. */
+static bool train_should_abort(void *arg) {
     train_ctx *tc = arg;
-    return *tc->w->stop != 0;
+    if (tc->claim == FL_CLAIM_HELD && fl_worker_poll_due(tc->w, &tc->last_poll_ms))
+        tc->claim = fl_worker_keep_claim(tc->w, FL_JOB_TRAIN, tc->item);
+    return tc->claim != FL_CLAIM_HELD;
 }
 
-static void remove_job_dir(const char *dir) {
-    char path[4200];
-    const char *files[] = {"adapter.safetensors", "adapter.safetensors.ckpt"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
+/* A stopping worker checkpoints and hands the job back. */
+static bool train_should_stop(void *arg) {
+    train_ctx *tc = arg;
+    return fl_worker_stopping(tc->w);
 }
 
 /* The adapter of training job "job_X" is "ad_X": a retried job can find what it registered. */
@@ -102,13 +104,21 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     int attempts = 0;
     bool finished = false;
     fl_error err = {0};
+    if (fl_worker_stopping(w)) { /* read just before the stop: another worker takes it */
+        fl_worker_requeue(w, FL_JOB_TRAIN, item);
+        return;
+    }
     if (fl_jobs_start(w->r, item->job, w->name, &attempts, &finished, &err) != 0) {
         if (err.code == FL_ENOTFOUND) fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
         else fl_log_warn("worker %s: job %s: %s", w->name, item->job, err.message);
         return;
     }
-    if (finished) {
+    if (finished) { /* finished or canceled before it started */
         fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
+        fl_job done;
+        if (fl_jobs_get(w->r, NULL, item->job, &done, &err) == 0 && fl_job_state_terminal(done.state))
+            fl_jobs_remove_files(w->cfg.state_dir, item->job);
+        fl_job_clear(&done);
         return;
     }
     fl_job job;
@@ -149,12 +159,13 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     tj.checkpoint_every = w->cfg.checkpoint_every;
     tj.resume = true;
     tj.base_model_hash = w->base_hash;
-    train_ctx tc = {w, item};
-    fl_train_hooks hooks = {on_train_event, train_should_stop, &tc};
+    train_ctx tc = {w, item, 0, FL_CLAIM_HELD};
+    fl_train_hooks hooks = {on_train_event, train_should_stop, &tc, train_should_abort};
     fl_train_result res;
     memset(&res, 0, sizeof res);
     int rc = fl_mkdirs(dir, &err);
-    fl_worker_keep_claim(w, FL_JOB_TRAIN, item->entry);
+    tc.claim = fl_worker_keep_claim(w, FL_JOB_TRAIN, item);
+    tc.last_poll_ms = fl_monotonic_ms();
     if (rc == 0 && attempts > 1) fl_log_info("worker %s: job %s: attempt %d, resuming from its checkpoint", w->name, job.id, attempts);
     /* An earlier attempt that registered its adapter but died before finishing the job: finish
      * it from the registry instead of training again. */
@@ -174,13 +185,22 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
     }
     fl_adapter_cache_detach_all(w->cache); /* training needs the bare model, which is cleared after it too */
-    if (rc == 0 && !registered) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
+    if (rc == 0 && !registered && tc.claim == FL_CLAIM_HELD) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
     fl_flux_clear_adapters(w->model);
-    if (rc != 0 && *w->stop) {
-        fl_log_info("worker %s: stopping; job %s keeps its checkpoint and will be taken over", w->name, job.id);
+    if (tc.claim == FL_CLAIM_HELD && rc == 0 && !registered) tc.claim = fl_worker_keep_claim(w, FL_JOB_TRAIN, item);
+    if (tc.claim == FL_CLAIM_CANCEL) {
+        fl_worker_cancel_job(w, FL_JOB_TRAIN, item);
+    } else if (tc.claim == FL_CLAIM_LOST) {
+        /* Another worker runs it now (this one stalled past the claim timeout): its files and
+         * its result are that worker's. */
+        fl_log_info("worker %s: job %s left to the worker that took it over", w->name, job.id);
+    } else if (tc.claim == FL_CLAIM_FINISHED) {
+        fl_worker_ack(w, FL_JOB_TRAIN, item->entry);
+    } else if (rc != 0 && fl_worker_stopping(w) && err.code == FL_EUNAVAILABLE) {
+        fl_log_info("worker %s: stopping; job %s keeps its checkpoint", w->name, job.id);
+        fl_worker_requeue(w, FL_JOB_TRAIN, item);
     } else if (rc != 0) {
         fl_worker_fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
-        remove_job_dir(dir);
     } else {
         fl_adapter_info info;
         if (register_adapter(w, &job, &req, out, &info, &err) != 0) {
@@ -204,14 +224,12 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
             free(text);
             fl_adapter_info_clear(&info);
         }
-        remove_job_dir(dir);
     }
-    /* An uploaded archive belongs to its job: gone once the job is finished. */
+    /* The upload and the checkpoints belong to the job: gone once it is finished, however it
+     * ended (a failed or canceled job's too). */
     fl_job after;
-    if (tj.images && fl_jobs_get(w->r, NULL, job.id, &after, &err) == 0) {
-        char uploads[4200];
-        snprintf(uploads, sizeof uploads, "%s/uploads/", w->cfg.state_dir);
-        if (fl_job_state_terminal(after.state) && !strncmp(tj.images, uploads, strlen(uploads))) unlink(tj.images);
+    if (tc.claim != FL_CLAIM_LOST && fl_jobs_get(w->r, NULL, job.id, &after, &err) == 0) {
+        if (fl_job_state_terminal(after.state)) fl_jobs_remove_files(w->cfg.state_dir, job.id);
         fl_job_clear(&after);
     }
     w->current_job[0] = '\0';

@@ -1,8 +1,8 @@
 /*
  * run.c — one training job on a resident model: the image set is loaded and checked, captions
  * resolved, images cropped to the resolution (or their aspect buckets), then the trainer runs
- * with checkpoints, previews and a stop request polled between steps, and the adapter is written
- * with the job's metadata. Every event goes to the caller's hook as a JSON object; the model's
+ * with checkpoints, previews and stop and abort requests polled between steps, and the adapter
+ * is written with the job's metadata. Every event goes to the caller's hook as a JSON object; the model's
  * adapters are detached on every return, so the next job (or a generation) starts clean.
  */
 #include "trainer/run.h"
@@ -57,6 +57,10 @@ static void emit(const run_state *s, json_t *event) {
 
 static bool stop_requested(const run_state *s) {
     return s->hooks && s->hooks->should_stop && s->hooks->should_stop(s->hooks->arg);
+}
+
+static bool abort_requested(const run_state *s) {
+    return s->hooks && s->hooks->should_abort && s->hooks->should_abort(s->hooks->arg);
 }
 
 /* ---- pieces of the run ------------------------------------------------------------------------- */
@@ -202,9 +206,13 @@ static int run(run_state *s, fl_train_result *r, fl_error *err) {
                           j->cfg.steps, "resumed_at", r->resumed_at, "device", dev, "resolution", j->resolution));
     }
     double t_loop = fl_monotonic_s();
-    bool stopped = false;
+    bool stopped = false, aborted = false;
     fl_train_progress pr = {0};
     while (rc == 0 && fl_trainer_steps_done(t) < j->cfg.steps) {
+        if (abort_requested(s)) {
+            aborted = true;
+            break;
+        }
         if (stop_requested(s)) {
             stopped = true;
             break;
@@ -226,6 +234,7 @@ static int run(run_state *s, fl_train_result *r, fl_error *err) {
     }
     r->steps = fl_trainer_steps_done(t);
     r->final_loss = fl_trainer_last_loss(t);
+    if (rc == 0 && aborted) rc = fl_fail(err, FL_EUNAVAILABLE, "aborted at step %d", r->steps);
     if (rc == 0 && stopped) {
         rc = save_checkpoint(s, t, err);
         if (rc == 0)

@@ -52,6 +52,10 @@ typedef struct fl_train_hooks {
     /* Polled between steps: true stops the run after writing a checkpoint (FL_EUNAVAILABLE). */
     bool (*should_stop)(void *arg);
     void *arg;
+    /* Polled between steps, before should_stop (may be NULL): true ends the run at once without
+     * writing a checkpoint (FL_EUNAVAILABLE): the job was canceled, or another worker runs it
+     * now and owns its checkpoint. */
+    bool (*should_abort)(void *arg);
 } fl_train_hooks;
 
 typedef struct fl_train_result {
@@ -65,7 +69,8 @@ typedef struct fl_train_result {
 } fl_train_result;
 
 /* Runs the job on m. hooks and result may be NULL. A stop request returns -1 with FL_EUNAVAILABLE
- * after writing the checkpoint; the checkpoint is removed once the adapter is written. A model that
+ * after writing the checkpoint (an abort, without writing it); the checkpoint is removed once
+ * the adapter is written. A model that
  * already has adapters attached is refused (FL_EINVAL). On every return, success or failure, m has
  * no adapters attached. result is filled as far as the run got (sha256 only on success).
  *

@@ -8,7 +8,8 @@
  * holds for raw forwards of the guidance-distilled fixture (config a). Also checked: with every
  * sample using every attached set the per-sample forward matches the every-row forward (bitwise
  * for one sample, within float rounding for a batch); adapters really change the output;
- * fl_flux_remove_adapter; and bad selections are errors, not aborts.
+ * fl_flux_remove_adapter; bad selections are errors, not aborts; and the per-step callback that
+ * stops a run between steps.
  *
  * Residency: with the per-sample forward the activation plan does not depend on what is attached
  * or selected, so a batch over adapters already attached plans nothing (fl_flux_plan_count),
@@ -589,6 +590,61 @@ static void test_errors(void) {
     fl_flux_free(m);
 }
 
+/* The per-step callback: asked before every step with the steps done; answering true stops the
+ * run before that step's forward, writes no image and puts the selection back. */
+typedef struct step_log {
+    int calls, stop_at, last_done, steps;
+} step_log;
+
+static bool log_step(void *arg, int done, int steps) {
+    step_log *l = arg;
+    FL_EXPECTF(done == l->calls && steps == STEPS, "callback %d got done %d of %d", l->calls, done, steps);
+    l->calls++;
+    l->last_done = done;
+    return done == l->stop_at;
+}
+
+static void test_step_hook(void) {
+    fl_flux_model *m = load_model("b");
+    int ids[N_SETS];
+    if (!m || !attach_sets(m, "b", ids)) {
+        fl_flux_free(m);
+        return;
+    }
+    fl_sample_request reqs[N_REQS];
+    make_requests(ids, reqs);
+    size_t n = image_floats();
+    float *plain[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+    float *hooked[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+    fl_error err = {0};
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs + 1, 2, plain, &err) == 0, "%s",
+               err.message);
+    step_log never = {0, -1, -1, STEPS};
+    fl_sample_hooks hooks = {log_step, &never};
+    FL_EXPECTF(fl_flux_sample_pixels_batch_hooked(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs + 1, 2, &hooks, hooked,
+                                                  &err) == 0, "%s", err.message);
+    FL_EXPECT(never.calls == STEPS && never.last_done == STEPS - 1);
+    FL_EXPECT(!memcmp(plain[0], hooked[0], n * sizeof(float)) && !memcmp(plain[1], hooked[1], n * sizeof(float)));
+    /* Stopped before the second step: an error naming the step, the images untouched. */
+    for (size_t i = 0; i < n; i++) hooked[0][i] = hooked[1][i] = 7.0f;
+    step_log stop = {0, 1, -1, STEPS};
+    hooks.arg = &stop;
+    FL_EXPECT(fl_flux_sample_pixels_batch_hooked(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs + 1, 2, &hooks, hooked,
+                                                 &err) == -1 && err.code == FL_EUNAVAILABLE);
+    FL_EXPECTF(strstr(err.message, "stopped at step 1 of 3") != NULL, "%s", err.message);
+    FL_EXPECT(stop.calls == 2 && hooked[0][0] == 7.0f && hooked[1][n - 1] == 7.0f);
+    FL_EXPECT(fl_flux_sample_adapters_batch(m) == 0);
+    /* The model runs on as before. */
+    FL_EXPECTF(fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs + 1, 2, hooked, &err) == 0, "%s",
+               err.message);
+    FL_EXPECT(!memcmp(plain[0], hooked[0], n * sizeof(float)));
+    for (int i = 0; i < 2; i++) {
+        free(plain[i]);
+        free(hooked[i]);
+    }
+    fl_flux_free(m);
+}
+
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 1;
     fl_threads_set(threads);
@@ -602,6 +658,7 @@ int main(int argc, char **argv) {
     FL_RUN(test_resident_sets_plan_nothing);
     FL_RUN(test_attach_limits);
     FL_RUN(test_errors);
+    FL_RUN(test_step_hook);
     fl_ctx_destroy(cpu);
     return fl_test_finish();
 }

@@ -7,6 +7,8 @@
  *    done last with the adapter's hash; the result agrees with them and with the file.
  *  - should_stop answering true after step k: a checkpoint at k, FL_EUNAVAILABLE, no adapter;
  *    resuming on the same model reaches the byte-identical adapter of the uninterrupted run.
+ *  - should_abort answering true: the run ends at once without a checkpoint (FL_EUNAVAILABLE);
+ *    resuming from the last periodic checkpoint still gives the same adapter.
  *  - After every run, successful or not, the model has no adapters attached; a model that comes
  *    in with one is refused; bad jobs fail with FL_EINVAL.
  */
@@ -167,7 +169,7 @@ static void test_events_and_result(void) {
     job.preview_steps = 2;
     recorder rec;
     recorder_init(&rec, 0);
-    fl_train_hooks hooks = {record_event, stop_after, &rec};
+    fl_train_hooks hooks = {record_event, stop_after, &rec, NULL};
     fl_train_result res;
     fl_error err = {0};
     FL_EXPECTF(fl_train_run(model, &job, &hooks, &res, &err) == 0, "%s", err.message);
@@ -251,7 +253,7 @@ static void test_stop_and_resume(void) {
     fl_train_job job = base_job(out);
     recorder rec;
     recorder_init(&rec, STOP_AT);
-    fl_train_hooks hooks = {record_event, stop_after, &rec};
+    fl_train_hooks hooks = {record_event, stop_after, &rec, NULL};
     fl_train_result res;
     fl_error err = {0};
     FL_EXPECT(fl_train_run(model, &job, &hooks, &res, &err) != 0);
@@ -294,13 +296,51 @@ static void test_stop_before_first_step(void) {
     recorder rec;
     recorder_init(&rec, 1);
     rec.last_step = 1; /* as if step 1 had run: the first poll already asks to stop */
-    fl_train_hooks hooks = {record_event, stop_after, &rec};
+    fl_train_hooks hooks = {record_event, stop_after, &rec, NULL};
     fl_train_result res;
     fl_error err = {0};
     FL_EXPECT(fl_train_run(model, &job, &hooks, &res, &err) != 0 && err.code == FL_EUNAVAILABLE);
     FL_EXPECT(res.steps == 0 && access(ckpt, F_OK) == 0 && access(out, F_OK) != 0);
     FL_EXPECT(model_is_bare());
     unlink(ckpt);
+    json_decref(rec.events);
+}
+
+static bool abort_after(void *arg) {
+    recorder *r = arg;
+    return r->last_step >= r->stop_at;
+}
+
+static void test_abort_writes_no_checkpoint(void) {
+    /* An abort (a canceled job, or one another worker took over) ends the run at the next step
+     * without a checkpoint: the one on disk, if any, is left as it was. */
+    char out[4200], ckpt[4300];
+    path_in_tmp(out, sizeof out, "aborted.safetensors");
+    snprintf(ckpt, sizeof ckpt, "%s.ckpt", out);
+    fl_train_job job = base_job(out);
+    job.checkpoint_every = 2;
+    recorder rec;
+    recorder_init(&rec, 3);
+    fl_train_hooks hooks = {record_event, stop_after, &rec, abort_after};
+    rec.stop_at = 3;
+    fl_train_result res;
+    fl_error err = {0};
+    FL_EXPECT(fl_train_run(model, &job, &hooks, &res, &err) != 0 && err.code == FL_EUNAVAILABLE);
+    FL_EXPECTF(strstr(err.message, "aborted at step 3") != NULL, "%s", err.message);
+    FL_EXPECT(res.steps == 3 && access(out, F_OK) != 0);
+    FL_EXPECT(model_is_bare());
+    /* the checkpoint of step 2 is the last one: no checkpoint event after step 3 */
+    json_t *last = json_array_get(rec.events, json_array_size(rec.events) - 1);
+    FL_EXPECT(!strcmp(kind_of(last), "progress") && json_integer_value(json_object_get(last, "step")) == 3);
+    FL_EXPECT(rec.polls == 3); /* asked before steps 1..3, not at the abort: the abort is asked first */
+    json_decref(rec.events);
+    fl_train_job resume = job;
+    resume.resume = true;
+    recorder_init(&rec, 0);
+    hooks.should_abort = NULL;
+    FL_EXPECTF(fl_train_run(model, &resume, &hooks, &res, &err) == 0, "%s", err.message);
+    FL_EXPECT(res.resumed_at == 2);
+    FL_EXPECTF(files_equal(out, straight), "abort at 3 + resume from 2 differs from the uninterrupted run");
     json_decref(rec.events);
 }
 
@@ -380,6 +420,7 @@ int main(void) {
     FL_RUN(test_events_and_result);
     FL_RUN(test_stop_and_resume);
     FL_RUN(test_stop_before_first_step);
+    FL_RUN(test_abort_writes_no_checkpoint);
     FL_RUN(test_failures_leave_the_model_bare);
     fl_flux_free(model);
     fl_ctx_destroy(cpu);
