@@ -317,7 +317,8 @@ def defaults_tests(work):
 def api_only_tests(work):
     state = os.path.join(work, "api")
     svc = sc.Service(BIN, MODEL, state, ["--workers", "0", "--max-resolution", "1024", "--max-training-work",
-                                         str(1 << 40), "--max-page-bytes", "131072"])
+                                         str(1 << 40), "--max-page-bytes", "131072", "--max-train-queue-per-tenant",
+                                         "0"])
     try:
         key = svc.key("acme")
         images = zip_of(good_images(work))

@@ -477,9 +477,10 @@ def retention(work, procs):
 
 
 def service(work, name, procs, *extra):
-    """`flashlora serve` on its own state directory; stopped (or killed) with procs at the end."""
+    """`flashlora serve` on its own state directory; stopped (or killed) with procs at the end. The
+    long generations these tests need are over the default work limit of a CPU service."""
     state = os.path.join(work, name)
-    svc = sc.Service(BIN, MODEL, state, list(extra), env=ENV)
+    svc = sc.Service(BIN, MODEL, state, ["--max-generation-work", str(1 << 40)] + list(extra), env=ENV)
     procs.append(svc.proc)
     return svc, state
 

@@ -133,7 +133,7 @@ def private_service(work, name, wrapper, procs, services):
     state = os.path.join(work, name)
     env = dict(os.environ, FL_REDIS_SERVER=wrapper)
     svc = sc.Service(BIN, MODEL, state, ["--workers", "0", "--redis-backoff-ms", "100",
-                                         "--redis-backoff-max-ms", "1000"], env=env)
+                                         "--redis-backoff-max-ms", "1000", "--max-queue-per-tenant", "0"], env=env)
     services.append(svc)
     return svc, state, os.path.join(state, "redis", "redis.sock")
 
