@@ -211,6 +211,9 @@ static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigne
     curl_easy_setopt(h, CURLOPT_MAXREDIRS, 5L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, timeout < 20 ? timeout : 20L);
+    /* a server that trickles holds a worker for the whole timeout: below 1 KiB/s for 10 s it ends */
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 10L);
     curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)limits->max_bytes);

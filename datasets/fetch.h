@@ -2,7 +2,8 @@
  * fetch.h — downloading from an http(s) URL given by a client (an image-set archive, an adapter
  * file), bounded every way a hostile server could stretch it.
  *
- * http and https only, for the first request and for redirects (at most 5); a wall-clock timeout;
+ * http and https only, for the first request and for redirects (at most 5); a wall-clock timeout
+ * and a minimum rate (a transfer slower than 1 KiB/s for 10 s ends);
  * an HTTP status >= 400 is a failure; the body is counted as it arrives and the transfer aborted
  * past max_bytes (a declared Content-Length above it is refused before the body starts). Unless
  * allow_private is set, connections to loopback, private, link-local, CGNAT, multicast and

@@ -425,8 +425,21 @@ int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_e
     return gif_complete(b, n, width, height, err);
 }
 
-int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
-                    fl_error *err) {
+/* One output pixel: the mean over the source box [x0, x1) x [y0, y1) of c * a + white * (1 - a). */
+static void box_mean(const unsigned char *rgba, int w, int x0, int x1, int y0, int y1, float *dst) {
+    uint64_t sum[3] = {0, 0, 0};
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++) {
+            const unsigned char *px = rgba + 4 * ((size_t)y * (size_t)w + (size_t)x);
+            int a = px[3];
+            for (int c = 0; c < 3; c++) sum[c] += (uint64_t)(px[c] * a + 255 * (255 - a));
+        }
+    double count = (double)(x1 - x0) * (double)(y1 - y0) * 65025.0;
+    for (int c = 0; c < 3; c++) dst[c] = (float)((double)sum[c] / count);
+}
+
+int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
+                        fl_error *err) {
     memset(out, 0, sizeof *out);
     int w = 0, h = 0;
     if (fl_image_probe(bytes, n, &w, &h, err)) return -1;
@@ -440,10 +453,17 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
         stb_budget_end();
         return fl_fail(err, FL_EINVAL, "truncated or corrupt image (stb: %s)", stb_reason());
     }
+    int ow = w, oh = h, longer = w > h ? w : h;
+    if (fit_side > 0 && longer > fit_side) {
+        ow = (int)(((int64_t)w * fit_side + longer / 2) / longer);
+        oh = (int)(((int64_t)h * fit_side + longer / 2) / longer);
+        ow = ow < 1 ? 1 : ow;
+        oh = oh < 1 ? 1 : oh;
+    }
     int rc = 0;
     if (lw != w || lh != h) {
         rc = fl_fail(err, FL_EINVAL, "truncated or corrupt image (header says %dx%d, pixels are %dx%d)", w, h, lw, lh);
-    } else if (fl_image_init(out, w, h, err) == 0) {
+    } else if (fl_image_init(out, ow, oh, err) == 0 && ow == w && oh == h) {
         /* out = c * a + white * (1 - a), computed in integers then divided once: exact for a = 255. */
         size_t count = (size_t)w * (size_t)h;
         for (size_t i = 0; i < count; i++) {
@@ -451,12 +471,26 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
             int a = px[3];
             for (int c = 0; c < 3; c++) out->pixels[3 * i + c] = (float)(px[c] * a + 255 * (255 - a)) / 65025.0f;
         }
+    } else if (out->pixels) {
+        /* shrunk: each pixel the mean of its box of composited source pixels */
+        for (int oy = 0; oy < oh; oy++) {
+            int y0 = (int)((int64_t)oy * h / oh), y1 = (int)((int64_t)(oy + 1) * h / oh);
+            for (int ox = 0; ox < ow; ox++) {
+                int x0 = (int)((int64_t)ox * w / ow), x1 = (int)((int64_t)(ox + 1) * w / ow);
+                box_mean(rgba, w, x0, x1, y0, y1, out->pixels + 3 * ((size_t)oy * (size_t)ow + (size_t)ox));
+            }
+        }
     } else {
         rc = -1;
     }
     stbi_image_free(rgba);
     stb_budget_end();
     return rc;
+}
+
+int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
+                    fl_error *err) {
+    return fl_image_decode_fit(bytes, n, max_pixels, max_side, 0, out, err);
 }
 
 #else /* no stb */
@@ -469,10 +503,15 @@ int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_e
     return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
 }
 
-int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
-                    fl_error *err) {
+int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
+                        fl_error *err) {
     memset(out, 0, sizeof *out);
     return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
+}
+
+int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
+                    fl_error *err) {
+    return fl_image_decode_fit(bytes, n, max_pixels, max_side, 0, out, err);
 }
 
 #endif

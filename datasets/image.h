@@ -53,5 +53,10 @@ int fl_image_check_data(const void *bytes, size_t n, int width, int height, fl_e
  * fl_image_check_size and fl_image_check_data before decoding. On failure out is left zeroed. */
 int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
                     fl_error *err);
+/* The same, shrunk as it is decoded: when the longer side is over fit_side (> 0) the image comes
+ * out with that longer side (the other one rounded, at least 1), each pixel the mean of its box of
+ * composited source pixels, so a full-size float copy never exists. fit_side 0 is fl_image_decode. */
+int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
+                        fl_error *err);
 
 #endif

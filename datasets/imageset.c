@@ -262,7 +262,7 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_imageset_summary *s
             continue;
         }
         fl_image image;
-        if (fl_image_decode(f->data, f->size, l->max_pixels, l->max_side, &image, &why)) {
+        if (fl_image_decode_fit(f->data, f->size, l->max_pixels, l->max_side, l->fit_side, &image, &why)) {
             fl_ds_reject(c, f->name, "%s", why.message);
             continue;
         }

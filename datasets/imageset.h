@@ -37,7 +37,11 @@ typedef struct fl_imageset_limits {
     size_t max_total_bytes;     /* all bytes read or inflated from the source (default 256 MiB) */
     int64_t max_pixels;         /* per image, from the header before decoding (default 50 MP) */
     int max_side;               /* per image side, pixels (default 12000) */
-    int64_t max_total_pixels;   /* decoded pixels over the whole set (default 512 MP, ~6 GiB of floats) */
+    int64_t max_total_pixels;   /* decoded pixels over the whole set, counted at their full size
+                                 * (default 512 MP, ~6 GiB of floats) */
+    int fit_side;               /* an image whose longer side is over this is shrunk to it (box
+                                 * mean) as it is decoded, before the next one is: the set holds
+                                 * small copies and one full decode at a time (default 0: kept) */
     size_t max_archive_entries; /* entries in an archive or folder tree, any kind (default 2000) */
     size_t max_caption_bytes;   /* one sidecar caption (default 16 KiB) */
     size_t url_max_bytes;       /* download size (default 256 MiB) */

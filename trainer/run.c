@@ -110,6 +110,9 @@ static int prepare_images(run_state *s, int patch, fl_error *err) {
     limits.url_allow_private = j->url_allow_private;
     if (j->max_decoded_pixels > 0 && j->max_decoded_pixels < limits.max_total_pixels)
         limits.max_total_pixels = j->max_decoded_pixels;
+    /* Images are cropped and resized to the resolution: four times it on the longer side keeps
+     * every crop (aspects up to 4:1) from being upscaled, and the set holds no full-size photos. */
+    limits.fit_side = 4 * j->resolution;
     fl_imageset *set = NULL;
     if (fl_imageset_load(j->images, &limits, &set, err) != 0) return -1;
     for (size_t i = 0; i < set->rejected_count; i++)

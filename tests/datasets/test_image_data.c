@@ -7,7 +7,9 @@
  * fl_image_check_data and by the decoder before it allocates for the claim, while every good
  * image of the corpus passes; fl_imageset_inspect_memory agrees with the loader on what a set
  * holds (images, pixels, refusals, too few images) and names the archive's kind (.zip, .tar,
- * .tar.gz) whatever it is called; and thousands of mutated corpus images never crash the checks.
+ * .tar.gz) whatever it is called; an image decoded with a fit side comes out shrunk, each pixel
+ * the mean of its box of the full decode, and one already small enough exactly as the full
+ * decode; and thousands of mutated corpus images never crash the checks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +180,34 @@ static void test_inspect_agrees_with_the_loader(void) {
 #endif
 }
 
+static void test_decode_fit_shrinks_by_box_means(void) {
+    size_t n = 0;
+    unsigned char *bmp = ds_bmp(40, 24, pattern, &n);
+    fl_image full, fit, same;
+    fl_error err = {0};
+    FL_EXPECTF(fl_image_decode(bmp, n, 1000000, 1000, &full, &err) == 0, "%s", err.message);
+    FL_EXPECTF(fl_image_decode_fit(bmp, n, 1000000, 1000, 10, &fit, &err) == 0, "%s", err.message);
+    FL_EXPECTF(fit.width == 10 && fit.height == 6, "fit to 10: %d x %d", fit.width, fit.height);
+    double worst = 0;
+    for (int y = 0; y < fit.height && full.pixels && fit.pixels; y++)
+        for (int x = 0; x < fit.width; x++)
+            for (int c = 0; c < 3; c++) {
+                double sum = 0; /* boxes of 4 x 4: 40 / 10 and 24 / 6 */
+                for (int dy = 0; dy < 4; dy++)
+                    for (int dx = 0; dx < 4; dx++) sum += full.pixels[3 * ((y * 4 + dy) * 40 + x * 4 + dx) + c];
+                double d = sum / 16 - fit.pixels[3 * (y * 10 + x) + c];
+                worst = d > worst ? d : -d > worst ? -d : worst;
+            }
+    FL_EXPECTF(worst < 1e-6, "a shrunk pixel is off its box mean by %g", worst);
+    FL_EXPECTF(fl_image_decode_fit(bmp, n, 1000000, 1000, 40, &same, &err) == 0, "%s", err.message);
+    FL_EXPECT(same.width == 40 && same.height == 24 && same.pixels && full.pixels &&
+              memcmp(same.pixels, full.pixels, 40 * 24 * 3 * sizeof(float)) == 0);
+    fl_image_release(&full);
+    fl_image_release(&fit);
+    fl_image_release(&same);
+    free(bmp);
+}
+
 static void test_mutations_never_crash(void) {
     static const char *const names[] = {"good.jpg", "good.gif", "good_rgb.png", "good.bmp", "good_gray16.png"};
     fl_rng rng;
@@ -205,6 +235,7 @@ int main(void) {
     FL_RUN(test_top_down_bmp);
     FL_RUN(test_short_files_are_refused);
     FL_RUN(test_inspect_agrees_with_the_loader);
+    FL_RUN(test_decode_fit_shrinks_by_box_means);
     FL_RUN(test_mutations_never_crash);
     return fl_test_finish();
 }
