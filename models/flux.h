@@ -94,6 +94,15 @@ typedef struct fl_flux_param_decl {
  * it is not NULL (call once with NULL to size the array). */
 size_t fl_flux_param_decls(const fl_flux_params *p, fl_flux_param_decl *decls);
 
+/* One nn.Linear of the checkpoint: its module path ("double_blocks.0.img_attn.qkv") and shape. */
+typedef struct fl_flux_linear_decl {
+    char name[FL_FLUX_NAME_MAX];
+    int64_t in, out;
+} fl_flux_linear_decl;
+/* Every Linear for p (its 2-D ".weight" tensors), in checkpoint order: the table the model builds
+ * and adapters are checked against. Returns the count; fills decls when it is not NULL. */
+size_t fl_flux_linear_decls(const fl_flux_params *p, fl_flux_linear_decl *decls);
+
 /* ---- the model -------------------------------------------------------------------------------- */
 
 typedef struct fl_flux_adapter {

@@ -176,3 +176,24 @@ size_t fl_flux_param_decls(const fl_flux_params *p, fl_flux_param_decl *decls) {
     add_linear(&list, "final_layer.adaLN_modulation.1", h, 2 * h, true);
     return list.count;
 }
+
+size_t fl_flux_linear_decls(const fl_flux_params *p, fl_flux_linear_decl *decls) {
+    size_t n_params = fl_flux_param_decls(p, NULL);
+    fl_flux_param_decl *params = fl_xmalloc((n_params ? n_params : 1) * sizeof *params);
+    fl_flux_param_decls(p, params);
+    size_t n = 0;
+    for (size_t i = 0; i < n_params; i++) {
+        const fl_flux_param_decl *d = &params[i];
+        size_t len = strlen(d->name);
+        if (d->ndim != 2 || len <= 7 || strcmp(d->name + len - 7, ".weight") != 0) continue;
+        if (decls) {
+            memset(&decls[n], 0, sizeof decls[n]);
+            memcpy(decls[n].name, d->name, len - 7);
+            decls[n].in = d->shape[1];
+            decls[n].out = d->shape[0];
+        }
+        n++;
+    }
+    free(params);
+    return n;
+}

@@ -84,31 +84,11 @@ static void import_by_url(fl_api *api, fl_redis *r, const char *tenant, fl_adapt
     ir->max_bytes = (int64_t)api->cfg.max_adapter_bytes;
     ir->max_metadata_bytes = (int64_t)api->cfg.max_metadata_bytes;
     json_t *job = fl_adapter_import_request_to_json(ir);
-    char *text = json_dumps(job, JSON_COMPACT);
-    json_decref(job);
     char job_id[FL_ID_MAX];
     fl_jobs_new_id("job", job_id);
-    bool full = false;
-    int rc = fl_jobs_enqueue(r, FL_JOB_IMPORT, job_id, tenant, text, api->cfg.max_pending_train, &full, &err);
-    free(text);
-    if (rc != 0) {
-        fl_api_reply_err(res, &err);
-        return;
-    }
-    if (full) {
-        char retry[16];
-        snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
-        fl_http_reply_error(res, 429, "queue_full", "the import and training queue is full (%ld jobs waiting or "
-                                                    "running); retry later", api->cfg.max_pending_train);
-        fl_http_add_header(res, "Retry-After", retry);
-        return;
-    }
-    char status_url[160], events_url[160];
-    snprintf(status_url, sizeof status_url, "/v1/jobs/%s", job_id);
-    snprintf(events_url, sizeof events_url, "/v1/jobs/%s/events", job_id);
-    fl_http_add_header(res, "Location", status_url);
-    fl_http_reply_json(res, 202, json_pack("{s:s, s:s, s:s, s:s}", "job_id", job_id, "status", "queued",
-                                           "status_url", status_url, "events_url", events_url));
+    int rc = fl_api_submit_job(api, r, FL_JOB_IMPORT, job_id, tenant, job, res);
+    json_decref(job);
+    if (rc == 0) fl_api_reply_accepted(res, job_id);
 }
 
 void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,

@@ -13,6 +13,7 @@
 #include "datasets/imageset.h"
 #include "serve/api.h"
 #include "serve/http.h"
+#include "serve/jobs.h"
 #include "serve/redis.h"
 #include "serve/registry.h"
 #include "serve/requests.h"
@@ -45,6 +46,14 @@ json_t *fl_api_json_or_null(const char *text);
 /* The request's body as a JSON object: a JSON body, or the plain fields of a multipart form (each
  * value a string; *source tells which). NULL with err set for a malformed body. */
 json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source, fl_error *err);
+
+/* A job's 202 answer: its id, its status and events URLs, and Location. */
+void fl_api_reply_accepted(fl_http_response *res, const char *job_id);
+/* Queues a job of kind for tenant under the service's queue bound, tenant quota and retention:
+ * 0 when accepted; otherwise -1 with the answer (the error, or 429 queue_full / tenant_quota
+ * with Retry-After) already in res. */
+int fl_api_submit_job(fl_api *api, fl_redis *r, fl_job_kind kind, const char *job_id, const char *tenant,
+                      json_t *request, fl_http_response *res);
 
 /* api_adapters.c */
 json_t *fl_api_adapter_json(const fl_adapter_info *a);

@@ -37,7 +37,7 @@ static char *base64(const unsigned char *data, size_t n) {
 
 /* ---- jobs ------------------------------------------------------------------------------------------- */
 
-static void reply_accepted(fl_http_response *res, const char *job_id) {
+void fl_api_reply_accepted(fl_http_response *res, const char *job_id) {
     char status_url[160], events_url[160];
     snprintf(status_url, sizeof status_url, "/v1/jobs/%s", job_id);
     snprintf(events_url, sizeof events_url, "/v1/jobs/%s/events", job_id);
@@ -46,43 +46,47 @@ static void reply_accepted(fl_http_response *res, const char *job_id) {
                                            "status_url", status_url, "events_url", events_url));
 }
 
-static void reply_queue_full(fl_api *api, fl_http_response *res, const char *kind, long max) {
-    char retry[16];
-    snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
-    fl_http_reply_error(res, 429, "queue_full", "the %s queue is full (%ld jobs waiting or running); retry later", kind,
-                        max);
-    fl_http_add_header(res, "Retry-After", retry);
-}
-
-/* How a job of a kind is admitted and kept, from the service's settings. */
+/* How a job of a kind is admitted and kept, from the service's settings. Imports share the
+ * training queue and quota. */
 static fl_job_policy job_policy(const fl_api *api, fl_job_kind kind) {
+    bool generate = kind == FL_JOB_GENERATE;
     fl_job_policy p;
-    p.max_pending = kind == FL_JOB_TRAIN ? api->cfg.max_pending_train : api->cfg.max_pending_generate;
-    p.max_pending_tenant =
-        kind == FL_JOB_TRAIN ? api->cfg.max_pending_train_tenant : api->cfg.max_pending_generate_tenant;
+    p.max_pending = generate ? api->cfg.max_pending_generate : api->cfg.max_pending_train;
+    p.max_pending_tenant = generate ? api->cfg.max_pending_generate_tenant : api->cfg.max_pending_train_tenant;
     p.retention_s = api->cfg.job_retention_s;
     p.keep_per_tenant = api->cfg.jobs_per_tenant;
     return p;
 }
 
-/* The 429 of a refused admission: the queue as a whole, or the tenant's quota (named with its
- * setting). */
-static void reply_refused(fl_api *api, fl_http_response *res, fl_job_kind kind, fl_admission admission) {
-    const char *what = kind == FL_JOB_TRAIN ? "training" : "generation";
+int fl_api_submit_job(fl_api *api, fl_redis *r, fl_job_kind kind, const char *job_id, const char *tenant,
+                      json_t *request, fl_http_response *res) {
+    char *text = json_dumps(request, JSON_COMPACT);
+    FL_CHECK(text != NULL);
     fl_job_policy p = job_policy(api, kind);
-    if (admission == FL_ADMIT_QUEUE_FULL) {
-        reply_queue_full(api, res, what, p.max_pending);
-        return;
+    fl_admission admission = FL_ADMIT_QUEUE_FULL;
+    fl_error err = {0};
+    int rc = fl_jobs_submit(r, kind, job_id, tenant, text, &p, &admission, &err);
+    free(text);
+    if (rc != 0) {
+        fl_api_reply_err(res, &err);
+        return -1;
     }
+    if (admission == FL_ADMITTED) return 0;
+    const char *what = kind == FL_JOB_GENERATE ? "generation" : "training and import";
     char retry[16];
     snprintf(retry, sizeof retry, "%d", api->cfg.retry_after_s);
-    fl_http_reply_error(res, 429, "tenant_quota",
-                        "tenant quota: this tenant already has %ld %s jobs waiting or running (%s %ld); retry when "
-                        "one has finished",
-                        p.max_pending_tenant, what,
-                        kind == FL_JOB_TRAIN ? "--max-train-queue-per-tenant" : "--max-queue-per-tenant",
-                        p.max_pending_tenant);
+    if (admission == FL_ADMIT_QUEUE_FULL)
+        fl_http_reply_error(res, 429, "queue_full", "the %s queue is full (%ld jobs waiting or running); retry later",
+                            what, p.max_pending);
+    else
+        fl_http_reply_error(res, 429, "tenant_quota",
+                            "tenant quota: this tenant already has %ld %s jobs waiting or running (%s %ld); retry "
+                            "when one has finished",
+                            p.max_pending_tenant, what,
+                            kind == FL_JOB_GENERATE ? "--max-queue-per-tenant" : "--max-train-queue-per-tenant",
+                            p.max_pending_tenant);
     fl_http_add_header(res, "Retry-After", retry);
+    return -1;
 }
 
 void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
@@ -149,19 +153,13 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
     }
     json_t *job = fl_train_request_to_json(&tr);
     fl_train_request_clear(&tr);
-    char *text = json_dumps(job, JSON_COMPACT);
+    rc = fl_api_submit_job(api, r, FL_JOB_TRAIN, job_id, tenant, job, res);
     json_decref(job);
-    fl_job_policy policy = job_policy(api, FL_JOB_TRAIN);
-    fl_admission admission = FL_ADMIT_QUEUE_FULL;
-    rc = fl_jobs_submit(r, FL_JOB_TRAIN, job_id, tenant, text, &policy, &admission, &err);
-    free(text);
-    if (rc != 0 || admission != FL_ADMITTED) {
+    if (rc != 0) {
         if (*upload_path) unlink(upload_path);
-        if (rc != 0) { fl_api_reply_err(res, &err); return; }
-        reply_refused(api, res, FL_JOB_TRAIN, admission);
         return;
     }
-    reply_accepted(res, job_id);
+    fl_api_reply_accepted(res, job_id);
 }
 
 /* The job as the API shows it: internal paths left out. */
@@ -523,23 +521,18 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
     bool sync = gr.sync;
     json_t *job = fl_generate_request_to_json(&gr);
     fl_generate_request_clear(&gr);
-    char *text = json_dumps(job, JSON_COMPACT);
-    json_decref(job);
     char job_id[FL_ID_MAX];
     fl_jobs_new_id("job", job_id);
-    fl_job_policy policy = job_policy(api, FL_JOB_GENERATE);
-    fl_admission admission = FL_ADMIT_QUEUE_FULL;
-    rc = fl_jobs_submit(r, FL_JOB_GENERATE, job_id, tenant, text, &policy, &admission, &err);
-    free(text);
-    if (rc != 0) { fl_api_reply_err(res, &err); return; }
-    if (admission != FL_ADMITTED) { reply_refused(api, res, FL_JOB_GENERATE, admission); return; }
+    rc = fl_api_submit_job(api, r, FL_JOB_GENERATE, job_id, tenant, job, res);
+    json_decref(job);
+    if (rc != 0) return;
     if (sync) {
         api->waiting++;
         reply_sync_result(api, r, tenant, job_id, res);
         api->waiting--;
         return;
     }
-    reply_accepted(res, job_id);
+    fl_api_reply_accepted(res, job_id);
 }
 
 void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res) {

@@ -394,19 +394,14 @@ int fl_registry_delete(fl_redis *r, fl_store *store, const char *tenant, const c
 
 /* The base model's Linears from its parameter list: every 2-D "<module>.weight" is one. */
 static size_t model_linears(const fl_flux_params *p, char ***paths, fl_lora_dims **dims) {
-    size_t n_decls = fl_flux_param_decls(p, NULL);
-    fl_flux_param_decl *decls = fl_xmalloc((n_decls ? n_decls : 1) * sizeof *decls);
-    fl_flux_param_decls(p, decls);
-    *paths = fl_xmalloc((n_decls ? n_decls : 1) * sizeof **paths);
-    *dims = fl_xmalloc((n_decls ? n_decls : 1) * sizeof **dims);
-    size_t n = 0;
-    for (size_t i = 0; i < n_decls; i++) {
-        size_t len = strlen(decls[i].name);
-        if (decls[i].ndim != 2 || len <= 7 || strcmp(decls[i].name + len - 7, ".weight")) continue;
-        (*paths)[n] = fl_xstrdup(decls[i].name);
-        (*paths)[n][len - 7] = '\0';
-        (*dims)[n] = (fl_lora_dims){.in = decls[i].shape[1], .out = decls[i].shape[0]};
-        n++;
+    size_t n = fl_flux_linear_decls(p, NULL);
+    fl_flux_linear_decl *decls = fl_xmalloc((n ? n : 1) * sizeof *decls);
+    fl_flux_linear_decls(p, decls);
+    *paths = fl_xmalloc((n ? n : 1) * sizeof **paths);
+    *dims = fl_xmalloc((n ? n : 1) * sizeof **dims);
+    for (size_t i = 0; i < n; i++) {
+        (*paths)[i] = fl_xstrdup(decls[i].name);
+        (*dims)[i] = (fl_lora_dims){.in = decls[i].in, .out = decls[i].out};
     }
     free(decls);
     return n;

@@ -183,6 +183,13 @@ static int default_size(const fl_request_limits *lim) {
     return size >= lim->patch ? size : lim->patch;
 }
 
+/* A stored request's text as a JSON object, or NULL with err set. */
+static json_t *stored_object(const char *text, fl_error *err) {
+    json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+    if (!o) fl_fail(err, FL_EINVAL, "the stored request is not JSON");
+    return o;
+}
+
 /* ---- generation ----------------------------------------------------------------------------------- */
 
 static int read_adapters(const reader *r, fl_generate_request *out, fl_error *err) {
@@ -268,13 +275,9 @@ json_t *fl_generate_request_to_json(const fl_generate_request *r) {
 }
 
 int fl_generate_request_parse(const char *text, fl_generate_request *out, fl_error *err) {
-    json_error_t jerr;
-    json_t *o = text ? json_loads(text, 0, &jerr) : NULL;
-    if (!o) {
-        memset(out, 0, sizeof *out);
-        return fl_fail(err, FL_EINVAL, "the stored request is not JSON");
-    }
-    int rc = fl_generate_request_decode(o, FL_REQ_STORED, NULL, out, err);
+    memset(out, 0, sizeof *out);
+    json_t *o = stored_object(text, err);
+    int rc = o ? fl_generate_request_decode(o, FL_REQ_STORED, NULL, out, err) : -1;
     json_decref(o);
     return rc;
 }
@@ -351,13 +354,9 @@ json_t *fl_train_request_to_json(const fl_train_request *r) {
 }
 
 int fl_train_request_parse(const char *text, fl_train_request *out, fl_error *err) {
-    json_error_t jerr;
-    json_t *o = text ? json_loads(text, 0, &jerr) : NULL;
-    if (!o) {
-        memset(out, 0, sizeof *out);
-        return fl_fail(err, FL_EINVAL, "the stored request is not JSON");
-    }
-    int rc = fl_train_request_decode(o, FL_REQ_STORED, NULL, out, err);
+    memset(out, 0, sizeof *out);
+    json_t *o = stored_object(text, err);
+    int rc = o ? fl_train_request_decode(o, FL_REQ_STORED, NULL, out, err) : -1;
     json_decref(o);
     return rc;
 }
@@ -409,13 +408,9 @@ json_t *fl_adapter_import_request_to_json(const fl_adapter_import_request *r) {
 }
 
 int fl_adapter_import_request_parse(const char *text, fl_adapter_import_request *out, fl_error *err) {
-    json_error_t jerr;
-    json_t *o = text ? json_loads(text, 0, &jerr) : NULL;
-    if (!o) {
-        memset(out, 0, sizeof *out);
-        return fl_fail(err, FL_EINVAL, "the stored request is not JSON");
-    }
-    int rc = fl_adapter_import_request_decode(o, FL_REQ_STORED, out, err);
+    memset(out, 0, sizeof *out);
+    json_t *o = stored_object(text, err);
+    int rc = o ? fl_adapter_import_request_decode(o, FL_REQ_STORED, out, err) : -1;
     json_decref(o);
     return rc;
 }

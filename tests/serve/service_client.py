@@ -233,3 +233,25 @@ def child_pids(parent, name):
         if ppid == parent and comm == name:
             found.append(int(entry))
     return found
+
+
+class Checks:
+    """The checks of an integration test: check(name, condition, detail) prints "ok   name" or
+    "FAIL name: detail" and returns the condition; finish() prints the closing "N passed, N failed"
+    and returns the exit status."""
+
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def __call__(self, name, cond, detail=""):
+        if cond:
+            self.passed += 1
+            print("ok   " + name, flush=True)
+        else:
+            self.failed += 1
+            print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""), flush=True)
+        return cond
+
+    def finish(self):
+        print("%d passed, %d failed" % (self.passed, self.failed))
+        return 1 if self.failed else 0

@@ -36,18 +36,7 @@ import service_client as sc  # noqa: E402
 
 BIN, SRC = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""))
-    return cond
+check = sc.Checks()
 
 
 def png(width, height, rows=None, idat=None):
@@ -472,14 +461,13 @@ def main():
                 group(work)
             except Exception as e:  # noqa: BLE001
                 check(group.__name__ + " ran to the end", False, repr(e))
-        if failed:
+        if check.failed:
             for log in sorted(n for n in os.listdir(work) if n.endswith(".log")):
                 with open(os.path.join(work, log), errors="replace") as f:
                     print("---- %s (last lines)\n%s" % (log, "".join(f.readlines()[-20:])))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -44,18 +44,7 @@ import service_client as sc  # noqa: E402
 BIN, SRC = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 BOUNDARY = b"----flashlora-front-door"
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""))
-    return cond
+check = sc.Checks()
 
 
 # ---- raw HTTP ---------------------------------------------------------------------------------------------
@@ -216,13 +205,12 @@ def main():
         if svc.proc.poll() is None:
             svc.stop()
         log = os.path.join(work, "state.serve.log")
-        if failed and os.path.exists(log):
+        if check.failed and os.path.exists(log):
             print("---- serve log (last lines)")
             with open(log, errors="replace") as f:
                 print("".join(f.readlines()[-25:]))
         shutil.rmtree(work, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.finish()
 
 
 def run_all(svc, work, archive):

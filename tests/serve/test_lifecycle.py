@@ -41,19 +41,8 @@ MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 ENV = dict(os.environ, FLASHLORA_THREADS="1")
 # A generation that takes tens of seconds even on a fast machine: never allowed to finish here.
 LONG = {"width": 64, "height": 64, "steps": 100, "num_images": 4}
-passed = failed = 0
+check = sc.Checks()
 ARCHIVE = []  # the training image set (a zip), made once
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""))
-    return cond
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -495,7 +484,7 @@ def main():
     t0 = time.time()
     for scenario in chosen:
         procs = []
-        failed_before = failed
+        failed_before = check.failed
         try:
             scenario(work, procs)
         except Exception as e:  # noqa: BLE001 - a scenario that breaks is one failure, the others still run
@@ -504,15 +493,14 @@ def main():
             for p in reversed(procs):  # workers first, then their service (SIGTERM, then SIGKILL)
                 if p.poll() is None:
                     stop_process(p, limit=10)
-        if failed > failed_before:
+        if check.failed > failed_before:
             for log in sorted(os.listdir(work)):
                 if log.startswith(scenario.__name__ + ".") and log.endswith(".log"):
                     with open(os.path.join(work, log), errors="replace") as f:
                         print("---- %s (last lines)\n%s" % (log, "".join(f.readlines()[-15:])))
     shutil.rmtree(work, ignore_errors=True)
     print("lifecycle test took %.1f s" % (time.time() - t0))
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -39,18 +39,7 @@ import service_client as sc  # noqa: E402
 BIN, SRC = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 REDIS = shutil.which("redis-server")
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""))
-    return cond
+check = sc.Checks()
 
 
 def until(fn, timeout, step=0.05):
@@ -175,7 +164,7 @@ def main():
         for svc in services:
             if svc.proc.poll() is None:
                 svc.stop()
-        if failed:
+        if check.failed:
             for name in sorted(os.listdir(work)):
                 if name.endswith(".log"):
                     with open(os.path.join(work, name), errors="replace") as f:
@@ -186,8 +175,7 @@ def main():
                     with open(rlog, errors="replace") as f:
                         print("---- %s redis.log (last lines)\n%s" % (name, "".join(f.readlines()[-20:])))
         shutil.rmtree(work, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.finish()
 
 
 def kill_tests(work, wrapper, control, procs, services):

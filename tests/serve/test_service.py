@@ -28,18 +28,7 @@ import service_client as sc  # noqa: E402
 
 BIN, SRC = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + ((": " + str(detail)[:600]) if detail else ""))
-    return cond
+check = sc.Checks()
 
 
 def image_zip(work, count=6):
@@ -91,13 +80,12 @@ def main():
             svc.stop()
         for log in ("state.serve.log", "state.worker.log"):
             path = os.path.join(work, log)
-            if failed and os.path.exists(path):
+            if check.failed and os.path.exists(path):
                 print("---- " + log + " (last lines)")
                 with open(path, errors="replace") as f:
                     print("".join(f.readlines()[-25:]))
         shutil.rmtree(work, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return check.finish()
 
 
 def run_all(svc, work, state, archive, procs):
