@@ -25,7 +25,6 @@
 #include <stdint.h>
 
 #include "adapters/lora.h"
-#include "serve/store.h"
 #include "core/error.h"
 #include "models/flux.h"
 
