@@ -443,6 +443,7 @@ static int serve_run(const service_args *a, fl_error *err) {
     wc.metrics = metrics;
     for (long i = 0; rc == 0 && i < a->workers; i++) rc = fl_worker_start(&wc, &workers[i], err);
     if (rc == 0) rc = fl_http_start(&hc, fl_api_handle, api, &http, err);
+    if (rc == 0) fl_api_set_http(api, http);
     if (rc == 0) {
         fl_log_info("flashlora serve: listening on http://%s:%d (%ld workers, state %s)", host, fl_http_port(http),
                     a->workers, a->state);

@@ -83,6 +83,10 @@ int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err) {
     return 0;
 }
 
+void fl_api_set_http(fl_api *api, fl_http_server *http) {
+    __atomic_store_n(&api->http, http, __ATOMIC_RELEASE);
+}
+
 void fl_api_free(fl_api *api) {
     if (!api) return;
     for (int i = 0; i < api->n_pool; i++) fl_redis_close(api->pool[i]);

@@ -87,6 +87,9 @@ void fl_api_handle(void *app, const fl_http_request *req, fl_http_response *res)
 /* The service is stopping: handlers that wait for a job (a "sync" generation) stop waiting and
  * answer 503 with the job's URL; the job itself carries on. */
 void fl_api_begin_shutdown(fl_api *api);
+/* The HTTP server answering for the API, whose front-door counters /metrics reports (set once
+ * it has started; until then they are left out). */
+void fl_api_set_http(fl_api *api, fl_http_server *http);
 /* How many handlers are still waiting for a job (0 soon after fl_api_begin_shutdown). */
 int fl_api_waiting(fl_api *api);
 

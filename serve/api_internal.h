@@ -26,6 +26,7 @@ struct fl_api {
     fl_api_config cfg;
     fl_store *store;
     fl_request_limits limits; /* what requests are checked against, from cfg and the model */
+    fl_http_server *http;     /* for the front door's counters (atomic: set after serving began) */
     pthread_mutex_t lock;
     fl_redis *pool[FL_API_POOL_MAX];
     int n_pool;

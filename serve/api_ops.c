@@ -164,10 +164,35 @@ static void append_residency(const live_workers *lw, char **text, size_t *len, s
                        lw->attaches, lw->detaches, lw->plans, lw->attached, lw->attached_bytes);
 }
 
+/* The front door: connections accepted, handed on, and refused by each of its limits. */
+static void append_front_door(fl_api *api, char **text, size_t *len, size_t *cap) {
+    fl_http_server *http = __atomic_load_n(&api->http, __ATOMIC_ACQUIRE);
+    if (!http) return;
+    fl_http_stats s;
+    fl_http_get_stats(http, &s);
+    fl_metrics_appendf(text, len, cap,
+                       "# HELP flashlora_http_connections_total Connections accepted by the front door.\n"
+                       "# TYPE flashlora_http_connections_total counter\nflashlora_http_connections_total %llu\n"
+                       "# HELP flashlora_http_refused_total Connections the front door answered itself, by reason.\n"
+                       "# TYPE flashlora_http_refused_total counter\n"
+                       "flashlora_http_refused_total{reason=\"busy\"} %llu\n"
+                       "flashlora_http_refused_total{reason=\"client_limit\"} %llu\n"
+                       "flashlora_http_refused_total{reason=\"header_timeout\"} %llu\n"
+                       "flashlora_http_refused_total{reason=\"bad_head\"} %llu\n"
+                       "# HELP flashlora_http_serving Requests being served now.\n"
+                       "# TYPE flashlora_http_serving gauge\nflashlora_http_serving %d\n"
+                       "# HELP flashlora_http_pending_heads Connections waiting for their request head.\n"
+                       "# TYPE flashlora_http_pending_heads gauge\nflashlora_http_pending_heads %d\n",
+                       (unsigned long long)s.accepted, (unsigned long long)s.refused_busy,
+                       (unsigned long long)s.refused_client, (unsigned long long)s.header_timeouts,
+                       (unsigned long long)s.bad_heads, s.served_now, s.pending_now);
+}
+
 void fl_api_metrics(fl_api *api, fl_http_response *res) {
     char *text = NULL;
     size_t len = 0, cap = 0;
     fl_metrics_render(api->cfg.metrics, &text, &len, &cap);
+    append_front_door(api, &text, &len, &cap);
     fl_error err = {0};
     fl_redis *r = fl_api_pool_get(api, &err);
     redis_health h;

@@ -327,6 +327,13 @@ def run_all(svc, work, archive):
     mt = raw(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", timeout=5)
     check("... while /healthz and /metrics still answer (ops reserve)", hz[0] == 200 and mt[0] == 200,
           (hz[0], hz[2][:100], mt[0]))
+    counters = {}
+    for line in mt[2].decode(errors="replace").splitlines():
+        if line.startswith("flashlora_http_refused_total{"):
+            counters[line.split('"')[1]] = int(line.split()[-1])
+    check("/metrics counts what the front door refused, by reason (%s)" % counters,
+          counters.get("header_timeout", 0) >= 25 and counters.get("client_limit", 0) >= 3
+          and counters.get("busy", 0) >= 1, mt[2][-600:])
     for s in streams:
         s.close()
     time.sleep(1.5)  # the streams notice their clients left within a keep-alive period
