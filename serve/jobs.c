@@ -97,9 +97,15 @@
 
 /* KEYS: job, work stream, tenant index, events. ARGV: id, tenant, kind, request, now, max pending,
  * max pending of the tenant (<= 0: none), ttl_s, keep. 1 accepted, 0 queue full, -2 tenant quota,
- * -1 the id exists. */
+ * -1 the id exists with other content. The same submission again (the connection's retry after
+ * Redis applied the script but the reply was lost) is accepted once more and changes nothing:
+ * ids are random, so an existing job of the same tenant, kind and request can only be this one. */
 static const char *const enqueue_script = LUA_PRELUDE
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+    "  local was = redis.call('HMGET', KEYS[1], 'tenant', 'kind', 'request')\n"
+    "  if was[1] == ARGV[2] and was[2] == ARGV[3] and was[3] == ARGV[4] then return 1 end\n"
+    "  return -1\n"
+    "end\n"
     "local q = 'fl:queue:' .. queue_of(ARGV[3])\n"
     "if tonumber(redis.call('GET', q) or '0') >= tonumber(ARGV[6]) then return 0 end\n"
     "local tp = 'fl:tenant:' .. ARGV[2] .. ':pending'\n"

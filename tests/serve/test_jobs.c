@@ -191,7 +191,11 @@ static void test_admission(void) {
     FL_EXPECT(submit(FL_JOB_GENERATE, "job_b1", "beta", &p) == FL_ADMITTED);
     FL_EXPECT(submit(FL_JOB_GENERATE, "job_b2", "beta", &p) == FL_ADMIT_QUEUE_FULL);
     FL_EXPECT(!exists("fl:job:job_b2") && queue_count("generate") == 3 && tenant_pending("beta", "generate") == 1);
-    /* A duplicate id is a conflict, and changes nothing. */
+    /* The same submission again (a retry whose first reply was lost) is accepted and changes
+     * nothing; the same id with other content is a conflict, and changes nothing. */
+    FL_EXPECT(submit(FL_JOB_GENERATE, "job_a1", "alpha", &p) == FL_ADMITTED);
+    FL_EXPECT(queue_count("generate") == 3 && tenant_pending("alpha", "generate") == 2);
+    FL_EXPECT(int_of("XLEN %s", fl_job_stream_key(FL_JOB_GENERATE), "") == 3);
     fl_error err = {0};
     fl_admission a;
     fl_job_policy wide = policy(100, 0);
