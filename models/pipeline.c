@@ -565,7 +565,8 @@ int fl_pipeline_generate(fl_pipeline *p, int width, int height, int steps, int t
     if (lt < 1 || lt > 512) return fl_fail(err, FL_EINVAL, "max text tokens %d is outside [1, 512]", lt);
     fl_flux_model *m = p->model;
     /* The pixel kind from seeds is exactly the batch sampler (and so bitwise its images). */
-    if (p->info.kind == FL_PIPELINE_PIXELS && !noise && out->images && !out->image_chw && !out->tokens)
+    if (p->info.kind == FL_PIPELINE_PIXELS && !noise && out->images && !out->image_chw && !out->tokens &&
+        !out->model_adapters)
         return fl_flux_sample_pixels_batch_hooked(m, width, height, steps, lt, reqs, n, hooks, out->images, err);
 
     int64_t li = fl_pipeline_image_tokens(p, width, height), c = fl_pipeline_token_channels(p);
@@ -593,11 +594,11 @@ int fl_pipeline_generate(fl_pipeline *p, int width, int height, int steps, int t
     /* The requests' adapters on their own rows; the model's selection is put back afterwards. */
     int prev_batch = m->sample_batch;
     fl_flux_sample_adapters *prev = NULL;
-    if (rc == 0 && prev_batch) {
+    if (rc == 0 && prev_batch && !out->model_adapters) {
         prev = fl_xmalloc((size_t)prev_batch * sizeof *prev);
         memcpy(prev, m->sample_sel, (size_t)prev_batch * sizeof *prev);
     }
-    if (rc == 0) {
+    if (rc == 0 && !out->model_adapters) {
         fl_flux_sample_adapters *sel = fl_xmalloc((size_t)n * sizeof *sel);
         for (int r = 0; r < n; r++) sel[r] = reqs[r].adapters;
         rc = fl_flux_set_sample_adapters(m, n, sel, err);
@@ -606,9 +607,9 @@ int fl_pipeline_generate(fl_pipeline *p, int width, int height, int steps, int t
     if (rc == 0) {
         fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x};
         rc = fl_flux_sample_tokens(m, &tb, steps, p->info.shift, hooks, err);
-        if (prev) {
+        if (!out->model_adapters && prev) {
             if (fl_flux_set_sample_adapters(m, prev_batch, prev, NULL) != 0) fl_flux_clear_sample_adapters(m);
-        } else {
+        } else if (!out->model_adapters) {
             fl_flux_clear_sample_adapters(m);
         }
     }

@@ -136,6 +136,8 @@ typedef struct fl_pipeline_output {
     float **images;
     float *image_chw;
     float *tokens;
+    bool model_adapters; /* apply the model's adapters as they are set (every attached one on every
+                          * row: a training preview) instead of each request's */
 } fl_pipeline_output;
 
 int fl_pipeline_generate(fl_pipeline *p, int width, int height, int steps, int text_tokens,
