@@ -22,6 +22,8 @@
 
 #ifdef FL_HAVE_FLUX1_PARTS
 #include "models/ae.h"
+#include "models/text/clip_text.h"
+#include "models/text/t5_encoder.h"
 #include "models/text/text_encoders.h"
 #endif
 
@@ -236,9 +238,6 @@ int fl_pipeline_describe(const fl_pipeline_files *files, fl_pipeline_paths *path
     if (rc != 0) return fl_fail_prefix(err, "%s", paths->transformer);
     fill_info(info, &fp);
     if (info->kind == FL_PIPELINE_PIXELS) return 0;
-    if (!fl_pipeline_flux1_available())
-        return fl_fail(err, FL_EUNSUPPORTED, "%s: a FLUX.1 (latent) model, and this build has no text encoders and "
-                                             "autoencoder", paths->transformer);
     const char *m = where(files, paths);
     if (!paths->ae[0])
         return fl_fail(err, FL_ENOTFOUND, "%s: no autoencoder (ae.safetensors or vae/; or give --ae FILE)", m);
@@ -248,10 +247,89 @@ int fl_pipeline_describe(const fl_pipeline_files *files, fl_pipeline_paths *path
     if (!paths->t5[0])
         return fl_fail(err, FL_ENOTFOUND, "%s: no T5 text encoder (text_encoder_2/ or t5xxl*.safetensors; or give "
                                           "--t5 FILE)", m);
-    if (fp.in_channels != 64 && fp.in_channels % 4)
-        return fl_fail(err, FL_EINVAL, "%s: a latent transformer needs 4 z channels per token (in_channels %d)",
-                       paths->transformer, fp.in_channels);
+    if (fp.in_channels % 4 || fp.out_channels != fp.in_channels)
+        return fl_fail(err, FL_EINVAL, "%s: a latent transformer takes and gives 2 x 2 packed latents (in_channels %d, "
+                                       "out_channels %d)", paths->transformer, fp.in_channels, fp.out_channels);
+    if (!fl_pipeline_flux1_available())
+        return fl_fail(err, FL_EUNSUPPORTED, "%s: a FLUX.1 (latent) model, and this build has no text encoders and "
+                                             "autoencoder", paths->transformer);
     return 0;
+}
+
+int fl_pipeline_base_id(const fl_pipeline_paths *paths, const fl_pipeline_info *info, char hex[65], fl_error *err) {
+    if (info->kind == FL_PIPELINE_PIXELS && is_file(paths->transformer))
+        return fl_sha256_file(paths->transformer, hex, err);
+    fl_weights *w = NULL;
+    if (fl_flux_open_weights(paths->transformer, &w, err) != 0) return -1;
+    fl_weights_fingerprint(w, hex);
+    fl_weights_close(w);
+    return 0;
+}
+
+size_t fl_pipeline_costs_ae(const fl_pipeline_costs *c, bool decode, int width, int height) {
+    double px = (double)width * (double)height;
+    double v = decode ? (double)c->ae_decode_fixed + c->ae_decode_per_pixel * px
+                      : (double)c->ae_encode_fixed + c->ae_encode_per_pixel * px;
+    return v > 0 ? (size_t)v : 0;
+}
+
+int fl_pipeline_estimate_costs(const fl_pipeline_paths *paths, const fl_pipeline_info *info, fl_device_kind device,
+                               int threads, fl_pipeline_costs *out, fl_error *err) {
+    memset(out, 0, sizeof *out);
+    if (info->kind == FL_PIPELINE_PIXELS) return 0;
+#ifdef FL_HAVE_FLUX1_PARTS
+    /* Text encoders: their parameters from the headers, their memory from planning mode. */
+    const char *files[2] = {paths->clip, paths->t5};
+    for (int k = 0; k < 2; k++) {
+        fl_weights *w = NULL;
+        if (fl_weights_open(files[k], &w, err) != 0) return -1;
+        size_t n = 0;
+        fl_tensor_header *h = fl_weights_headers(w, &n);
+        char prefix[FL_TEXT_PREFIX_MAX];
+        size_t wb = 0, ab = 0;
+        int rc;
+        if (k == 0) {
+            fl_clip_params cp;
+            rc = fl_clip_params_infer(h, n, &cp, prefix, err);
+            if (rc == 0) fl_clip_text_memory(&cp, 77, device, &wb, &ab);
+        } else {
+            fl_t5_params tp;
+            rc = fl_t5_params_infer(h, n, &tp, prefix, err);
+            if (rc == 0) fl_t5_encoder_memory(&tp, info->text_tokens, device, &wb, &ab);
+        }
+        free(h);
+        fl_weights_close(w);
+        if (rc != 0) return fl_fail_prefix(err, "%s", files[k]);
+        out->text_weights += wb;
+        if (ab > out->text_activations) out->text_activations = ab; /* one encoder runs at a time */
+    }
+    /* The autoencoder at two sizes: weights, and the pass as a line through them. */
+    fl_weights *w = NULL;
+    if (fl_weights_open(paths->ae, &w, err) != 0) return -1;
+    size_t n = 0;
+    fl_tensor_header *h = fl_weights_headers(w, &n);
+    fl_ae_source src;
+    int rc = fl_ae_detect(h, n, &src, err);
+    free(h);
+    fl_weights_close(w);
+    if (rc != 0) return fl_fail_prefix(err, "%s", paths->ae);
+    for (int decode = 0; decode < 2; decode++) {
+        fl_ae_memory a, b;
+        if (fl_ae_estimate_memory(&src.params, device, FL_AE_BOTH, decode, 256, 256, threads, &a, err) != 0 ||
+            fl_ae_estimate_memory(&src.params, device, FL_AE_BOTH, decode, 512, 512, threads, &b, err) != 0)
+            return -1;
+        out->ae_weights = a.weights;
+        size_t pa = a.total - a.weights, pb = b.total - b.weights;
+        double slope = ((double)pb - (double)pa) / (512.0 * 512.0 - 256.0 * 256.0);
+        double fixed = (double)pa - slope * 256.0 * 256.0;
+        if (decode) out->ae_decode_per_pixel = slope, out->ae_decode_fixed = fixed > 0 ? (size_t)fixed : 0;
+        else out->ae_encode_per_pixel = slope, out->ae_encode_fixed = fixed > 0 ? (size_t)fixed : 0;
+    }
+    return 0;
+#else
+    (void)paths, (void)device, (void)threads;
+    return fl_fail(err, FL_EUNSUPPORTED, "this build has no text encoders and autoencoder");
+#endif
 }
 
 /* ---- building ------------------------------------------------------------------------------------- */

@@ -72,6 +72,28 @@ typedef struct fl_pipeline_info {
 int fl_pipeline_describe(const fl_pipeline_files *files, fl_pipeline_paths *paths, fl_pipeline_info *info,
                          fl_error *err);
 
+/* An identity for the transformer, recorded as an adapter's base model: the sha256 of a single
+ * pixel-model file (as flashlora always recorded it), else a fingerprint of the transformer's
+ * weights (names, shapes and sampled bytes: hashing 24 GB would take minutes). */
+int fl_pipeline_base_id(const fl_pipeline_paths *paths, const fl_pipeline_info *info, char hex[65], fl_error *err);
+
+/* What FLUX.1's conditioning and image parts cost on a device kind (its storage dtype), from their
+ * files' headers (no weights read), for admission: the resident weights of the text encoders and
+ * the autoencoder, one prompt through T5 and CLIP, and an autoencoder pass as a linear function of
+ * the image's pixels (fitted to two planned sizes: every activation of the network is per pixel).
+ * All zero for a pixel model. */
+typedef struct fl_pipeline_costs {
+    size_t text_weights, ae_weights;
+    size_t text_activations;
+    double ae_decode_per_pixel, ae_encode_per_pixel;
+    size_t ae_decode_fixed, ae_encode_fixed;
+} fl_pipeline_costs;
+
+int fl_pipeline_estimate_costs(const fl_pipeline_paths *paths, const fl_pipeline_info *info, fl_device_kind device,
+                               int threads, fl_pipeline_costs *out, fl_error *err);
+/* Bytes of an autoencoder pass over a width x height image by those costs. */
+size_t fl_pipeline_costs_ae(const fl_pipeline_costs *c, bool decode, int width, int height);
+
 /* Whether this build has the FLUX.1 parts (text encoders and autoencoder). */
 bool fl_pipeline_flux1_available(void);
 
