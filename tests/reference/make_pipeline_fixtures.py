@@ -274,6 +274,18 @@ def run_reference(dirs, dev, clip_tok, t5_tok, noise_packed):
         text_encoder_2=T5EncoderModel.from_pretrained(dirs["text_encoder_2"], torch_dtype=f64),
         tokenizer_2=t5_tok,
         transformer=FluxTransformer2DModel.from_pretrained(dirs["transformer"], torch_dtype=f64))
+    for name, module in (("text_encoder", pipe.text_encoder), ("text_encoder_2", pipe.text_encoder_2)):
+        stored = {}
+        for fn in os.listdir(dirs[name]):
+            if fn.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                stored.update(load_file(os.path.join(dirs[name], fn)))
+        got = {k.removeprefix("text_model."): v for k, v in module.state_dict().items()}
+        for k, v in stored.items():
+            k2 = k.removeprefix("text_model.")
+            if k2 in got:
+                assert torch.equal(got[k2], v.to(torch.float64)), f"{name}: {k} did not load"
+        assert len(stored) >= len([k for k in got if "position_ids" not in k]) - 1, f"{name}: keys missing"
     final = {}
 
     def keep(_pipe, _i, _t, kwargs):
@@ -309,6 +321,13 @@ def main():
         transformer.to(torch.bfloat16).save_pretrained(dirs["transformer"], max_shard_size="100KB")
         vae.to(torch.float16).save_pretrained(dirs["vae"])
         clip.to(torch.float16).save_pretrained(dirs["text_encoder"])
+        # The FLUX.1 repositories' text_encoder/ keys start with "text_model." (transformers 4.x
+        # wrote them so); newer transformers drops the prefix: put it back, as users' files have it.
+        clip_file = os.path.join(dirs["text_encoder"], "model.safetensors")
+        from safetensors.torch import load_file
+        sd = load_file(clip_file)
+        save_file({(k if k.startswith("text_model.") or k.startswith("text_projection") else "text_model." + k): v
+                   for k, v in sd.items()}, clip_file, metadata={"format": "pt"})
         t5.to(torch.bfloat16).save_pretrained(dirs["text_encoder_2"], max_shard_size="100KB")
         os.makedirs(dirs["scheduler"], exist_ok=True)
         with open(os.path.join(dirs["scheduler"], "scheduler_config.json"), "w") as f:
