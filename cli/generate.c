@@ -31,6 +31,7 @@
 #include "adapters/lora.h"
 #include "cli/commands.h"
 #include "core/device.h"
+#include "core/fileio.h"
 #include "core/threads.h"
 #include "kernels/ops.h"
 #include "models/flux.h"
@@ -41,7 +42,7 @@
 #define MAX_UNMATCHED_SHOWN 20
 
 typedef struct generate_args {
-    const char *model, *prompt, *out, *device, *latents, *save_tensors;
+    const char *model, *prompt, *prompt_file, *out, *device, *latents, *save_tensors;
     const char *transformer, *ae, *clip, *t5, *tokenizer, *tokenizer_2;
     const char *adapters[MAX_ADAPTERS];
     int n_adapters;
@@ -65,6 +66,7 @@ static void usage(FILE *out) {
             "                          models (default 1024 x 1024, or 64 x 64)\n"
             "  --steps N               sampling steps (default 28 dev, 4 schnell, 20 pixel models)\n"
             "  --guidance G            guidance value for guidance-distilled bases (default 3.5 dev, 1 pixels)\n"
+            "  --prompt-file FILE      the prompt read from a file (UTF-8) instead of --prompt\n"
             "  --latents FILE          initial noise: tensor 'latents', [B, N, C] packed or [B, z, H/8, W/8]\n"
             "  --save-tensors FILE     write 'image' [B, 3, H, W] in [-1, 1] and 'latents' [B, N, C]\n"
             "  --seed S                noise seed (default 0); image i uses S + i\n"
@@ -114,7 +116,8 @@ static int parse_args(int argc, char **argv, generate_args *a) {
         static const char *const known[] = {"--model", "--prompt", "--out", "--device", "--adapter", "--width",
                                             "--height", "--steps", "--guidance", "--seed", "--num-images",
                                             "--max-text-tokens", "--latents", "--save-tensors", "--transformer",
-                                            "--ae", "--clip", "--t5", "--tokenizer", "--tokenizer-2"};
+                                            "--ae", "--clip", "--t5", "--tokenizer", "--tokenizer-2",
+                                            "--prompt-file"};
         bool is_known = false;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known = is_known || !strcmp(f, known[k]);
         if (!is_known) return bad("unknown argument '%s' (see --help)", f);
@@ -122,6 +125,7 @@ static int parse_args(int argc, char **argv, generate_args *a) {
         const char *v = argv[++i];
         const char **str = !strcmp(f, "--model")          ? &a->model
                            : !strcmp(f, "--prompt")       ? &a->prompt
+                           : !strcmp(f, "--prompt-file")  ? &a->prompt_file
                            : !strcmp(f, "--out")          ? &a->out
                            : !strcmp(f, "--device")       ? &a->device
                            : !strcmp(f, "--latents")      ? &a->latents
@@ -167,8 +171,9 @@ static int parse_args(int argc, char **argv, generate_args *a) {
                 return bad("--seed: '%s' is not a non-negative integer", v);
         }
     }
-    if ((!a->model && !a->transformer) || !a->prompt || (!a->out && !a->save_tensors))
+    if ((!a->model && !a->transformer) || (!a->prompt && !a->prompt_file) || (!a->out && !a->save_tensors))
         return bad("--model (or --transformer), --prompt and --out (or --save-tensors) are required (see --help)");
+    if (a->prompt && a->prompt_file) return bad("--prompt and --prompt-file exclude each other");
     return 0;
 }
 
@@ -232,6 +237,8 @@ static void image_path(const generate_args *a, int i, char *buf, size_t size) {
     snprintf(buf, size, "%.*s_%d%s", stem, a->out, i, png ? a->out + len - 4 : "");
 }
 
+static int run_prompt(generate_args *a, fl_error *err);
+
 /* Reads --latents: [B, N, C] packed, or [B, z, H/8, W/8] packed here as Flux packs latents. */
 static float *read_noise(const generate_args *a, fl_pipeline *p, int n_images, fl_error *err) {
     fl_safetensors *st = NULL;
@@ -285,6 +292,26 @@ static float *read_noise(const generate_args *a, fl_pipeline *p, int n_images, f
 
 static int run(const generate_args *a_in, fl_error *err) {
     generate_args args = *a_in, *a = &args;
+    unsigned char *prompt_text = NULL;
+    if (a->prompt_file) { /* read whole (bounded), so the encoders' own limit answers a long one */
+        size_t size = 0;
+        if (fl_read_file(a->prompt_file, (size_t)16 << 20, &prompt_text, &size, err) != 0)
+            return fl_fail_prefix(err, "--prompt-file %s", a->prompt_file);
+        unsigned char *z = fl_xrealloc(prompt_text, size + 1);
+        z[size] = '\0';
+        prompt_text = z;
+        if (strlen((const char *)z) != size) {
+            free(z);
+            return fl_fail(err, FL_EINVAL, "--prompt-file %s: the prompt contains a NUL byte", a->prompt_file);
+        }
+        a->prompt = (const char *)z;
+    }
+    int result = run_prompt(a, err);
+    free(prompt_text);
+    return result;
+}
+
+static int run_prompt(generate_args *a, fl_error *err) {
     if (a->out && strlen(a->out) > 4000) return fl_fail(err, FL_EINVAL, "--out: path too long");
     fl_device dev;
     if (fl_device_parse(a->device, &dev, err) != 0) return -1;
