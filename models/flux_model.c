@@ -564,6 +564,7 @@ static int plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0,
 static void begin_step(fl_flux_model *m, const fl_flux_inputs *in, int mode) {
     flux_acts *a = &m->acts;
     m->per_sample = mode == 1 && m->sample_batch > 0;
+    m->inference = mode == 1;
     a->batch = in->img->shape[0];
     a->li = in->img->shape[1];
     a->lt = in->txt->shape[1];
