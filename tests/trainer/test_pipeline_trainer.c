@@ -79,10 +79,10 @@ static void test_subject_is_learned(void) {
     free(t2), free(y2);
 
     fl_train_config c = fl_train_config_default();
-    c.steps = 100;
+    c.steps = 50;
     c.rank = 4;
     c.alpha = 4;
-    c.lr = 5e-3f;
+    c.lr = 1e-2f;
     c.warmup_steps = 5;
     c.caption_dropout = 0.0f;
     c.max_text_tokens = lt;
