@@ -43,4 +43,25 @@ void fl_strmap_put(fl_strmap *m, const char *key, size_t len, int32_t value);
 /* The value, or -1 when absent (values stored are >= 0). */
 int32_t fl_strmap_get(const fl_strmap *m, const char *key, size_t len);
 
+/* ---- binding encoder weights ----------------------------------------------------------------- */
+
+#include "core/arena.h"
+#include "kernels/context.h"
+#include "models/text/clip_text.h"
+#include "models/text/weights.h"
+
+/* Checks that prefix + d->name (or prefix + alt when the first is absent and alt is not NULL)
+ * exists with d's shape, then allocates it on ctx's device and uploads it converted to the storage
+ * dtype. Errors name the file and tensor. */
+int fl_text_bind(fl_ctx *ctx, const fl_weight_files *w, const char *prefix, const fl_text_param_decl *d,
+                 const char *alt, fl_tensor *out, fl_error *err);
+/* Checks presence and shapes only, over headers. */
+int fl_text_check_decls(const fl_tensor_header *entries, size_t n, const char *prefix, const fl_text_param_decl *decls,
+                        size_t count, fl_error *err);
+/* Bytes of the declared tensors in dtype, each rounded up to 256. */
+size_t fl_text_decl_bytes(const fl_text_param_decl *decls, size_t count, fl_dtype dtype);
+/* A head split: src [L, H * D] viewed as [1, H, L, D] and copied into dst [1, H, L, D]; and back. */
+void fl_text_split_heads(fl_ctx *ctx, const fl_tensor *src, int heads, fl_tensor *dst);
+void fl_text_merge_heads(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst);
+
 #endif
