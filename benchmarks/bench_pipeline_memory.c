@@ -4,7 +4,7 @@
  *
  *   bench_pipeline_memory FIXTURES_DIR [THREADS]
  *
- * reads flux1-dev.manifest.json, t5xxl-encoder.manifest.json, clip-l-text.manifest.json and
+ * reads flux1-dev.manifest.json, text/t5-xxl.manifest.json, text/clip-l.manifest.json and
  * ae.manifest.json, and prints, for the CPU (f32 storage) and CUDA (bf16 storage) backends:
  *   - a LoRA training step at 512x512 and 1024x1024, batch 1 (rank 16 on every Linear of the
  *     blocks, the flashlora default), with the text encoders and the autoencoder's encoder dropped
@@ -68,8 +68,8 @@ int main(int argc, char **argv) {
     }
     int threads = argc > 2 ? atoi(argv[2]) : 2;
     manifest fm, tm, cm, am;
-    if (load(argv[1], "flux1-dev.manifest.json", &fm) || load(argv[1], "t5xxl-encoder.manifest.json", &tm) ||
-        load(argv[1], "clip-l-text.manifest.json", &cm) || load(argv[1], "ae.manifest.json", &am))
+    if (load(argv[1], "flux1-dev.manifest.json", &fm) || load(argv[1], "text/t5-xxl.manifest.json", &tm) ||
+        load(argv[1], "text/clip-l.manifest.json", &cm) || load(argv[1], "ae.manifest.json", &am))
         return 1;
     fl_error err = {0};
     fl_family_info fam;

@@ -1,56 +1,74 @@
-"""Writes the tensor manifests of the real FLUX.1 text encoders, as make_flux_manifests.py does for
-the transformer: every tensor of the checkpoint with its shape, from the Hugging Face model built
-at the published configuration on the meta device (no memory, no weights).
+"""Writes the tensor manifests of the real text encoders of FLUX.1 (tests/fixtures/text/):
 
-  tests/fixtures/clip-l-text.manifest.json   CLIP-L/14's text tower (FLUX.1 text_encoder/), keys
-                                             "text_model.*" as in the FLUX.1 repositories' file
-  tests/fixtures/t5xxl-encoder.manifest.json T5-XXL v1.1's encoder (FLUX.1 text_encoder_2/):
-                                             shared.weight and encoder.*
+  clip-l.manifest.json   CLIP-L/14's text tower (FLUX text_encoder/, ComfyUI clip_l.safetensors)
+  t5-xxl.manifest.json   T5-XXL v1.1's encoder (FLUX text_encoder_2/, ComfyUI t5xxl_fp16.safetensors)
 
-Used by benchmarks/bench_pipeline_memory.c for the memory figures at real shapes.
-Run:  build-venv/bin/python tests/reference/make_text_manifests.py   (transformers, torch)
+Names and shapes come from the Hugging Face models themselves: each is instantiated at the real
+width with one layer (the per-layer names and shapes do not depend on the depth), and the layer-0
+entries are repeated for every layer. No weights are read. The C tests check that the manifests bind
+and give the memory figures.
+
+  build-venv/bin/python tests/reference/make_text_manifests.py
 """
 
 import json
 import math
 import os
+import re
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "text")
 
 
-def write(name, doc, tensors):
-    path = os.path.join(OUT, name)
-    doc = dict(doc, parameters=sum(math.prod(s) for _, s in tensors))
-    with open(path, "w") as f:  # one tensor a line, so diffs stay readable
-        f.write(json.dumps(doc)[:-1] + ', "tensors": [\n')
-        f.write(",\n".join(json.dumps(t) for t in tensors))
-        f.write("\n]}\n")
-    print(f"{path}: {len(tensors)} tensors, {doc['parameters'] / 1e6:.1f} M parameters")
+def expand(state, layers, pattern):
+    out = []
+    for name, t in state.items():
+        m = re.match(pattern, name)
+        if m and m.group(1) == "0":
+            for i in range(layers):
+                if "relative_attention_bias" in name and i > 0:
+                    continue
+                out.append([name.replace(f"{m.group(0)}", m.group(0).replace(".0.", f".{i}.")), list(t.shape)])
+        elif not m:
+            out.append([name, list(t.shape)])
+    return out
+
+
+def write(path, model, params, tensors):
+    total = sum(math.prod(s) for _, s in tensors)
+    head = {"model": model, "dtype": "BF16", "params": params, "parameters": total}
+    with open(path, "w") as f:
+        f.write(json.dumps(head)[:-1] + ', "tensors": [\n' + ",\n".join(json.dumps(t) for t in tensors) + "\n]}\n")
+    print(f"{path}: {len(tensors)} tensors, {total} parameters")
 
 
 def main():
-    clip_cfg = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-                    bos_token_id=0, pad_token_id=1, eos_token_id=2, projection_dim=768)
-    t5_cfg = dict(vocab_size=32128, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24,
-                  feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-                  relative_attention_max_distance=128, layer_norm_epsilon=1e-6)
-    with torch.device("meta"):
-        clip = CLIPTextModel(CLIPTextConfig(**clip_cfg))
-        t5 = T5EncoderModel(T5Config(**t5_cfg))
-    tensors = []
-    for k, v in clip.state_dict().items():
-        if "position_ids" in k:
-            continue
-        tensors.append([k if k.startswith("text_model.") else "text_model." + k, list(v.shape)])
-    write("clip-l-text.manifest.json", {"model": "CLIP-L/14 text encoder (FLUX.1 text_encoder/)", "dtype": "BF16",
-                                        "config": clip_cfg}, tensors)
-    tensors = [[k, list(v.shape)] for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"]
-    write("t5xxl-encoder.manifest.json", {"model": "T5-XXL v1.1 encoder (FLUX.1 text_encoder_2/)", "dtype": "BF16",
-                                          "config": t5_cfg}, tensors)
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    torch.set_default_dtype(torch.float32)
+    clip = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    one = CLIPTextModel(CLIPTextConfig(**{**clip, "num_hidden_layers": 1}))
+    state = {k: v for k, v in one.state_dict().items() if v.is_floating_point()}
+    order = []
+    for name, shape in expand(state, 12, r"^text_model\.encoder\.layers\.(\d+)\."):
+        order.append([name, shape])
+    layer_first = [t for t in order if ".layers." not in t[0] and "final" not in t[0]]
+    layers = sorted([t for t in order if ".layers." in t[0]], key=lambda t: int(t[0].split(".")[3]))
+    final = [t for t in order if "final" in t[0]]
+    write(os.path.join(OUT, "clip-l.manifest.json"), "CLIP-L/14 text encoder", clip, layer_first + layers + final)
+
+    t5 = dict(vocab_size=32128, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+              layer_norm_epsilon=1e-6)
+    # one block at the real width: ~0.9 GB of f32 for a moment
+    one = T5EncoderModel(T5Config(**{**t5, "num_layers": 1}))
+    state = {k: v for k, v in one.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    tensors = expand(state, 24, r"^encoder\.block\.(\d+)\.")
+    blocks = sorted([t for t in tensors if t[0].startswith("encoder.block.")], key=lambda t: int(t[0].split(".")[2]))
+    rest = [t for t in tensors if not t[0].startswith("encoder.block.")]
+    write(os.path.join(OUT, "t5-xxl.manifest.json"), "T5-XXL v1.1 encoder", t5,
+          [t for t in rest if t[0] == "shared.weight"] + blocks + [t for t in rest if t[0] != "shared.weight"])
 
 
 if __name__ == "__main__":
