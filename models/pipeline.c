@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <jansson.h>
+
 #include "core/rng.h"
 #include "core/sha256.h"
 #include "kernels/ops.h"
@@ -191,26 +193,21 @@ static int transformer_params(const fl_weights *w, const char *path, fl_flux_par
     fl_detect_family(h, n, &fam, &inner);
     free(h);
     if (fam.family != FL_FAMILY_FLUX) return rc;
-    FILE *fp = fopen(cfg, "r");
-    if (!fp) return rc;
-    char text[65536];
-    size_t len = fread(text, 1, sizeof text - 1, fp);
-    fclose(fp);
-    text[len] = '\0';
-    const char *axes = strstr(text, "\"axes_dims_rope\"");
+    json_error_t jerr;
+    json_t *root = json_load_file(cfg, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *axes = root ? json_object_get(root, "axes_dims_rope") : NULL;
     int a[FL_FLUX_MAX_AXES], na = 0;
-    if (axes && (axes = strchr(axes, '['))) {
-        const char *s = axes + 1;
-        while (na < FL_FLUX_MAX_AXES) {
-            char *end = NULL;
-            long v = strtol(s, &end, 10);
-            if (end == s) break;
-            a[na++] = (int)v;
-            s = end;
-            while (*s == ' ' || *s == ',' || *s == '\n') s++;
-            if (*s == ']') break;
+    if (json_is_array(axes) && json_array_size(axes) <= FL_FLUX_MAX_AXES) {
+        for (size_t i = 0; i < json_array_size(axes); i++) {
+            json_t *v = json_array_get(axes, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 2 || json_integer_value(v) > 4096) {
+                na = 0;
+                break;
+            }
+            a[na++] = (int)json_integer_value(v);
         }
     }
+    json_decref(root);
     if (na < 1) return rc;
     fl_flux_params p = fam.flux;
     int head = 0;
