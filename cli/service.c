@@ -376,6 +376,7 @@ static int describe_model(const char *path, fl_redis *r, fl_api_config *ac, fl_e
         return fl_pipeline_base_id(&paths, &info, ac->base_model_hash, err);
     }
     ac->max_text_tokens = info.text_tokens;
+    ac->default_size = 1024; /* FLUX.1's native size; requests without one get at most --max-resolution */
     if (fl_pipeline_estimate_costs(&paths, &info, ac->job_device, fl_threads_get(), &ac->pipeline_costs, err) != 0)
         return -1;
     return fl_pipeline_base_id(&paths, &info, ac->base_model_hash, err);
