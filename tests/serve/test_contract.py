@@ -23,7 +23,9 @@ the test model, with its private redis-server, over HTTP on loopback.
 The service runs with the default flags except, to keep the run short on a CPU:
 --max-generation-work 8192 (e.g. 32x32 at 8 steps: under a second), --max-training-work 4096,
 --max-queue 8, --max-train-queue 2, --sync-timeout 15, --batch-wait-ms 1, --sweep-interval 1.
-None of these changes a bound the description states per field. URL fetches never leave the
+None of these changes a bound the description states per field; with them most random job requests
+are 422, so schemathesis warns that POST /v1/trainings "mostly rejected generated data" (a warning
+that does not fail the run). URL fetches never leave the
 machine: the run happens in a new network namespace with only loopback (`unshare -rn`) where
 available, else every fetch goes to a closed loopback proxy port.
 
