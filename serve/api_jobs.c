@@ -93,7 +93,7 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
                              fl_http_response *res) {
     fl_error err = {0};
     fl_req_source source;
-    json_t *o = fl_api_request_object(req, &source, &err);
+    json_t *o = fl_api_request_object(req, "images", &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
     fl_train_request tr;
     const fl_http_part *archive = fl_http_part_get(req, "images");
@@ -191,7 +191,7 @@ void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_re
     fl_job_clear(&job);
 }
 
-/* DELETE /v1/jobs/{id}: a queued job is canceled now (200, and a training's upload goes with
+/* POST /v1/jobs/{id}/cancel: a queued job is canceled now (200, and a training's upload goes with
  * it); a running one is asked to stop (202: its worker stops it at the next step and finishes it
  * as canceled); a finished one is 409; another tenant's is 404. */
 void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
@@ -203,6 +203,14 @@ void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char
     if (outcome == FL_CANCEL_DONE && job.kind == FL_JOB_TRAIN) fl_jobs_remove_files(api->cfg.state_dir, id);
     fl_http_reply_json(res, outcome == FL_CANCEL_DONE ? 200 : 202, job_json(&job));
     fl_job_clear(&job);
+}
+
+/* DELETE /v1/jobs/{id}: a finished job is removed with its events and images (200; then 404);
+ * one still queued or running is 409 (cancel it first); another tenant's is 404. */
+void fl_api_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+    fl_error err = {0};
+    if (fl_jobs_delete(r, tenant, id, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", id));
 }
 
 /* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream.
@@ -302,7 +310,8 @@ static ssize_t event_stream_read(void *arg, char *out, size_t max) {
     fl_error err = {0};
     redisReply *rep = fl_redis_cmd(es->r, &err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s", es->key, es->last_id);
     if (!rep) {
-        es_append(es, "event: error\ndata: {\"code\":\"unavailable\",\"message\":\"event store unreachable\"}\n\n");
+        es_append(es, "event: error\ndata: {\"event\":\"error\",\"error\":{\"code\":\"unavailable\",\"message\":"
+                      "\"the event store is unreachable\"}}\n\n");
         es->ended = true;
         return event_stream_read(arg, out, max);
     }
@@ -484,7 +493,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res) {
     fl_error err = {0};
     fl_req_source source;
-    json_t *o = fl_api_request_object(req, &source, &err);
+    json_t *o = fl_api_request_object(req, NULL, &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
     fl_generate_request gr;
     int rc = fl_generate_request_decode(o, source, &api->limits, &gr, &err);
@@ -502,7 +511,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
         if (strcmp(info->base_model, api->cfg.base_model_hash) != 0)
             rc = fl_fail(&err, FL_EINVAL, "field 'adapters[%d]': adapter %s was made for base model %.12s, not %.12s", i,
                          info->id, info->base_model, api->cfg.base_model_hash);
-        memcpy(a->id, info->id, sizeof a->id); /* both FL_ID_MAX, NUL-terminated */
+        memcpy(a->id, info->id, sizeof info->id); /* the id (FL_ID_MAX <= FL_NAME_MAX) in place of the name */
         memcpy(a->sha256, info->sha256, sizeof a->sha256);
         fl_adapter_info_clear(info);
     }

@@ -168,6 +168,19 @@ static const char *const cancel_script = LUA_PRELUDE
     "end\n"
     "return 2\n";
 
+/* KEYS: job, events, tenant index. ARGV: tenant, id. 1 removed (the record, its events, its
+ * images' keys: their files are made due for the sweep), 0 not finished yet, -1 missing or another
+ * tenant's. */
+static const char *const delete_script = LUA_PRELUDE
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if not st or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return -1 end\n"
+    "if not terminal(st) then return 0 end\n"
+    "drop_images(image_ids(redis.call('HGET', KEYS[1], 'result')))\n"
+    "dec('fl:jobs:states', st)\n"
+    "redis.call('DEL', KEYS[1], KEYS[2])\n"
+    "redis.call('ZREM', KEYS[3], ARGV[2])\n"
+    "return 1\n";
+
 /* KEYS: work stream, job. ARGV: group, worker, entry. See fl_claim. */
 static const char *const keep_claim_script = LUA_PRELUDE
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
@@ -516,6 +529,21 @@ int fl_jobs_cancel(fl_redis *r, const char *tenant, const char *id, fl_cancel_ou
         return fl_fail(err, FL_ECONFLICT, "job %s has already %s: there is nothing to cancel", id, state);
     }
     *outcome = res == 1 ? FL_CANCEL_DONE : FL_CANCEL_REQUESTED;
+    return 0;
+}
+
+int fl_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_error *err) {
+    if (!plain_id(id)) return fl_fail(err, FL_ENOTFOUND, "no job '%.64s'", id);
+    char job_key[128], events_key[160], index_key[160];
+    job_keys(id, job_key, events_key);
+    snprintf(index_key, sizeof index_key, "fl:tenant:%s:jobs", tenant);
+    const char *keys[3] = {job_key, events_key, index_key};
+    const char *args[2] = {tenant, id};
+    long long res = 0;
+    if (eval_int(r, delete_script, 3, keys, 2, args, &res, err) != 0) return -1;
+    if (res < 0) return fl_fail(err, FL_ENOTFOUND, "no job '%s'", id);
+    if (res == 0)
+        return fl_fail(err, FL_ECONFLICT, "job %s has not finished: cancel it first (POST /v1/jobs/%s/cancel)", id, id);
     return 0;
 }
 

@@ -125,6 +125,11 @@ typedef enum fl_cancel_outcome {
  * for a job already finished (the message names its state). */
 int fl_jobs_cancel(fl_redis *r, const char *tenant, const char *id, fl_cancel_outcome *outcome, fl_error *err);
 
+/* Removes the tenant's finished job: its record, events and image keys (the image files are left
+ * due for the next sweep). FL_ENOTFOUND for a missing job or another tenant's; FL_ECONFLICT for a
+ * job still queued or running. */
+int fl_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_error *err);
+
 typedef enum fl_claim {
     FL_CLAIM_LOST = 0,     /* the entry or the job belongs to another worker now: stop, touch nothing */
     FL_CLAIM_HELD = 1,     /* renewed: carry on */
