@@ -396,7 +396,7 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
     case ROUTE_TRAININGS: fl_api_trainings_create(api, r, tenant, req, res); break;
     case ROUTE_GENERATIONS: fl_api_generations_create(api, r, tenant, req, res); break;
     case ROUTE_JOB:
-        if (!strcmp(req->method, "DELETE")) fl_api_jobs_delete(r, tenant, id, res);
+        if (!strcmp(req->method, "DELETE")) fl_api_jobs_delete(api, r, tenant, id, res);
         else fl_api_jobs_get(r, tenant, id, res);
         break;
     case ROUTE_JOB_CANCEL: fl_api_jobs_cancel(api, r, tenant, id, res); break;

@@ -76,7 +76,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res);
 void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
-void fl_api_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+void fl_api_jobs_delete(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
                         fl_http_response *res);
 void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res);

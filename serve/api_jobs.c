@@ -205,12 +205,21 @@ void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char
     fl_job_clear(&job);
 }
 
-/* DELETE /v1/jobs/{id}: a finished job is removed with its events and images (200; then 404);
- * one still queued or running is 409 (cancel it first); another tenant's is 404. */
-void fl_api_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+/* DELETE /v1/jobs/{id}: the job is canceled if it has not finished (a queued one never starts, a
+ * running one stops at its next step and frees its memory) and removed with its events and images:
+ * 200 when it is gone now, 202 when its worker is still stopping it; either way it is 404 from now
+ * on. Another tenant's is 404. */
+void fl_api_jobs_delete(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
     fl_error err = {0};
-    if (fl_jobs_delete(r, tenant, id, &err) != 0) { fl_api_reply_err(res, &err); return; }
-    fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", id));
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    bool training = job.kind == FL_JOB_TRAIN, was_queued = !strcmp(job.state, "queued");
+    fl_job_clear(&job);
+    fl_delete_outcome outcome = FL_DELETE_DONE;
+    if (fl_jobs_delete(r, tenant, id, &outcome, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    if (training && was_queued && outcome == FL_DELETE_DONE) fl_jobs_remove_files(api->cfg.state_dir, id);
+    if (outcome == FL_DELETE_DONE) fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", id));
+    else fl_http_reply_json(res, 202, json_pack("{s:s, s:b}", "deleted", id, "stopping", true));
 }
 
 /* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream.

@@ -132,6 +132,11 @@ def state_is(base, key, job_id, *states):
     return lambda: job_of(base, key, job_id).get("state") in states
 
 
+def redis_job_gone(state, job_id):
+    """True once the job's record and its events are gone from Redis."""
+    return not redis(state, "EXISTS", "fl:job:%s" % job_id) and not redis(state, "EXISTS", "fl:job:%s:events" % job_id)
+
+
 def event_names(state, job_id):
     out = []
     for _, fields in redis(state, "XRANGE", "fl:job:%s:events" % job_id, "-", "+") or []:
@@ -286,6 +291,20 @@ def cancel_running(work, procs):
     check("its events end cancel_requested, canceled", names[-2:] == ["cancel_requested", "canceled"], names)
     r = gen(base, alpha, sync=True)
     check("the worker is free for the next job", r.status == 200, r.body[:200])
+
+    # DELETE of a running job: canceled like a cancel, gone from view at once, removed as it stops.
+    r = gen(base, alpha, **LONG)
+    did = r.json().get("job_id", "x")
+    wait_until(state_is(base, alpha, did, "running"), 20)
+    time.sleep(0.3)
+    r = sc.request(base, "DELETE", "/v1/jobs/" + did, alpha)
+    gone_now = sc.request(base, "GET", "/v1/jobs/" + did, alpha).status
+    check("DELETE of a running job -> 202 stopping, and the job is 404 at once",
+          r.status == 202 and r.json().get("stopping") is True and gone_now == 404, (r.status, r.body[:200], gone_now))
+    removed = wait_until(lambda: redis_job_gone(state, did), 20)
+    r = gen(base, alpha, sync=True)
+    check("its worker stops it at the next step and its record goes (the worker is free again)",
+          removed and r.status == 200, (removed, r.status))
 
     r = train(base, alpha)
     tid = r.json().get("job_id", "x") if r.status == 202 else "x"
