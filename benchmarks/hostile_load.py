@@ -293,7 +293,7 @@ def attack_quota(ctx):
             elif r.status != 503:
                 problem("queue flood answered %d" % r.status)
         for job in ids[::2]:
-            r = ctx.call("DELETE", "/v1/jobs/" + job, ctx.tenant("quota"))
+            r = ctx.call("POST", "/v1/jobs/" + job + "/cancel", ctx.tenant("quota"))
             count("cancel %d" % r.status)
             if r.status not in (200, 202, 409, 503):
                 problem("cancel answered %d" % r.status)

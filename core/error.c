@@ -73,6 +73,7 @@ const char *fl_error_code_name(fl_error_code code) {
     case FL_ECONFLICT: return "conflict";
     case FL_EUNAVAILABLE: return "unavailable";
     case FL_ENOSPACE: return "insufficient_storage";
+    case FL_EUNREACHABLE: return "url_unreachable";
     }
     return "unknown";
 }

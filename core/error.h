@@ -25,6 +25,7 @@ typedef enum fl_error_code {
     FL_EUNAVAILABLE, /* a service the operation needs (Redis) is unreachable, or a queue is full */
     FL_ENOSPACE,     /* no room to store: the disk, a quota or a file-size limit is full, or Redis
                       * refuses writes because it cannot persist them */
+    FL_EUNREACHABLE, /* a host named by outside input (a URL) does not resolve or cannot be reached */
 } fl_error_code;
 
 typedef struct fl_error {

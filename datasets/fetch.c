@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/utf8.h"
 #include "datasets/imageset_internal.h" /* fl_ds_format_bytes */
 #include "fl_build_config.h"
 
@@ -188,6 +189,18 @@ int fl_fetch_check_url(const char *url, bool allow_private, fl_error *err) {
     return rc;
 }
 
+/* The host of a URL (for messages: what could not be reached), "" when it has none. */
+static void url_host(const char *url, char *out, size_t cap) {
+    out[0] = '\0';
+    CURLU *u = curl_url();
+    char *host = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        host)
+        fl_utf8_display(host, 200, out, cap);
+    curl_free(host);
+    curl_url_cleanup(u);
+}
+
 static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigned char **data, size_t *size,
                  fl_error *err) {
     if (!url_acceptable(url))
@@ -234,7 +247,8 @@ static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigne
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(h);
 
-    char lim[32];
+    char lim[32], host[256];
+    url_host(url, host, sizeof host);
     int result = 0;
     if (d.blocked)
         result = fl_fail(err, FL_EINVAL, "download refused: the host is a loopback, private or link-local address");
@@ -248,7 +262,15 @@ static int fetch(const char *url, const fl_fetch_limits *limits, int fd, unsigne
     else if (d.write_failed)
         result = fl_fail(err, FL_EIO, "download failed: the file could not be written (%s)", strerror(d.write_errno));
     else if (rc == CURLE_COULDNT_RESOLVE_HOST)
-        result = fl_fail(err, FL_EINVAL, "download failed: the host name does not resolve");
+        result = fl_fail(err, FL_EUNREACHABLE, "download failed: the host '%s' does not resolve", host);
+    else if (rc == CURLE_COULDNT_CONNECT)
+        result = fl_fail(err, FL_EUNREACHABLE, "download failed: the host '%s' cannot be reached (%s)", host,
+                         errbuf[0] ? "no connection" : curl_easy_strerror(rc));
+    else if (rc == CURLE_OPERATION_TIMEDOUT && status == 0)
+        result = fl_fail(err, FL_EUNREACHABLE, "download failed: the host '%s' did not answer within %ld s", host, timeout);
+    else if (rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION)
+        result = fl_fail(err, FL_EUNREACHABLE, "download failed: no secure connection to the host '%s' (%s)", host,
+                         curl_easy_strerror(rc));
     else if (rc == CURLE_URL_MALFORMAT)
         result = fl_fail(err, FL_EINVAL, "download refused: not a well-formed http:// or https:// URL");
     else if (rc == CURLE_HTTP_RETURNED_ERROR)

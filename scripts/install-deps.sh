@@ -14,6 +14,9 @@ packages=(
   # I/O, service and data
   libjansson-dev libhiredis-dev libmicrohttpd-dev libcurl4-openssl-dev libarchive-dev libstb-dev
   redis-server
+  # the API contract test: a venv for schemathesis (from PyPI, cached in the build directory),
+  # promtool (in Debian's prometheus package), unshare/ip for a network namespace of its own
+  python3-venv prometheus util-linux iproute2
 )
 
 missing=()

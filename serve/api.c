@@ -133,6 +133,7 @@ int fl_api_status_of(fl_error_code code) {
     case FL_ENOMEM: return 413;
     case FL_EUNAVAILABLE: return 503;
     case FL_ENOSPACE: return 507;
+    case FL_EUNREACHABLE: return 422; /* the client's URL, not this service */
     default: return 500;
     }
 }
@@ -152,13 +153,16 @@ json_t *fl_api_json_or_null(const char *text) {
 
 /* ---- request bodies ------------------------------------------------------------------------------ */
 
-json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source, fl_error *err) {
+json_t *fl_api_request_object(const fl_http_request *req, const char *file_part, fl_req_source *source,
+                              fl_error *err) {
     if (req->n_parts > 0 || (req->content_type && !strncasecmp(req->content_type, "multipart/", 10))) {
         *source = FL_REQ_CLIENT_FORM;
         json_t *o = json_object();
         for (size_t i = 0; i < req->n_parts; i++) {
             const fl_http_part *p = &req->parts[i];
-            if (p->filename || !p->name) continue;
+            /* the route's file is a file whether or not the client named it (RFC 7578: filename
+             * is optional); any other part with a filename is not a field */
+            if (p->filename || !p->name || (file_part && !strcmp(p->name, file_part))) continue;
             char shown[80];
             fl_utf8_display(p->name, 64, shown, sizeof shown);
             json_t *v = json_stringn((const char *)p->data, p->size);
@@ -209,6 +213,7 @@ typedef enum api_route {
     ROUTE_TRAININGS,
     ROUTE_GENERATIONS,
     ROUTE_JOB,
+    ROUTE_JOB_CANCEL,
     ROUTE_JOB_EVENTS,
     ROUTE_IMAGE,
     ROUTE_ADAPTERS,
@@ -227,7 +232,8 @@ typedef struct api_ctx {
 static const char *allowed_methods(api_route r) {
     switch (r) {
     case ROUTE_TRAININGS:
-    case ROUTE_GENERATIONS: return "POST";
+    case ROUTE_GENERATIONS:
+    case ROUTE_JOB_CANCEL: return "POST";
     case ROUTE_ADAPTERS: return "GET, HEAD, POST";
     case ROUTE_ADAPTER:
     case ROUTE_JOB: return "GET, HEAD, DELETE";
@@ -241,7 +247,8 @@ static bool is_get(const char *method) { return !strcmp(method, "GET") || !strcm
 static bool method_allowed(api_route r, const char *method) {
     switch (r) {
     case ROUTE_TRAININGS:
-    case ROUTE_GENERATIONS: return !strcmp(method, "POST");
+    case ROUTE_GENERATIONS:
+    case ROUTE_JOB_CANCEL: return !strcmp(method, "POST");
     case ROUTE_ADAPTERS: return is_get(method) || !strcmp(method, "POST");
     case ROUTE_ADAPTER:
     case ROUTE_JOB: return is_get(method) || !strcmp(method, "DELETE");
@@ -256,6 +263,7 @@ static const char *route_label(api_route r, const char *method) {
     case ROUTE_TRAININGS: return "POST /v1/trainings";
     case ROUTE_GENERATIONS: return "POST /v1/generations";
     case ROUTE_JOB: return !strcmp(method, "DELETE") ? "DELETE /v1/jobs/{id}" : "GET /v1/jobs/{id}";
+    case ROUTE_JOB_CANCEL: return "POST /v1/jobs/{id}/cancel";
     case ROUTE_JOB_EVENTS: return "GET /v1/jobs/{id}/events";
     case ROUTE_IMAGE: return "GET /v1/images/{id}";
     case ROUTE_ADAPTERS: return !strcmp(method, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
@@ -299,6 +307,7 @@ static bool find_route(const char *path, api_route *route, char id[128]) {
     else if (!strcmp(collection, "generations") && !has_id) *route = ROUTE_GENERATIONS;
     else if (!strcmp(collection, "jobs") && has_id && !has_tail) *route = ROUTE_JOB;
     else if (!strcmp(collection, "jobs") && has_id && !strcmp(tail, "events")) *route = ROUTE_JOB_EVENTS;
+    else if (!strcmp(collection, "jobs") && has_id && !strcmp(tail, "cancel")) *route = ROUTE_JOB_CANCEL;
     else if (!strcmp(collection, "images") && has_id && !has_tail) *route = ROUTE_IMAGE;
     else if (!strcmp(collection, "adapters") && !has_id) *route = ROUTE_ADAPTERS;
     else if (!strcmp(collection, "adapters") && has_id && !has_tail) *route = ROUTE_ADAPTER;
@@ -377,7 +386,8 @@ bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm,
 static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_http_response *res) {
     if (c->route == ROUTE_HEALTHZ) { fl_api_healthz(api, res); return; }
     if (c->route == ROUTE_METRICS) { fl_api_metrics(api, res); return; }
-    if ((c->route == ROUTE_JOB || c->route == ROUTE_JOB_EVENTS) && !valid_job_id(c->id)) {
+    if ((c->route == ROUTE_JOB || c->route == ROUTE_JOB_CANCEL || c->route == ROUTE_JOB_EVENTS) &&
+        !valid_job_id(c->id)) {
         fl_http_reply_error(res, 404, "not_found", "no job '%.64s'", c->id);
         return;
     }
@@ -389,9 +399,10 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
     case ROUTE_TRAININGS: fl_api_trainings_create(api, r, tenant, req, res); break;
     case ROUTE_GENERATIONS: fl_api_generations_create(api, r, tenant, req, res); break;
     case ROUTE_JOB:
-        if (!strcmp(req->method, "DELETE")) fl_api_jobs_cancel(api, r, tenant, id, res);
+        if (!strcmp(req->method, "DELETE")) fl_api_jobs_delete(api, r, tenant, id, res);
         else fl_api_jobs_get(r, tenant, id, res);
         break;
+    case ROUTE_JOB_CANCEL: fl_api_jobs_cancel(api, r, tenant, id, res); break;
     case ROUTE_JOB_EVENTS: fl_api_jobs_events(api, r, tenant, id, req, res); break;
     case ROUTE_IMAGE: fl_api_images_get(api, r, tenant, id, res); break;
     case ROUTE_ADAPTERS:

@@ -95,7 +95,7 @@ void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
                             fl_http_response *res) {
     fl_error err = {0};
     fl_req_source source;
-    json_t *o = fl_api_request_object(req, &source, &err);
+    json_t *o = fl_api_request_object(req, "file", &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
     fl_adapter_import_request ir;
     const fl_http_part *file = fl_http_part_get(req, "file");

@@ -45,8 +45,10 @@ void fl_api_reply_err(fl_http_response *res, const fl_error *err);
 /* text parsed as JSON; text itself as a JSON string when it is not JSON; null for NULL. */
 json_t *fl_api_json_or_null(const char *text);
 /* The request's body as a JSON object: a JSON body, or the plain fields of a multipart form (each
- * value a string; *source tells which). NULL with err set for a malformed body. */
-json_t *fl_api_request_object(const fl_http_request *req, fl_req_source *source, fl_error *err);
+ * value a string; *source tells which), leaving out parts with a file name and the part named
+ * file_part (the route's file; may be NULL). NULL with err set for a malformed body. */
+json_t *fl_api_request_object(const fl_http_request *req, const char *file_part, fl_req_source *source,
+                              fl_error *err);
 
 /* A job's 202 answer: its id, its status and events URLs, and Location. */
 void fl_api_reply_accepted(fl_http_response *res, const char *job_id);
@@ -74,6 +76,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res);
 void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+void fl_api_jobs_delete(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
                         fl_http_response *res);
 void fl_api_images_get(fl_api *api, fl_redis *r, const char *tenant, const char *name, fl_http_response *res);

@@ -93,7 +93,7 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
                              fl_http_response *res) {
     fl_error err = {0};
     fl_req_source source;
-    json_t *o = fl_api_request_object(req, &source, &err);
+    json_t *o = fl_api_request_object(req, "images", &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
     fl_train_request tr;
     const fl_http_part *archive = fl_http_part_get(req, "images");
@@ -191,7 +191,7 @@ void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_re
     fl_job_clear(&job);
 }
 
-/* DELETE /v1/jobs/{id}: a queued job is canceled now (200, and a training's upload goes with
+/* POST /v1/jobs/{id}/cancel: a queued job is canceled now (200, and a training's upload goes with
  * it); a running one is asked to stop (202: its worker stops it at the next step and finishes it
  * as canceled); a finished one is 409; another tenant's is 404. */
 void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
@@ -203,6 +203,23 @@ void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char
     if (outcome == FL_CANCEL_DONE && job.kind == FL_JOB_TRAIN) fl_jobs_remove_files(api->cfg.state_dir, id);
     fl_http_reply_json(res, outcome == FL_CANCEL_DONE ? 200 : 202, job_json(&job));
     fl_job_clear(&job);
+}
+
+/* DELETE /v1/jobs/{id}: the job is canceled if it has not finished (a queued one never starts, a
+ * running one stops at its next step and frees its memory) and removed with its events and images:
+ * 200 when it is gone now, 202 when its worker is still stopping it; either way it is 404 from now
+ * on. Another tenant's is 404. */
+void fl_api_jobs_delete(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res) {
+    fl_error err = {0};
+    fl_job job;
+    if (fl_jobs_get(r, tenant, id, &job, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    bool training = job.kind == FL_JOB_TRAIN, was_queued = !strcmp(job.state, "queued");
+    fl_job_clear(&job);
+    fl_delete_outcome outcome = FL_DELETE_DONE;
+    if (fl_jobs_delete(r, tenant, id, &outcome, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    if (training && was_queued && outcome == FL_DELETE_DONE) fl_jobs_remove_files(api->cfg.state_dir, id);
+    if (outcome == FL_DELETE_DONE) fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", id));
+    else fl_http_reply_json(res, 202, json_pack("{s:s, s:b}", "deleted", id, "stopping", true));
 }
 
 /* Server-sent events: one Redis connection per stream, XREAD BLOCK on the job's event stream.
@@ -302,7 +319,8 @@ static ssize_t event_stream_read(void *arg, char *out, size_t max) {
     fl_error err = {0};
     redisReply *rep = fl_redis_cmd(es->r, &err, "XREAD COUNT 64 BLOCK 1000 STREAMS %s %s", es->key, es->last_id);
     if (!rep) {
-        es_append(es, "event: error\ndata: {\"code\":\"unavailable\",\"message\":\"event store unreachable\"}\n\n");
+        es_append(es, "event: error\ndata: {\"event\":\"error\",\"error\":{\"code\":\"unavailable\",\"message\":"
+                      "\"the event store is unreachable\"}}\n\n");
         es->ended = true;
         return event_stream_read(arg, out, max);
     }
@@ -484,7 +502,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res) {
     fl_error err = {0};
     fl_req_source source;
-    json_t *o = fl_api_request_object(req, &source, &err);
+    json_t *o = fl_api_request_object(req, NULL, &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
     fl_generate_request gr;
     int rc = fl_generate_request_decode(o, source, &api->limits, &gr, &err);
@@ -502,7 +520,7 @@ void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, con
         if (strcmp(info->base_model, api->cfg.base_model_hash) != 0)
             rc = fl_fail(&err, FL_EINVAL, "field 'adapters[%d]': adapter %s was made for base model %.12s, not %.12s", i,
                          info->id, info->base_model, api->cfg.base_model_hash);
-        memcpy(a->id, info->id, sizeof a->id); /* both FL_ID_MAX, NUL-terminated */
+        memcpy(a->id, info->id, sizeof info->id); /* the id (FL_ID_MAX <= FL_NAME_MAX) in place of the name */
         memcpy(a->sha256, info->sha256, sizeof a->sha256);
         fl_adapter_info_clear(info);
     }

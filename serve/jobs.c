@@ -50,6 +50,12 @@
     "    redis.call('ZADD', 'fl:images:due', 0, img)\n"                                                           \
     "  end\n"                                                                                                     \
     "end\n"                                                                                                       \
+    "local function remove_finished(job, events, index, id)\n"                                                    \
+    "  drop_images(image_ids(redis.call('HGET', job, 'result')))\n"                                               \
+    "  dec('fl:jobs:states', redis.call('HGET', job, 'state'))\n"                                                 \
+    "  redis.call('DEL', job, events)\n"                                                                          \
+    "  redis.call('ZREM', index, id)\n"                                                                           \
+    "end\n"                                                                                                       \
     "local function finish(job, events, state, field, value, now, event)\n"                                       \
     "  local from = redis.call('HGET', job, 'state')\n"                                                           \
     "  local id = redis.call('HGET', job, 'id')\n"                                                                \
@@ -88,6 +94,7 @@
     "  for _, old in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', 0, 100)) do\n"            \
     "    if redis.call('EXISTS', 'fl:job:' .. old) == 0 then redis.call('ZREM', index, old) end\n"                \
     "  end\n"                                                                                                     \
+    "  if redis.call('HGET', job, 'deleted') == '1' then remove_finished(job, events, index, id) end\n"           \
     "end\n"                                                                                                       \
     "local function cancel_now(job, events, id, now, message)\n"                                                  \
     "  local e = {code = 'canceled', message = message}\n"                                                        \
@@ -156,6 +163,7 @@ static const char *const finish_script = LUA_PRELUDE
 static const char *const cancel_script = LUA_PRELUDE
     "local st = redis.call('HGET', KEYS[1], 'state')\n"
     "if not st or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return -1 end\n"
+    "if redis.call('HGET', KEYS[1], 'deleted') == '1' then return -1 end\n"
     "if terminal(st) then return 0 end\n"
     "if st == 'queued' then\n"
     "  cancel_now(KEYS[1], KEYS[2], ARGV[3], ARGV[2], 'canceled by the client before it started')\n"
@@ -166,6 +174,29 @@ static const char *const cancel_script = LUA_PRELUDE
     "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'data',\n"
     "    cjson.encode({event = 'cancel_requested', job = ARGV[3]}))\n"
     "end\n"
+    "return 2\n";
+
+/* KEYS: job, events, tenant index. ARGV: tenant, id, now. 1 removed now (a finished job, or a queued
+ * one, canceled first: the record, its events, its images' keys; their files are made due for the
+ * sweep), 2 removed from the client's view and asked to stop (a running job: its worker stops it
+ * at the next step, and it is removed as it ends), -1 missing, deleted already or another
+ * tenant's. */
+static const char *const delete_script = LUA_PRELUDE
+    "local st = redis.call('HGET', KEYS[1], 'state')\n"
+    "if not st or redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return -1 end\n"
+    "if redis.call('HGET', KEYS[1], 'deleted') == '1' then return -1 end\n"
+    "redis.call('HSET', KEYS[1], 'deleted', '1')\n"
+    "if st == 'queued' then\n"
+    "  cancel_now(KEYS[1], KEYS[2], ARGV[2], ARGV[3], 'deleted by the client before it started')\n"
+    "  return 1\n"
+    "end\n"
+    "if terminal(st) then\n"
+    "  remove_finished(KEYS[1], KEYS[2], KEYS[3], ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_ms', ARGV[3])\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'data',\n"
+    "  cjson.encode({event = 'cancel_requested', job = ARGV[2]}))\n"
     "return 2\n";
 
 /* KEYS: work stream, job. ARGV: group, worker, entry. See fl_claim. */
@@ -418,12 +449,13 @@ int fl_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_job *out, fl
         else if (!strcmp(k, "loss")) out->loss = atof(s);
         else if (!strcmp(k, "eta_s")) out->eta_s = atof(s);
         else if (!strcmp(k, "cancel_requested")) out->cancel_requested = !strcmp(s, "1");
+        else if (!strcmp(k, "deleted")) out->deleted = !strcmp(s, "1");
         else if (!strcmp(k, "created_ms")) out->created_ms = atoll(s);
         else if (!strcmp(k, "updated_ms")) out->updated_ms = atoll(s);
         else if (!strcmp(k, "finished_ms")) out->finished_ms = atoll(s);
     }
     freeReplyObject(rep);
-    if (tenant && strcmp(tenant, out->tenant) != 0) {
+    if (tenant && (strcmp(tenant, out->tenant) != 0 || out->deleted)) { /* a deleted job is gone for clients */
         fl_job_clear(out);
         return fl_fail(err, FL_ENOTFOUND, "no job '%s'", id);
     }
@@ -516,6 +548,21 @@ int fl_jobs_cancel(fl_redis *r, const char *tenant, const char *id, fl_cancel_ou
         return fl_fail(err, FL_ECONFLICT, "job %s has already %s: there is nothing to cancel", id, state);
     }
     *outcome = res == 1 ? FL_CANCEL_DONE : FL_CANCEL_REQUESTED;
+    return 0;
+}
+
+int fl_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_delete_outcome *outcome, fl_error *err) {
+    if (!plain_id(id)) return fl_fail(err, FL_ENOTFOUND, "no job '%.64s'", id);
+    char job_key[128], events_key[160], index_key[160], now[32];
+    job_keys(id, job_key, events_key);
+    snprintf(index_key, sizeof index_key, "fl:tenant:%s:jobs", tenant);
+    snprintf(now, sizeof now, "%lld", (long long)fl_now_ms());
+    const char *keys[3] = {job_key, events_key, index_key};
+    const char *args[3] = {tenant, id, now};
+    long long res = 0;
+    if (eval_int(r, delete_script, 3, keys, 3, args, &res, err) != 0) return -1;
+    if (res < 0) return fl_fail(err, FL_ENOTFOUND, "no job '%s'", id);
+    *outcome = res == 1 ? FL_DELETE_DONE : FL_DELETE_STOPPING;
     return 0;
 }
 

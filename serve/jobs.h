@@ -64,6 +64,7 @@ typedef struct fl_job {
     int step, total, attempts;
     double loss, eta_s;
     bool cancel_requested;
+    bool deleted; /* deleted by its client while it ran: gone for the client, removed as it ends */
     int64_t created_ms, updated_ms, finished_ms;
 } fl_job;
 
@@ -124,6 +125,17 @@ typedef enum fl_cancel_outcome {
 /* Cancels the tenant's job. FL_ENOTFOUND for a missing job or another tenant's; FL_ECONFLICT
  * for a job already finished (the message names its state). */
 int fl_jobs_cancel(fl_redis *r, const char *tenant, const char *id, fl_cancel_outcome *outcome, fl_error *err);
+
+typedef enum fl_delete_outcome {
+    FL_DELETE_DONE = 1,     /* finished, or queued and canceled first: removed now */
+    FL_DELETE_STOPPING = 2, /* running: gone for the client now; its worker stops it at the next
+                             * step and it is removed as it ends */
+} fl_delete_outcome;
+/* Deletes the tenant's job: its record, events and image keys (the image files are left due for
+ * the next sweep). A queued job is canceled first and never starts; a running one is canceled
+ * and removed when its worker stops it. From this call on the client sees it no more (404).
+ * FL_ENOTFOUND for a missing job, one deleted already, or another tenant's. */
+int fl_jobs_delete(fl_redis *r, const char *tenant, const char *id, fl_delete_outcome *outcome, fl_error *err);
 
 typedef enum fl_claim {
     FL_CLAIM_LOST = 0,     /* the entry or the job belongs to another worker now: stop, touch nothing */

@@ -14,7 +14,7 @@
 #define N_BUCKETS 14
 static const double bucket_bounds[N_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                 0.25,  0.5,    1,     2.5,  5,     10,  60};
-#define MAX_SERIES 48
+#define MAX_SERIES 512 /* routes x statuses: every label set the API can produce fits */
 
 typedef struct histogram {
     char labels[128]; /* rendered label set, e.g. route="GET /healthz" */

@@ -29,7 +29,8 @@
 
 #define FL_ID_MAX 64
 #define FL_TENANT_MAX 64
-#define FL_NAME_MAX 128
+#define FL_NAME_MAX 512       /* bytes: a name of FL_NAME_MAX_CHARS characters fits */
+#define FL_NAME_MAX_CHARS 127 /* an adapter's name or trigger, in characters */
 
 typedef struct fl_adapter_info {
     char id[FL_ID_MAX];         /* "ad_" + 24 hex digits, or given by the caller */

@@ -98,6 +98,14 @@ static int read_int(const reader *r, const char *name, int64_t dflt, int64_t lo,
         *out = dflt;
         return 0;
     }
+    if (json_is_integer(v)) { /* exact: a double cannot tell 2^53 from 2^53 + 1 */
+        json_int_t i = json_integer_value(v);
+        if (i < lo || i > hi)
+            return fl_fail(err, FL_EINVAL, "field '%s': expected an integer in [%lld, %lld]", name, (long long)lo,
+                           (long long)hi);
+        *out = (int64_t)i;
+        return 0;
+    }
     double d = 0;
     bool ok = number_of(r, v, &d);
     if (!ok || d != floor(d) || d < (double)lo || d > (double)hi)
@@ -147,15 +155,24 @@ static int read_bool(const reader *r, const char *name, bool dflt, bool *out, fl
     return fl_fail(err, FL_EINVAL, "field '%s': expected true or false", name);
 }
 
-/* A string field as a borrowed pointer (valid while obj lives), or NULL when absent. */
-static int read_str(const reader *r, const char *name, bool required, size_t max_len, const char **out,
+/* Characters (code points) of valid UTF-8 text: its bytes that do not continue a sequence. */
+static size_t utf8_chars(const char *s, size_t n) {
+    size_t chars = 0;
+    for (size_t i = 0; i < n; i++) chars += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return chars;
+}
+
+/* A string field as a borrowed pointer (valid while obj lives), or NULL when absent. max_chars
+ * counts characters (jansson holds valid UTF-8: at most 4 bytes each). */
+static int read_str(const reader *r, const char *name, bool required, size_t max_chars, const char **out,
                     fl_error *err) {
     json_t *v = field(r, name);
     *out = NULL;
     if (!v) return required ? fl_fail(err, FL_EINVAL, "field '%s' is required", name) : 0;
     if (!json_is_string(v)) return fl_fail(err, FL_EINVAL, "field '%s': expected a string", name);
     size_t n = json_string_length(v);
-    if (n > max_len) return fl_fail(err, FL_EINVAL, "field '%s': longer than %zu bytes", name, max_len);
+    if (n > 4 * max_chars || utf8_chars(json_string_value(v), n) > max_chars)
+        return fl_fail(err, FL_EINVAL, "field '%s': longer than %zu characters", name, max_chars);
     if (strlen(json_string_value(v)) != n) return fl_fail(err, FL_EINVAL, "field '%s': contains a NUL byte", name);
     *out = json_string_value(v);
     return 0;
@@ -211,9 +228,10 @@ static int read_adapters(const reader *r, fl_generate_request *out, fl_error *er
         const char *id = NULL, *sha = NULL;
         fl_request_adapter *dst = &out->adapters[i];
         if (check_known(&ar, allowed, internal, err) != 0) return fl_fail_prefix(err, "%s", name);
-        if (read_str(&ar, "id", true, FL_ID_MAX - 1, &id, err) != 0 || !*id) {
-            return fl_fail(err, FL_EINVAL, "field '%s': expected an object with a non-empty string 'id' of at most %d bytes",
-                           name, FL_ID_MAX - 1);
+        if (read_str(&ar, "id", true, FL_NAME_MAX_CHARS, &id, err) != 0 || !*id) {
+            return fl_fail(err, FL_EINVAL,
+                           "field '%s': expected an object with a non-empty string 'id' of at most %d characters", name,
+                           FL_NAME_MAX_CHARS);
         }
         if (read_num(&ar, "scale", 1.0, -FL_REQ_MAX_SCALE, FL_REQ_MAX_SCALE, &dst->scale, err) != 0)
             return fl_fail(err, FL_EINVAL, "field '%s.scale': expected a number in [%g, %g]", name, -FL_REQ_MAX_SCALE,
@@ -242,7 +260,7 @@ int fl_generate_request_decode(json_t *obj, fl_req_source source, const fl_reque
     const char *prompt = NULL;
     int size = default_size(lim);
     int rc = check_known(&r, allowed, internal, err);
-    if (rc == 0) rc = read_str(&r, "prompt", true, FL_REQ_MAX_PROMPT_BYTES, &prompt, err);
+    if (rc == 0) rc = read_str(&r, "prompt", true, FL_REQ_MAX_PROMPT_CHARS, &prompt, err);
     if (rc == 0) out->prompt = fl_xstrdup(prompt);
     if (rc == 0) rc = read_int32(&r, "width", size, lim->patch, lim->max_resolution, &out->width, err);
     if (rc == 0) rc = read_int32(&r, "height", size, lim->patch, lim->max_resolution, &out->height, err);
@@ -307,18 +325,18 @@ int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_
     const char *url = NULL, *images = NULL, *src = NULL, *trigger = NULL, *name = NULL, *caption = NULL,
                *targets = NULL;
     int rc = check_known(&r, allowed, internal, err);
-    if (rc == 0) rc = read_str(&r, "images_url", false, FL_REQ_MAX_URL_BYTES, &url, err);
+    if (rc == 0) rc = read_str(&r, "images_url", false, FL_REQ_MAX_URL_CHARS, &url, err);
     if (rc == 0 && url && strncasecmp(url, "http://", 7) && strncasecmp(url, "https://", 8))
         rc = fl_fail(err, FL_EINVAL, "field 'images_url': only http and https URLs are fetched");
     if (rc == 0 && source == FL_REQ_STORED) rc = read_str(&r, "images", true, 8192, &images, err);
     if (rc == 0 && source == FL_REQ_STORED) rc = read_str(&r, "source", false, 8192, &src, err);
-    if (rc == 0) rc = read_str(&r, "trigger_word", true, FL_REQ_MAX_TRIGGER_BYTES, &trigger, err);
+    if (rc == 0) rc = read_str(&r, "trigger_word", true, FL_REQ_MAX_TRIGGER_CHARS, &trigger, err);
     if (rc == 0 && !fl_request_one_word(trigger))
         rc = fl_fail(err, FL_EINVAL, "field 'trigger_word': must be one word");
-    if (rc == 0) rc = read_str(&r, "name", false, FL_NAME_MAX - 1, &name, err);
+    if (rc == 0) rc = read_str(&r, "name", false, FL_NAME_MAX_CHARS, &name, err);
     if (rc == 0 && name) rc = fl_registry_check_name("field 'name'", name, err);
-    if (rc == 0) rc = read_str(&r, "caption", false, FL_REQ_MAX_CAPTION_BYTES, &caption, err);
-    if (rc == 0) rc = read_str(&r, "targets", false, FL_REQ_MAX_TARGETS_BYTES, &targets, err);
+    if (rc == 0) rc = read_str(&r, "caption", false, FL_REQ_MAX_CAPTION_CHARS, &caption, err);
+    if (rc == 0) rc = read_str(&r, "targets", false, FL_REQ_MAX_TARGETS_CHARS, &targets, err);
     if (rc == 0) rc = read_int32(&r, "steps", 300 < lim->max_train_steps ? 300 : lim->max_train_steps, 1,
                                  lim->max_train_steps, &out->steps, err);
     if (rc == 0) rc = read_int32(&r, "rank", 16 < lim->max_rank ? 16 : lim->max_rank, 1, lim->max_rank, &out->rank, err);
@@ -384,12 +402,12 @@ int fl_adapter_import_request_decode(json_t *obj, fl_req_source source, fl_adapt
     static const char *const internal[] = {"max_bytes", "max_metadata_bytes", NULL};
     const char *name = NULL, *trigger = NULL, *url = NULL;
     int rc = check_known(&r, allowed, internal, err);
-    if (rc == 0) rc = read_str(&r, "name", false, FL_NAME_MAX - 1, &name, err);
+    if (rc == 0) rc = read_str(&r, "name", false, FL_NAME_MAX_CHARS, &name, err);
     if (rc == 0 && name) rc = fl_registry_check_name("field 'name'", name, err);
-    if (rc == 0) rc = read_str(&r, "trigger_word", false, FL_NAME_MAX - 1, &trigger, err);
+    if (rc == 0) rc = read_str(&r, "trigger_word", false, FL_NAME_MAX_CHARS, &trigger, err);
     if (rc == 0 && trigger && *trigger && !fl_request_one_word(trigger))
         rc = fl_fail(err, FL_EINVAL, "field 'trigger_word': must be one word");
-    if (rc == 0) rc = read_str(&r, "url", false, FL_REQ_MAX_URL_BYTES, &url, err);
+    if (rc == 0) rc = read_str(&r, "url", false, FL_REQ_MAX_URL_CHARS, &url, err);
     if (rc == 0 && source == FL_REQ_STORED && !url) rc = fl_fail(err, FL_EINVAL, "field 'url' is required");
     if (rc == 0 && source == FL_REQ_STORED)
         rc = read_int(&r, "max_bytes", 0, 1, (int64_t)1 << 50, &out->max_bytes, err);

@@ -10,6 +10,9 @@
  * adapters' file hashes, the uploaded archive's path, the text length): those are accepted only
  * from storage.
  *
+ * Lengths of strings are limits in characters (Unicode code points, as JSON Schema's maxLength
+ * counts them); a character takes at most 4 bytes, which the fixed buffers below allow for.
+ *
  * Errors are FL_EINVAL naming the field ("field 'steps': expected an integer in [1, 5000]");
  * more adapters than a request may name is FL_EINVAL too (it is a malformed request, not a body
  * over a size limit).
@@ -25,11 +28,11 @@
 #include "serve/registry.h"
 
 #define FL_REQ_MAX_ADAPTERS 8
-#define FL_REQ_MAX_PROMPT_BYTES 4000
-#define FL_REQ_MAX_CAPTION_BYTES 1000
-#define FL_REQ_MAX_TARGETS_BYTES 500
-#define FL_REQ_MAX_URL_BYTES 2048
-#define FL_REQ_MAX_TRIGGER_BYTES 64
+#define FL_REQ_MAX_PROMPT_CHARS 4000
+#define FL_REQ_MAX_CAPTION_CHARS 1000
+#define FL_REQ_MAX_TARGETS_CHARS 500
+#define FL_REQ_MAX_URL_CHARS 2048
+#define FL_REQ_MAX_TRIGGER_CHARS 64
 #define FL_REQ_MAX_SEED ((int64_t)1 << 53) /* seeds survive a round trip through a JSON double */
 #define FL_REQ_MAX_SCALE 8.0
 
@@ -58,7 +61,7 @@ typedef struct fl_request_limits {
 fl_request_limits fl_request_limits_default(void);
 
 typedef struct fl_request_adapter {
-    char id[FL_ID_MAX];  /* as the client named it: an id or a name */
+    char id[FL_NAME_MAX]; /* as the client named it: an id or a name (the API stores the id) */
     char sha256[65];     /* of the adapter file, filled by the API ("" from a client) */
     double scale;        /* default 1 */
 } fl_request_adapter;
@@ -82,7 +85,7 @@ typedef struct fl_train_request {
     char *images;        /* where the worker reads the set: the uploaded archive's path (set by the
                           * API) or the client's "images_url" */
     char *source;        /* what the job shows: "upload", or the URL */
-    char trigger_word[FL_REQ_MAX_TRIGGER_BYTES + 1];
+    char trigger_word[4 * FL_REQ_MAX_TRIGGER_CHARS + 1];
     char name[FL_NAME_MAX];  /* "" when not given */
     char *caption;       /* NULL when not given */
     char *targets;       /* NULL when not given: the trainer's default */

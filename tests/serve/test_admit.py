@@ -254,9 +254,9 @@ def defaults_tests(work):
         r = sc.request(svc.base, "POST", "/v1/adapters", key, {"url": "http://nonexistent-host.invalid/a.safetensors",
                                                                "name": "nowhere"})
         job = sc.wait_job(svc.base, key, r.json()["job_id"], timeout=120) if r.status == 202 else {"r": r.body[:300]}
-        check("an import from a host that does not resolve is a job that fails with the reason",
-              r.status == 202 and job.get("state") == "failed" and job["error"]["code"] == "invalid_input"
-              and "resolve" in job["error"]["message"], job)
+        check("an import from a host that does not resolve is a job that fails with the reason, naming the host",
+              r.status == 202 and job.get("state") == "failed" and job["error"]["code"] == "url_unreachable"
+              and "resolve" in job["error"]["message"] and "nonexistent-host.invalid" in job["error"]["message"], job)
 
         # Adapters: NaN weights and oversized metadata are refused at import.
         r = upload_adapter(svc, key, lora_file(MODEL, nan=True), "nan")

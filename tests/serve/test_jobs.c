@@ -333,6 +333,61 @@ static void test_cancel_each_state(void) {
               state_count("queued") == 1);
 }
 
+static void test_delete_each_state(void) {
+    flush();
+    fl_job_policy p = policy(10, 0);
+    fl_error err = {0};
+    fl_delete_outcome out = 0;
+    fl_job job;
+    bool finished = false;
+    char entry[64], job_id[64];
+    /* Finished: removed now, record, events and index entry; its state no longer counted. */
+    submit(FL_JOB_GENERATE, "job_f", "alpha", &p);
+    start("job_f", "w1", &finished);
+    finish("job_f", "succeeded", "{\"images\":[]}");
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_f", &out, &err) == 0 && out == FL_DELETE_DONE);
+    FL_EXPECT(!exists("fl:job:job_f") && !exists("fl:job:job_f:events"));
+    FL_EXPECT(int_of("ZSCORE fl:tenant:%s:jobs %s", "alpha", "job_f") == 0);
+    FL_EXPECT(state_count("succeeded") == 0);
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_f", &out, &err) != 0 && err.code == FL_ENOTFOUND);
+
+    /* Queued: canceled first (it never starts), removed now, its queue place freed. */
+    flush();
+    submit(FL_JOB_GENERATE, "job_q", "alpha", &p);
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_q", &out, &err) == 0 && out == FL_DELETE_DONE);
+    FL_EXPECT(!exists("fl:job:job_q") && queue_count("generate") == 0 && tenant_pending("alpha", "generate") == 0);
+    FL_EXPECT(read_entry(FL_JOB_GENERATE, "w1", entry, sizeof entry, job_id, sizeof job_id) &&
+              !strcmp(job_id, "job_q"));
+    int attempts = 0; /* a worker that read it finds nothing to run */
+    FL_EXPECT(fl_jobs_start(redis, "job_q", "w1", &attempts, &finished, &err) != 0 && err.code == FL_ENOTFOUND);
+    fl_jobs_ack(redis, FL_JOB_GENERATE, entry, &err);
+    FL_EXPECT(state_count("queued") == 0 && state_count("canceled") == 0);
+
+    /* Running: gone for the client at once, asked to stop; removed when its worker finishes it. */
+    flush();
+    submit(FL_JOB_GENERATE, "job_r", "alpha", &p);
+    FL_EXPECT(read_entry(FL_JOB_GENERATE, "w1", entry, sizeof entry, job_id, sizeof job_id) &&
+              !strcmp(job_id, "job_r"));
+    start("job_r", "w1", &finished);
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_r", &out, &err) == 0 && out == FL_DELETE_STOPPING);
+    FL_EXPECT(fl_jobs_get(redis, "alpha", "job_r", &job, &err) != 0 && err.code == FL_ENOTFOUND);
+    fl_cancel_outcome co;
+    FL_EXPECT(fl_jobs_cancel(redis, "alpha", "job_r", &co, &err) != 0 && err.code == FL_ENOTFOUND);
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_r", &out, &err) != 0 && err.code == FL_ENOTFOUND);
+    FL_EXPECT(fl_jobs_get(redis, NULL, "job_r", &job, &err) == 0 && job.cancel_requested && job.deleted);
+    fl_job_clear(&job);
+    FL_EXPECT(keep_claim(FL_JOB_GENERATE, "job_r", entry, "w1") == FL_CLAIM_CANCEL);
+    FL_EXPECT(finish("job_r", "canceled", "{\"code\":\"canceled\",\"message\":\"canceled by the client\"}"));
+    FL_EXPECT(!exists("fl:job:job_r") && !exists("fl:job:job_r:events"));
+    FL_EXPECT(queue_count("generate") == 0 && state_count("running") == 0 && state_count("canceled") == 0);
+
+    /* Another tenant's job, or none: not found, and nothing changes. */
+    submit(FL_JOB_GENERATE, "job_other", "beta", &p);
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_other", &out, &err) != 0 && err.code == FL_ENOTFOUND);
+    FL_EXPECT(!strcmp(state_of("job_other"), "queued"));
+    FL_EXPECT(fl_jobs_delete(redis, "alpha", "job_nope", &out, &err) != 0 && err.code == FL_ENOTFOUND);
+}
+
 static void test_counters_never_negative(void) {
     flush();
     fl_job_policy p = policy(10, 0);
@@ -668,6 +723,7 @@ int main(void) {
     FL_RUN(test_start_and_attempts);
     FL_RUN(test_finish_once);
     FL_RUN(test_cancel_each_state);
+    FL_RUN(test_delete_each_state);
     FL_RUN(test_counters_never_negative);
     FL_RUN(test_claims_and_requeue);
     FL_RUN(test_expiry_and_images);

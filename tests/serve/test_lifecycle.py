@@ -4,7 +4,7 @@ binaries, their private redis-server, real HTTP on loopback.
   test_lifecycle.py FLASHLORA SOURCE_DIR
 
 Covers: per-tenant queue quotas (429 tenant_quota naming the setting, the other tenant still
-admitted, a place freed by a cancel); DELETE /v1/jobs/{id} on a queued job (canceled at once,
+admitted, a place freed by a cancel); POST /v1/jobs/{id}/cancel on a queued job (canceled at once,
 a terminal SSE event, never started by a worker), on a running generation and a running training
 (stopped at the next step, the worker free again, the training's upload and checkpoints gone), on
 a finished job (409), another tenant's (404), and on a job whose worker died (the next worker
@@ -132,6 +132,11 @@ def state_is(base, key, job_id, *states):
     return lambda: job_of(base, key, job_id).get("state") in states
 
 
+def redis_job_gone(state, job_id):
+    """True once the job's record and its events are gone from Redis."""
+    return not redis(state, "EXISTS", "fl:job:%s" % job_id) and not redis(state, "EXISTS", "fl:job:%s:events" % job_id)
+
+
 def event_names(state, job_id):
     out = []
     for _, fields in redis(state, "XRANGE", "fl:job:%s:events" % job_id, "-", "+") or []:
@@ -208,9 +213,9 @@ def quota_and_cancel(work, procs):
     beta_id = r.json().get("job_id") if r.status == 202 else None
     check("another tenant is still admitted", r.status == 202, r.body[:200])
 
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % ids[0], alpha)
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % ids[0], alpha)
     body = r.json() if r.status == 200 else {}
-    check("DELETE of a queued job -> 200, canceled at once",
+    check("a cancel of a queued job -> 200, canceled at once",
           r.status == 200 and body.get("state") == "canceled" and body["error"]["code"] == "canceled", r.body[:300])
     names, ended = read_events(base, "/v1/jobs/%s/events" % ids[0], alpha)
     check("its event stream ends with a terminal 'canceled' event", ended and names[-1:] == ["canceled"], names)
@@ -218,17 +223,17 @@ def quota_and_cancel(work, procs):
     check("the canceled job's place in the quota is free again", r.status == 202, r.body[:200])
     ids.append(r.json().get("job_id") if r.status == 202 else None)
 
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % ids[0], alpha)
-    check("DELETE of a finished job -> 409", r.status == 409 and r.json()["error"]["code"] == "conflict", r.body[:200])
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % ids[1], beta)
-    check("DELETE of another tenant's job -> 404, and it is untouched",
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % ids[0], alpha)
+    check("a cancel of a finished job -> 409", r.status == 409 and r.json()["error"]["code"] == "conflict", r.body[:200])
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % ids[1], beta)
+    check("a cancel of another tenant's job -> 404, and it is untouched",
           r.status == 404 and job_of(base, alpha, ids[1]).get("state") == "queued", r.body[:200])
-    r = sc.request(base, "DELETE", "/v1/jobs/job_000000000000000000000000", alpha)
-    check("DELETE of no job -> 404", r.status == 404, r.status)
+    r = sc.request(base, "POST", "/v1/jobs/job_000000000000000000000000/cancel", alpha)
+    check("a cancel of no job -> 404", r.status == 404, r.status)
 
     for j in ids[1:]:
-        sc.request(base, "DELETE", "/v1/jobs/%s" % j, alpha)
-    sc.request(base, "DELETE", "/v1/jobs/%s" % beta_id, beta)
+        sc.request(base, "POST", "/v1/jobs/%s/cancel" % j, alpha)
+    sc.request(base, "POST", "/v1/jobs/%s/cancel" % beta_id, beta)
     canceled = ids + [beta_id]
     metrics = sc.request(base, "GET", "/metrics").body.decode()
     check("/metrics counts canceled jobs", 'flashlora_jobs{state="canceled"} 5' in metrics,
@@ -274,8 +279,8 @@ def cancel_running(work, procs):
     wait_until(state_is(base, alpha, gid, "running"), 20)
     time.sleep(0.3)
     t0 = time.time()
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % gid, alpha)
-    check("DELETE of a running job -> 202 with cancel_requested",
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % gid, alpha)
+    check("a cancel of a running job -> 202 with cancel_requested",
           r.status == 202 and r.json().get("cancel_requested") is True and r.json().get("state") == "running",
           r.body[:300])
     done = wait_until(state_is(base, alpha, gid, "canceled"), 20)
@@ -287,11 +292,25 @@ def cancel_running(work, procs):
     r = gen(base, alpha, sync=True)
     check("the worker is free for the next job", r.status == 200, r.body[:200])
 
+    # DELETE of a running job: canceled like a cancel, gone from view at once, removed as it stops.
+    r = gen(base, alpha, **LONG)
+    did = r.json().get("job_id", "x")
+    wait_until(state_is(base, alpha, did, "running"), 20)
+    time.sleep(0.3)
+    r = sc.request(base, "DELETE", "/v1/jobs/" + did, alpha)
+    gone_now = sc.request(base, "GET", "/v1/jobs/" + did, alpha).status
+    check("DELETE of a running job -> 202 stopping, and the job is 404 at once",
+          r.status == 202 and r.json().get("stopping") is True and gone_now == 404, (r.status, r.body[:200], gone_now))
+    removed = wait_until(lambda: redis_job_gone(state, did), 20)
+    r = gen(base, alpha, sync=True)
+    check("its worker stops it at the next step and its record goes (the worker is free again)",
+          removed and r.status == 200, (removed, r.status))
+
     r = train(base, alpha)
     tid = r.json().get("job_id", "x") if r.status == 202 else "x"
     wait_until(lambda: job_of(base, alpha, tid).get("progress", {}).get("step", 0) >= 2, 30)
     had = job_files(state, tid)
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % tid, alpha)
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % tid, alpha)
     done = wait_until(state_is(base, alpha, tid, "canceled"), 20)
     gone = wait_until(lambda: not job_files(state, tid), 10)
     check("a running training is canceled at its next step, its upload and checkpoints removed",
@@ -321,7 +340,7 @@ def worker_shutdown(work, procs):
           code == 0 and took < 5.5, (code, took))
     check("the abandoned generation goes back to the queue", job.get("state") == "queued" and "requeued" in names,
           (job.get("state"), names))
-    sc.request(base, "DELETE", "/v1/jobs/%s" % gid, alpha)
+    sc.request(base, "POST", "/v1/jobs/%s/cancel" % gid, alpha)
 
     w = start_worker(state, "--claim-timeout", "1", "--shutdown-timeout", "30")
     procs.append(w)
@@ -356,7 +375,7 @@ def worker_shutdown(work, procs):
 
     check("another worker resumes it from its checkpoint at once, not after the claim timeout",
           wait_until(resumed, 20), event_names(state, tid))
-    sc.request(base, "DELETE", "/v1/jobs/%s" % tid, alpha)
+    sc.request(base, "POST", "/v1/jobs/%s/cancel" % tid, alpha)
     wait_until(state_is(base, alpha, tid, "canceled"), 20)
     code, took = stop_process(w, limit=10)
 
@@ -372,7 +391,7 @@ def worker_shutdown(work, procs):
     time.sleep(0.3)
     code, took = stop_process(w, limit=5)
     check("a second signal exits at once (%.1f s, status %s)" % (took, code), code == 128 + signal.SIGTERM, code)
-    r = sc.request(base, "DELETE", "/v1/jobs/%s" % gid, alpha)
+    r = sc.request(base, "POST", "/v1/jobs/%s/cancel" % gid, alpha)
     w = start_worker(state, "--claim-timeout", "1")
     procs.append(w)
     done = wait_until(state_is(base, alpha, gid, "canceled"), 20)
