@@ -66,6 +66,13 @@ struct fl_backend {
     double (*sum_squares)(fl_ctx *ctx, const fl_tensor *x);
     void (*adamw)(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                   const fl_adamw_params *p);
+
+    /* images: convolution, group normalization, upsampling (the autoencoder) */
+    void (*conv2d)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                   int stride, fl_conv2d_pad pad);
+    void (*group_norm)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                       fl_tensor *y, int groups, float eps, bool silu);
+    void (*upsample_nearest2x)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 };
 
 const fl_backend *fl_cpu_backend(void);

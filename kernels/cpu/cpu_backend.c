@@ -81,6 +81,10 @@ static const fl_backend cpu_backend = {
     .mse_loss = fl_cpu_mse_loss,
     .sum_squares = fl_cpu_sum_squares,
     .adamw = fl_cpu_adamw,
+    /* images (the autoencoder) */
+    .conv2d = fl_cpu_conv2d,
+    .group_norm = fl_cpu_group_norm,
+    .upsample_nearest2x = fl_cpu_upsample_nearest2x,
 };
 
 const fl_backend *fl_cpu_backend(void) {

@@ -110,4 +110,11 @@ double fl_cpu_sum_squares(fl_ctx *ctx, const fl_tensor *x);
 void fl_cpu_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                   const fl_adamw_params *p);
 
+/* cpu_conv.c: images (the autoencoder) */
+void fl_cpu_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                   int stride, fl_conv2d_pad pad);
+void fl_cpu_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                       int groups, float eps, bool silu);
+void fl_cpu_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
 #endif
