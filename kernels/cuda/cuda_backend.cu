@@ -185,7 +185,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 36 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 39 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;
@@ -226,6 +226,10 @@ static fl_backend make_table(void) {
     b.mse_loss = fl_cuda_mse_loss;
     b.sum_squares = fl_cuda_sum_squares;
     b.adamw = fl_cuda_adamw;
+    /* images (the autoencoder) */
+    b.conv2d = fl_cuda_conv2d;
+    b.group_norm = fl_cuda_group_norm;
+    b.upsample_nearest2x = fl_cuda_upsample_nearest2x;
     return b;
 }
 

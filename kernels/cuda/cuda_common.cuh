@@ -256,4 +256,11 @@ double fl_cuda_sum_squares(fl_ctx *ctx, const fl_tensor *x);
 void fl_cuda_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                    const fl_adamw_params *p);
 
+/* cuda_conv.cu: images (the autoencoder) */
+void fl_cuda_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                    int stride, fl_conv2d_pad pad);
+void fl_cuda_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                        int groups, float eps, bool silu);
+void fl_cuda_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
 #endif
