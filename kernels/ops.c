@@ -571,8 +571,8 @@ static void need_nchw(const char *op, fl_ctx *ctx, const fl_tensor *t, const cha
 int64_t fl_conv2d_scratch_elements(int64_t channels, int64_t kh, int64_t kw, int64_t out_h, int64_t out_w,
                                    int stride, fl_conv2d_pad pad) {
     bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.left && !pad.right && !pad.top && !pad.bottom;
-    if (direct || out_h <= 0 || out_w <= 0) return 0;
     int64_t k = channels * kh * kw, row = k * out_w;
+    if (direct || out_h <= 0 || out_w <= 0 || k <= 0) return 0; /* no column matrix (k == 0: y = bias) */
     int64_t rows = row >= FL_CONV2D_TILE_ELEMS ? 1 : FL_CONV2D_TILE_ELEMS / row;
     if (rows > out_h) rows = out_h;
     return rows * row;

@@ -20,6 +20,10 @@
 
 #include "kernels/cpu/cpu_internal.h"
 
+/* These loops only move memory (or nearly): below this many elements a second thread costs more
+ * than it saves, and on a busy machine far more (every parallel region is a barrier). */
+#define IMAGE_PARALLEL_MIN ((int64_t)1 << 18)
+
 /* ---- conv2d ------------------------------------------------------------------------------------- */
 
 typedef struct conv_geom {
@@ -42,7 +46,7 @@ static void valid_cols(const conv_geom *g, int64_t off, int64_t *j0, int64_t *j1
 /* col[K, rows * Wo] for output rows [i0, i0 + rows) of one image xb [C, H, W]. */
 static void im2col_tile(const conv_geom *g, const float *xb, int64_t i0, int64_t rows, float *col) {
     const int64_t K = g->C * g->KH * g->KW, P = rows * g->Wo;
-    FL_OMP(omp parallel for schedule(static) if (K * P > FL_CPU_PARALLEL_MIN))
+    FL_OMP(omp parallel for schedule(static) if (K * P > IMAGE_PARALLEL_MIN))
     for (int64_t k = 0; k < K; k++) {
         const int64_t c = k / (g->KH * g->KW), u = (k / g->KW) % g->KH, v = k % g->KW;
         const int64_t off = v - g->pad.left;
@@ -70,7 +74,7 @@ static void im2col_tile(const conv_geom *g, const float *xb, int64_t i0, int64_t
 /* y rows [o, p0, p0 + n) of every output channel = bias[o] (or 0). Returns the GEMM's beta. */
 static float prefill_bias(const float *bias, int64_t O, int64_t ld, int64_t p0, int64_t n, float *y) {
     if (!bias) return 0.0f;
-    FL_OMP(omp parallel for schedule(static) if (O * n > FL_CPU_PARALLEL_MIN))
+    FL_OMP(omp parallel for schedule(static) if (O * n > IMAGE_PARALLEL_MIN))
     for (int64_t o = 0; o < O; o++) {
         float *row = y + o * ld + p0, b = bias[o];
         for (int64_t p = 0; p < n; p++) row[p] = b;
@@ -121,7 +125,7 @@ void fl_cpu_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight,
     const int64_t S = numel / (B * C), cpg = C / groups, n = cpg * S, tasks = B * groups;
     const float *xd = x->data, *wd = weight->data, *bd = bias->data;
     float *yd = y->data;
-    FL_OMP(omp parallel for schedule(dynamic) if (numel > FL_CPU_PARALLEL_MIN))
+    FL_OMP(omp parallel for schedule(dynamic) if (numel > IMAGE_PARALLEL_MIN))
     for (int64_t t = 0; t < tasks; t++) {
         const float *xg = xd + t * n;
         float *yg = yd + t * n;
@@ -160,7 +164,7 @@ void fl_cpu_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     const int64_t planes = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     const float *xd = x->data;
     float *yd = y->data;
-    FL_OMP(omp parallel for schedule(static) if (planes * H * W * 4 > FL_CPU_PARALLEL_MIN))
+    FL_OMP(omp parallel for schedule(static) if (planes * H * W * 4 > IMAGE_PARALLEL_MIN))
     for (int64_t r = 0; r < planes * H; r++) { /* input row r -> output rows 2i and 2i + 1 of its plane */
         const float *src = xd + r * W;
         float *dst = yd + r * 4 * W;
