@@ -8,7 +8,8 @@
  * (at most FL_CONV2D_TILE_ELEMS elements, fl_conv2d_scratch_elements) and each tile's product is
  * written straight into its rows of y (row stride Ho*Wo). A 1x1 kernel with stride 1 and no
  * padding needs no col at all: x itself is [C, H*W]. The bias is written into y first and the
- * GEMM accumulates onto it.
+ * GEMM accumulates onto it. Small products (a tiny model, a low-resolution stage) run on the
+ * calling thread with the blocked kernel of cpu_gemm.c; large ones go to the threaded BLAS.
  *
  * GroupNorm statistics are computed in double (two passes: mean, then the squared deviations)
  * from the stored f32 values, one task per (sample, group); a group is one contiguous span of
@@ -23,6 +24,9 @@
 /* These loops only move memory (or nearly): below this many elements a second thread costs more
  * than it saves, and on a busy machine far more (every parallel region is a barrier). */
 #define IMAGE_PARALLEL_MIN ((int64_t)1 << 18)
+/* Products of at most this many multiply-adds run on the calling thread (a few milliseconds);
+ * larger ones go to the threaded BLAS. */
+#define GEMM_SERIAL_MAX ((int64_t)1 << 24)
 
 /* ---- conv2d ------------------------------------------------------------------------------------- */
 
@@ -71,15 +75,19 @@ static void im2col_tile(const conv_geom *g, const float *xb, int64_t i0, int64_t
     }
 }
 
-/* y rows [o, p0, p0 + n) of every output channel = bias[o] (or 0). Returns the GEMM's beta. */
-static float prefill_bias(const float *bias, int64_t O, int64_t ld, int64_t p0, int64_t n, float *y) {
-    if (!bias) return 0.0f;
-    FL_OMP(omp parallel for schedule(static) if (O * n > IMAGE_PARALLEL_MIN))
-    for (int64_t o = 0; o < O; o++) {
-        float *row = y + o * ld + p0, b = bias[o];
-        for (int64_t p = 0; p < n; p++) row[p] = b;
+/* y[O, n] (row stride ld) = w[O, K] * col[K, n] + bias (per row; none: 0). */
+static void conv_gemm(const float *w, const float *bias, int64_t O, int64_t K, const float *col, int64_t n,
+                      float *y, int64_t ld) {
+    const bool serial = O * n * K <= GEMM_SERIAL_MAX;
+    if (bias || serial) {
+        FL_OMP(omp parallel for schedule(static) if (O * n > IMAGE_PARALLEL_MIN))
+        for (int64_t o = 0; o < O; o++) {
+            float *row = y + o * ld, b = bias ? bias[o] : 0.0f;
+            for (int64_t p = 0; p < n; p++) row[p] = b;
+        }
     }
-    return 1.0f;
+    if (serial) fl_cpu_gemm_acc_serial(O, n, K, 1.0f, w, K, 1, col, n, y, ld);
+    else fl_cpu_sgemm(false, false, O, n, K, 1.0f, w, K, col, n, bias ? 1.0f : 0.0f, y, ld);
 }
 
 void fl_cpu_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
@@ -93,11 +101,7 @@ void fl_cpu_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl
     float *yd = y->data;
     const int64_t scratch = fl_conv2d_scratch_elements(g.C, g.KH, g.KW, g.Ho, g.Wo, stride, pad);
     if (scratch == 0) { /* 1x1, stride 1, no padding: y[b] = w [O, C] * x[b] [C, H*W] */
-        for (int64_t b = 0; b < B; b++) {
-            float *yb = yd + b * O * HWo;
-            float beta = prefill_bias(bd, O, HWo, 0, HWo, yb);
-            fl_cpu_sgemm(false, false, O, HWo, K, 1.0f, wd, K, xd + b * g.C * g.H * g.W, HWo, beta, yb, HWo);
-        }
+        for (int64_t b = 0; b < B; b++) conv_gemm(wd, bd, O, K, xd + b * g.C * g.H * g.W, HWo, yd + b * O * HWo, HWo);
         return;
     }
     const int64_t tile_rows = scratch / (K * g.Wo);
@@ -108,8 +112,7 @@ void fl_cpu_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl
         for (int64_t i0 = 0; i0 < g.Ho; i0 += tile_rows) {
             const int64_t rows = g.Ho - i0 < tile_rows ? g.Ho - i0 : tile_rows, P = rows * g.Wo;
             im2col_tile(&g, xb, i0, rows, col);
-            float beta = prefill_bias(bd, O, HWo, i0 * g.Wo, P, yb);
-            fl_cpu_sgemm(false, false, O, P, K, 1.0f, wd, K, col, P, beta, yb + i0 * g.Wo, HWo);
+            conv_gemm(wd, bd, O, K, col, P, yb + i0 * g.Wo, HWo);
         }
     }
     free(col);
