@@ -304,6 +304,22 @@ static void test_diffusers_folder(void) {
     free_renamed(r, n);
 }
 
+static void test_bfl_folder(void) {
+    /* a FLUX.1 repository's root holds ae.safetensors next to the transformer */
+    char root[600], link[700], src[512];
+    snprintf(root, sizeof root, "%s/bfl", tmpdir);
+    snprintf(link, sizeof link, "%s/ae.safetensors", root);
+    char cwd[512];
+    fixture("ae_tiny.safetensors", src, sizeof src);
+    char abs_src[1100];
+    if (src[0] == '/') snprintf(abs_src, sizeof abs_src, "%s", src);
+    else snprintf(abs_src, sizeof abs_src, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", src);
+    FL_EXPECT(mkdir(root, 0700) == 0 && symlink(abs_src, link) == 0);
+    fl_ae *ae = load_ok(root, FL_AE_BOTH);
+    expect_same_outputs("BFL folder", ae);
+    fl_ae_free(ae);
+}
+
 static void test_prefixed_in_combined_checkpoint(void) {
     char path[600];
     snprintf(path, sizeof path, "%s/combined.safetensors", tmpdir);
@@ -530,6 +546,7 @@ int main(void) {
     FL_RUN(test_golden);
     FL_RUN(test_pack_unpack);
     FL_RUN(test_diffusers_folder);
+    FL_RUN(test_bfl_folder);
     FL_RUN(test_prefixed_in_combined_checkpoint);
     FL_RUN(test_parts_and_planning);
     FL_RUN(test_random_model);
