@@ -342,6 +342,7 @@ static int prepare(fl_ae *ae, bool decode, bool packed, const fl_tensor *in_b, f
     run_pass(ae, decode, packed, in_b, out_b, height, width);
     ae->ctx->planning = was_planning;
     ae->plan_count++;
+    if (was_planning) return 0; /* a caller measuring its own job: measure, allocate nothing */
     const size_t need = ae->pool.peak;
     if (need > ae->arena_bytes || !ae->arena_memory) {
         fl_ctx_free(ae->ctx, ae->arena_memory);

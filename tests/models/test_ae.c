@@ -378,6 +378,30 @@ static void test_parts_and_planning(void) {
     free(big_tok);
 }
 
+static void test_caller_planning_mode(void) {
+    /* a caller measuring a whole job in planning mode: the pass is measured, nothing is computed
+     * or allocated */
+    fl_ae *ae = load_fixture(FL_AE_DECODER);
+    if (!ae) return;
+    fl_error err = {0};
+    const int64_t *is = G.image_shape, *ts = G.tok_shape;
+    float *img = malloc((size_t)G.n_image * sizeof(float));
+    for (int64_t i = 0; i < G.n_image; i++) img[i] = NAN;
+    fl_tensor tokens = fl_tensor_f32_3d(G.dec_tokens, ts[0], ts[1], ts[2]);
+    fl_tensor out = fl_tensor_f32_4d(img, is[0], is[1], is[2], is[3]);
+    cpu->planning = true;
+    FL_EXPECTF(fl_ae_decode(ae, &tokens, &out, &err) == 0, "%s", err.message);
+    cpu->planning = false;
+    FL_EXPECT(fl_ae_plan_count(ae) == 1 && fl_ae_activation_bytes(ae) == 0);
+    bool untouched = true;
+    for (int64_t i = 0; i < G.n_image; i++) untouched = untouched && isnan(img[i]);
+    FL_EXPECT(untouched);
+    FL_EXPECT(fl_ae_decode(ae, &tokens, &out, &err) == 0 && fl_ae_activation_bytes(ae) > 0);
+    FL_EXPECT(memcmp(img, reference_outputs.decoded, (size_t)G.n_image * sizeof(float)) == 0);
+    fl_ae_free(ae);
+    free(img);
+}
+
 static void test_random_model(void) {
     /* create_random gives a usable model of any valid shape (benchmarks use it at real shapes) */
     fl_ae_params p;
@@ -549,6 +573,7 @@ int main(void) {
     FL_RUN(test_bfl_folder);
     FL_RUN(test_prefixed_in_combined_checkpoint);
     FL_RUN(test_parts_and_planning);
+    FL_RUN(test_caller_planning_mode);
     FL_RUN(test_random_model);
     FL_RUN(test_bad_files);
     FL_RUN(test_bad_shapes);
