@@ -67,6 +67,16 @@ struct fl_backend {
     void (*adamw)(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                   const fl_adamw_params *p);
 
+    /* text encoders (forward only) */
+    void (*embedding)(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out);
+    void (*layernorm_affine)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                             fl_tensor *y, float eps);
+    void (*attention_masked)(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                             const fl_tensor *bias, bool causal, fl_tensor *out, float scale);
+    void (*quick_gelu)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+    void (*gelu_erf)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+    void (*mul)(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
     /* images: convolution, group normalization, upsampling (the autoencoder) */
     void (*conv2d)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
                    int stride, fl_conv2d_pad pad);

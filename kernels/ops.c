@@ -560,6 +560,84 @@ void fl_op_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor
     ctx->backend->adamw(ctx, param, grad, m, v, p);
 }
 
+/* ---- text encoders (CLIP, T5): forward-only ops ----------------------------------------------- */
+
+void fl_op_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out) {
+    static const char op[] = "embedding";
+    need_storage(op, ctx, table, "table");
+    need_storage(op, ctx, out, "out");
+    need_same_dtype(op, table, out, "table, out");
+    need_contiguous(op, table, "table");
+    if (table->ndim != 2) OP_FAIL(op, "table must be [V, D], has %d dims", table->ndim);
+    fl_matrix mo = need_matrix(op, out, "out");
+    need_matrix_dims(op, &mo, "out", n, table->shape[1]);
+    if (!ids && (!ctx->planning && n > 0)) OP_FAIL(op, "ids is NULL");
+    for (int64_t r = 0; ids && r < n; r++)
+        if (ids[r] < 0 || ids[r] >= table->shape[0])
+            OP_FAIL(op, "id %d at row %lld is outside the table's %lld rows", (int)ids[r], (long long)r,
+                    (long long)table->shape[0]);
+    if (ctx->planning) return;
+    ctx->backend->embedding(ctx, table, ids, n, out);
+}
+
+void fl_op_layernorm_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                            fl_tensor *y, float eps) {
+    static const char op[] = "layernorm_affine";
+    need_rows(op, ctx, x, "x");
+    need_rows(op, ctx, y, "y");
+    need_same_shape(op, x, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    need_norm_weight(op, ctx, x, weight, "weight");
+    need_norm_weight(op, ctx, x, bias, "bias");
+    if (ctx->planning) return;
+    ctx->backend->layernorm_affine(ctx, x, weight, bias, y, eps);
+}
+
+void fl_op_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                            const fl_tensor *bias, bool causal, fl_tensor *out, float scale) {
+    static const char op[] = "attention_masked";
+    need_bhld(op, ctx, q, "q", NULL);
+    need_bhld(op, ctx, k, "k", q);
+    need_bhld(op, ctx, v, "v", q);
+    need_same_shape(op, k, v, "v");
+    need_bhld(op, ctx, out, "out", q);
+    need_same_shape(op, q, out, "out");
+    if ((bias || causal) && q->shape[2] != k->shape[2])
+        OP_FAIL(op, "a bias or causal mask needs Lq == Lk (got %lld, %lld)", (long long)q->shape[2],
+                (long long)k->shape[2]);
+    if (bias) {
+        need_f32(op, ctx, bias, "bias");
+        need_contiguous(op, bias, "bias");
+        int64_t want3[3] = {q->shape[1], q->shape[2], k->shape[2]};
+        int64_t want4[4] = {q->shape[0], q->shape[1], q->shape[2], k->shape[2]};
+        if (bias->ndim == 3) need_shape(op, bias, "bias", 3, want3);
+        else need_shape(op, bias, "bias", 4, want4);
+    }
+    if (ctx->device.kind == FL_DEVICE_CUDA && q->shape[3] > 512)
+        OP_FAIL(op, "head dim %lld exceeds the CUDA kernel's limit of 512", (long long)q->shape[3]);
+    if (ctx->planning) return;
+    ctx->backend->attention_masked(ctx, q, k, v, bias, causal, out, scale);
+}
+
+void fl_op_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    need_elementwise("quick_gelu", ctx, x, "x", y, "y");
+    if (ctx->planning) return;
+    ctx->backend->quick_gelu(ctx, x, y);
+}
+
+void fl_op_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    need_elementwise("gelu_erf", ctx, x, "x", y, "y");
+    if (ctx->planning) return;
+    ctx->backend->gelu_erf(ctx, x, y);
+}
+
+void fl_op_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out) {
+    need_elementwise("mul", ctx, a, "a", b, "b");
+    need_elementwise("mul", ctx, a, "a", out, "out");
+    if (ctx->planning) return;
+    ctx->backend->mul(ctx, a, b, out);
+}
+
 /* ---- images: convolution, group normalization, upsampling (the autoencoder) ----------------- */
 
 static void need_nchw(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {

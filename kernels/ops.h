@@ -175,6 +175,39 @@ typedef struct fl_adamw_params {
 void fl_op_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                  const fl_adamw_params *p);
 
+/* ---- text encoders (CLIP, T5): forward-only ops ----------------------------------------------- */
+
+/* Embedding gather: out[r, :] = table[ids[r], :] for r < n. table: [V, D] contiguous; out: matrix
+ * view [n, D]; ids: n host int32 values, each in [0, V) (an id outside is a bug: it aborts). In
+ * planning mode ids may be NULL. */
+void fl_op_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out);
+
+/* LayerNorm with affine parameters over the last dim (CLIP): y = (x - mean) * rstd * weight + bias,
+ * rstd = 1 / sqrt(var + eps), var the biased variance, statistics in fp32 or better.
+ * x, y: [R, D] contiguous (y may alias x); weight, bias: [D]. */
+void fl_op_layernorm_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                            fl_tensor *y, float eps);
+
+/* Softmax attention with an additive bias and/or a causal mask, per batch and head:
+ *   s_ij = scale * q_i . k_j + bias[b?, h, i, j];  s_ij = -inf where causal and j > i
+ *   out_i = sum_j softmax_j(s_i) v_j
+ * q, k, v, out: [B, H, L, D] contiguous with Lq == Lk == L (q and k may have different L when
+ * neither the bias nor the mask is used); bias: NULL, [H, Lq, Lk] (the same for every batch, T5's
+ * position bias) or [B, H, Lq, Lk], always f32 and contiguous. T5 passes scale = 1 and its bias;
+ * CLIP scale = 1/sqrt(D) and causal. The CUDA kernel takes D <= 512. */
+void fl_op_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                            const fl_tensor *bias, bool causal, fl_tensor *out, float scale);
+
+/* y = x * sigmoid(1.702 x) (CLIP's quick_gelu). x, y: matrix views of equal shape; y may alias x. */
+void fl_op_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
+/* y = 0.5 x (1 + erf(x / sqrt(2))), the exact GELU. Same layout rules. */
+void fl_op_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
+/* out = a * b elementwise (T5's gated feed-forward) on matrix views of equal shape; out may alias
+ * a or b. */
+void fl_op_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
 /* ---- images: convolution, group normalization, upsampling (the autoencoder) ----------------- */
 
 /* Zero padding of a 2-D convolution, in torch.nn.functional.pad's order. The FLUX.1 autoencoder

@@ -81,6 +81,14 @@ static const fl_backend cpu_backend = {
     .mse_loss = fl_cpu_mse_loss,
     .sum_squares = fl_cpu_sum_squares,
     .adamw = fl_cpu_adamw,
+    /* text encoders */
+    .embedding = fl_cpu_embedding,
+    .layernorm_affine = fl_cpu_layernorm_affine,
+    .attention_masked = fl_cpu_attention_masked,
+    .quick_gelu = fl_cpu_quick_gelu,
+    .gelu_erf = fl_cpu_gelu_erf,
+    .mul = fl_cpu_mul,
+
     /* images (the autoencoder) */
     .conv2d = fl_cpu_conv2d,
     .group_norm = fl_cpu_group_norm,

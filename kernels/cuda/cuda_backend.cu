@@ -185,7 +185,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 39 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 45 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;
@@ -226,6 +226,14 @@ static fl_backend make_table(void) {
     b.mse_loss = fl_cuda_mse_loss;
     b.sum_squares = fl_cuda_sum_squares;
     b.adamw = fl_cuda_adamw;
+    /* text encoders */
+    b.embedding = fl_cuda_embedding;
+    b.layernorm_affine = fl_cuda_layernorm_affine;
+    b.attention_masked = fl_cuda_attention_masked;
+    b.quick_gelu = fl_cuda_quick_gelu;
+    b.gelu_erf = fl_cuda_gelu_erf;
+    b.mul = fl_cuda_mul;
+
     /* images (the autoencoder) */
     b.conv2d = fl_cuda_conv2d;
     b.group_norm = fl_cuda_group_norm;

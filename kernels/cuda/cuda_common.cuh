@@ -256,6 +256,16 @@ double fl_cuda_sum_squares(fl_ctx *ctx, const fl_tensor *x);
 void fl_cuda_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                    const fl_adamw_params *p);
 
+/* cuda_text.cu (text encoders, forward only) */
+void fl_cuda_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out);
+void fl_cuda_layernorm_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                              fl_tensor *y, float eps);
+void fl_cuda_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                              const fl_tensor *bias, bool causal, fl_tensor *out, float scale);
+void fl_cuda_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+void fl_cuda_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+void fl_cuda_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
 /* cuda_conv.cu: images (the autoencoder) */
 void fl_cuda_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
                     int stride, fl_conv2d_pad pad);

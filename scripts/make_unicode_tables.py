@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Writes models/text/unicode_data.c: the Unicode tables of the CLIP tokenizer, as compact sorted
+arrays, generated once from Python's unicodedata and the `regex` module (the module the
+reference CLIPTokenizer compiles its pattern with). The versions used are written into the file.
+
+Tables (code point ranges unless said otherwise):
+  letter, number        \\p{L} and \\p{N} as the regex module matches them
+  removed               what the reference's text cleaning drops: U+0000, U+FFFD, and every
+                        character whose category starts with C (unassigned ones included)
+                        except tab, newline and carriage return
+  space                 characters the cleaning turns into a space (tab, newline, CR, category
+                        Zs) or that str.split() splits on and the cleaning keeps (U+2028, U+2029)
+  cased, case_ignorable the two properties Python's str.lower() uses for the final sigma, found
+                        from str.lower()'s own behaviour
+  lower                 str.lower() of each code point that changes (up to 3 code points)
+  ccc                   canonical combining classes (ranges with one class)
+  decomp                full canonical decompositions (Hangul syllables excepted: algorithmic)
+  compose               primary composites: (first, second) -> composite, exclusions left out
+
+  python3 scripts/make_unicode_tables.py    (needs `pip install regex`)
+"""
+
+import os
+import sys
+import unicodedata
+
+import regex
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "text", "unicode_data.c")
+MAX = 0x110000
+
+
+def chars():
+    for cp in range(MAX):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        yield cp, chr(cp)
+
+
+def ranges(pred):
+    out, start, prev = [], None, None
+    for cp, ch in chars():
+        if pred(cp, ch):
+            if start is not None and cp == prev + 1:
+                prev = cp
+                continue
+            if start is not None:
+                out.append((start, prev))
+            start = prev = cp
+    if start is not None:
+        out.append((start, prev))
+    return out
+
+
+def removed(cp, ch):
+    if cp == 0 or cp == 0xFFFD:
+        return True
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch).startswith("C")
+
+
+def space(cp, ch):
+    if removed(cp, ch):
+        return False
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs" or ch.isspace()
+
+
+def full_decomp(ch):
+    d = unicodedata.decomposition(ch)
+    if not d or d.startswith("<"):
+        return [ord(ch)]
+    out = []
+    for part in d.split():
+        out += full_decomp(chr(int(part, 16)))
+    return out
+
+
+def main():
+    letter_re, number_re = regex.compile(r"\p{L}"), regex.compile(r"\p{N}")
+    tables = {
+        "letter": ranges(lambda cp, ch: letter_re.match(ch) is not None),
+        "number": ranges(lambda cp, ch: number_re.match(ch) is not None),
+        "removed": ranges(removed),
+        "space": ranges(space),
+    }
+    # str.lower() puts U+03A3 in its final form when preceded by a cased character (case-ignorable
+    # ones skipped) and not followed by one. Its loops skip case-ignorable characters before asking
+    # whether one is cased, so "cased" below is "cased and not case-ignorable".
+    def cased(cp, ch):
+        return ("A\u03a3" + ch).lower()[1] == "\u03c3"
+
+    def ignorable(cp, ch):
+        return not cased(cp, ch) and ("A\u03a3" + ch + "A").lower()[1] == "\u03c3"
+
+    tables["cased"] = ranges(cased)
+    tables["case_ignorable"] = ranges(ignorable)
+
+    lower = []
+    for cp, ch in chars():
+        low = ch.lower()
+        if low != ch:
+            assert len(low) <= 3
+            lower.append((cp, [ord(c) for c in low]))
+
+    ccc = []
+    for cp, ch in chars():
+        c = unicodedata.combining(ch)
+        if c:
+            if ccc and ccc[-1][1] == cp - 1 and ccc[-1][2] == c:
+                ccc[-1][1] = cp
+            else:
+                ccc.append([cp, cp, c])
+
+    decomp, compose = [], []
+    for cp, ch in chars():
+        if 0xAC00 <= cp <= 0xD7A3:
+            continue
+        d = full_decomp(ch)
+        if d != [cp]:
+            decomp.append((cp, d))
+            assert unicodedata.normalize("NFD", ch) == "".join(map(chr, d))
+        raw = unicodedata.decomposition(ch)
+        if raw and not raw.startswith("<") and len(raw.split()) == 2:
+            a, b = (int(x, 16) for x in raw.split())
+            if unicodedata.normalize("NFC", chr(a) + chr(b)) == ch:
+                compose.append((a, b, cp))
+    compose.sort()
+    max_decomp = max(len(d) for _, d in decomp)
+
+    lines = [
+        "/*",
+        " * unicode_data.c — Unicode tables of the CLIP tokenizer (letters, numbers, characters the text",
+        " * cleaning removes or turns into spaces, the casing properties of the final sigma, lower-case",
+        " * mappings and the NFC data). Generated by scripts/make_unicode_tables.py: do not edit.",
+        f" * Source: Python {sys.version.split()[0]} unicodedata (Unicode {unicodedata.unidata_version}) and the",
+        f" * regex module {regex.__version__} for \\p{{L}} and \\p{{N}}.",
+        " */",
+        '#include "models/text/unicode_data.h"',
+        "",
+        f'const char fl_uni_version[] = "Unicode {unicodedata.unidata_version} (Python {sys.version.split()[0]}), regex {regex.__version__}";',
+        "",
+    ]
+    for name, rs in tables.items():
+        lines.append(f"const fl_uni_range fl_uni_{name}[] = {{")
+        for i in range(0, len(rs), 6):
+            lines.append("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in rs[i:i + 6]))
+        lines.append("};")
+        lines.append(f"const size_t fl_uni_{name}_count = {len(rs)};")
+        lines.append("")
+    lines.append("const fl_uni_lower fl_uni_lower_map[] = {")
+    for cp, out in lower:
+        out3 = out + [0] * (3 - len(out))
+        lines.append(f"    {{0x{cp:X}, {len(out)}, {{0x{out3[0]:X}, 0x{out3[1]:X}, 0x{out3[2]:X}}}}},")
+    lines.append("};")
+    lines.append(f"const size_t fl_uni_lower_count = {len(lower)};")
+    lines.append("")
+    lines.append("const fl_uni_ccc fl_uni_ccc_map[] = {")
+    for i in range(0, len(ccc), 4):
+        lines.append("    " + " ".join(f"{{0x{a:X}, 0x{b:X}, {c}}}," for a, b, c in ccc[i:i + 4]))
+    lines.append("};")
+    lines.append(f"const size_t fl_uni_ccc_count = {len(ccc)};")
+    lines.append("")
+    lines.append(f"/* full canonical decompositions, at most {max_decomp} code points */")
+    lines.append("const fl_uni_decomp fl_uni_decomp_map[] = {")
+    for cp, d in decomp:
+        d4 = d + [0] * (4 - len(d))
+        lines.append(f"    {{0x{cp:X}, {len(d)}, {{" + ", ".join(f"0x{x:X}" for x in d4) + "}},")
+    lines.append("};")
+    lines.append(f"const size_t fl_uni_decomp_count = {len(decomp)};")
+    lines.append("")
+    lines.append("const fl_uni_compose fl_uni_compose_map[] = {")
+    for a, b, c in compose:
+        lines.append(f"    {{0x{a:X}, 0x{b:X}, 0x{c:X}}},")
+    lines.append("};")
+    lines.append(f"const size_t fl_uni_compose_count = {len(compose)};")
+    assert max_decomp <= 4
+    with open(OUT, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{OUT}: " + ", ".join(f"{k} {len(v)}" for k, v in tables.items()) +
+          f", lower {len(lower)}, ccc {len(ccc)}, decomp {len(decomp)}, compose {len(compose)}")
+
+
+if __name__ == "__main__":
+    main()
