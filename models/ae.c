@@ -4,6 +4,7 @@
  * binding of weights and the manifests can never disagree), random initialization, and loading
  * weights from a file or directory in either layout (models/ae_names.c maps diffusers names).
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "core/rng.h"
 #include "kernels/ops.h"
 #include "models/ae_internal.h"
+#include "models/text/weights.h"
 
 #define ALIGNED(n) (((size_t)(n) + 255) & ~(size_t)255)
 /* Skeleton weights point here: never dereferenced (planning mode computes nothing). */
@@ -401,10 +403,43 @@ fl_ae *fl_ae_create_random(fl_ctx *ctx, const fl_ae_params *p, unsigned parts, u
 
 /* ---- loading -------------------------------------------------------------------------------------- */
 
+/* Where tensors come from: one open file, or the weights table of models/text/weights.h (a file,
+ * a sharded index or a folder). Both give (name, shape) headers and the bytes of each tensor. */
+typedef struct reader {
+    const fl_safetensors *st;
+    const fl_weight_files *w;
+    fl_tensor_header *owned; /* headers built from st */
+    const fl_tensor_header *headers;
+    size_t n;
+} reader;
+
+static void reader_from_file(reader *r, const fl_safetensors *st) {
+    memset(r, 0, sizeof *r);
+    r->st = st;
+    r->n = fl_safetensors_count(st);
+    r->owned = fl_xcalloc(r->n ? r->n : 1, sizeof *r->owned);
+    for (size_t i = 0; i < r->n; i++) {
+        const fl_safetensors_info *info = fl_safetensors_at(st, i);
+        r->owned[i].name = info->name;
+        r->owned[i].ndim = info->ndim;
+        memcpy(r->owned[i].shape, info->shape, sizeof r->owned[i].shape);
+    }
+    r->headers = r->owned;
+}
+
+static void reader_from_table(reader *r, const fl_weight_files *w) {
+    memset(r, 0, sizeof *r);
+    r->w = w;
+    r->headers = fl_weight_files_headers(w, &r->n);
+}
+
+static const fl_safetensors_info *reader_find(const reader *r, const char *name) {
+    return r->st ? fl_safetensors_find(r->st, name) : fl_weight_files_find(r->w, name, NULL);
+}
+
 typedef struct binder {
     fl_ae *ae;
-    fl_ctx *cpu;
-    const fl_safetensors *st;
+    const reader *rd;
     const fl_ae_source *src;
     float *host;
     size_t host_cap;
@@ -413,42 +448,52 @@ typedef struct binder {
 /* The file's tensor for a BFL name (fl_ae_check_entries has guaranteed it exists). */
 static const fl_safetensors_info *source_tensor(const binder *b, const char *bfl_name) {
     size_t plen = strlen(b->src->prefix);
-    for (size_t i = 0; i < fl_safetensors_count(b->st); i++) {
-        const fl_safetensors_info *info = fl_safetensors_at(b->st, i);
-        if (strncmp(info->name, b->src->prefix, plen)) continue;
-        const char *name = info->name + plen;
+    for (size_t i = 0; i < b->rd->n; i++) {
+        const char *full = b->rd->headers[i].name;
+        if (strncmp(full, b->src->prefix, plen)) continue;
+        const char *name = full + plen;
+        bool match = false;
         if (b->src->layout == FL_AE_LAYOUT_BFL) {
-            if (!strcmp(name, bfl_name)) return info;
+            match = !strcmp(name, bfl_name);
         } else {
             char mapped[FL_AE_NAME_MAX];
             bool linear = false;
-            if (fl_ae_diffusers_to_bfl(name, b->ae->p.n_levels, mapped, sizeof mapped, &linear) == 0 &&
-                !strcmp(mapped, bfl_name))
-                return info;
+            match = fl_ae_diffusers_to_bfl(name, b->ae->p.n_levels, mapped, sizeof mapped, &linear) == 0 &&
+                    !strcmp(mapped, bfl_name);
         }
+        if (match) return reader_find(b->rd, full);
     }
     return NULL;
+}
+
+/* The tensor's values as f32 (little-endian bytes, any alignment: the offsets come from the file). */
+static void read_f32(const fl_safetensors_info *info, float *dst) {
+    const unsigned char *src = info->data;
+    const size_t n = (size_t)info->numel;
+    switch (info->dtype) {
+    case FL_ST_F32: memcpy(dst, src, n * sizeof(float)); break;
+    case FL_ST_BF16:
+        for (size_t i = 0; i < n; i++) dst[i] = fl_bf16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+        break;
+    case FL_ST_F16:
+        for (size_t i = 0; i < n; i++) dst[i] = fl_f16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+        break;
+    default: FL_CHECKF(false, "dtype %s was not refused before binding", fl_st_dtype_name(info->dtype));
+    }
 }
 
 static void bind_tensor(const char *name, fl_tensor *t, void *user) {
     binder *b = user;
     const fl_safetensors_info *info = source_tensor(b, name);
     FL_CHECKF(info != NULL, "autoencoder tensor %s vanished after the binding check", name);
-    fl_tensor src;
-    FL_CHECK(fl_safetensors_tensor_view(b->st, info, fl_device_cpu(), &src, NULL) == 0);
-    size_t n = (size_t)fl_tensor_numel(&src);
+    const size_t n = (size_t)info->numel;
     FL_CHECK((int64_t)n == fl_tensor_numel(t));
-    if (src.dtype == FL_F32) {
-        fl_ctx_upload_f32(b->ae->ctx, t, src.data, n);
-        return;
-    }
     if (n > b->host_cap) {
         free(b->host);
         b->host_cap = n;
         b->host = fl_xmalloc(n * sizeof(float));
     }
-    fl_tensor dst = fl_tensor_make(b->host, FL_F32, fl_device_cpu(), src.ndim, src.shape);
-    fl_op_copy(b->cpu, &src, &dst); /* BF16 / F16 -> F32 on the host */
+    read_f32(info, b->host);
     fl_ctx_upload_f32(b->ae->ctx, t, b->host, n);
 }
 
@@ -459,39 +504,30 @@ static bool same_shape_params(const fl_ae_params *a, const fl_ae_params *b) {
     return ok && a->ch == b->ch;
 }
 
-int fl_ae_load_safetensors(fl_ctx *ctx, const fl_safetensors *st, const fl_ae_params *p, unsigned parts,
-                           fl_ae **out, fl_error *err) {
+static int load_from(fl_ctx *ctx, const reader *rd, const fl_ae_params *p, unsigned parts, fl_ae **out,
+                     fl_error *err) {
     *out = NULL;
     if (parts == 0 || (parts & ~FL_AE_BOTH)) return fl_fail(err, FL_EINVAL, "autoencoder: no part to load");
-    size_t n = fl_safetensors_count(st);
-    fl_tensor_header *entries = fl_xcalloc(n ? n : 1, sizeof *entries);
-    for (size_t i = 0; i < n; i++) {
-        const fl_safetensors_info *info = fl_safetensors_at(st, i);
-        entries[i].name = info->name;
-        entries[i].ndim = info->ndim;
-        memcpy(entries[i].shape, info->shape, sizeof entries[i].shape);
-    }
     fl_ae_source src;
-    int rc = fl_ae_detect(entries, n, &src, err);
-    if (rc == 0 && p) {
-        if (fl_ae_params_validate(p, err) != 0) rc = -1;
-        else if (!same_shape_params(p, &src.params))
-            rc = fl_fail(err, FL_EINVAL, "the autoencoder in the file does not have the expected shape (channels, "
-                                         "levels, blocks or latent channels differ)");
-        else src.params = *p;
+    if (fl_ae_detect(rd->headers, rd->n, &src, err) != 0) return -1;
+    if (p) {
+        if (fl_ae_params_validate(p, err) != 0) return -1;
+        if (!same_shape_params(p, &src.params))
+            return fl_fail(err, FL_EINVAL, "the autoencoder in the file does not have the expected shape (channels, "
+                                           "levels, blocks or latent channels differ)");
+        src.params = *p;
     }
-    if (rc == 0 && (parts & ~src.parts))
-        rc = fl_fail(err, FL_EINVAL, "the file holds no autoencoder %s", (parts & ~src.parts) & FL_AE_ENCODER
-                                                                             ? "encoder"
-                                                                             : "decoder");
-    if (rc == 0) rc = fl_ae_check_entries(entries, n, &src, parts, err);
-    free(entries);
-    if (rc != 0) return -1;
-    /* dtypes: only computable ones */
-    fl_ae *probe = ae_model_new(ctx, &src.params);
-    binder b = {probe, NULL, st, &src, NULL, 0};
-    fl_ae_param_decl *decls = fl_xcalloc(fl_ae_param_decls(&src.params, parts, NULL), sizeof *decls);
-    size_t nd = fl_ae_param_decls(&src.params, parts, decls);
+    if (parts & ~src.parts)
+        return fl_fail(err, FL_EINVAL, "the file holds no autoencoder %s",
+                       (parts & ~src.parts) & FL_AE_ENCODER ? "encoder" : "decoder");
+    if (fl_ae_check_entries(rd->headers, rd->n, &src, parts, err) != 0) return -1;
+    fl_ae *ae = ae_model_new(ctx, &src.params);
+    binder b = {ae, rd, &src, NULL, 0};
+    /* dtypes: only computable ones, before any memory is taken */
+    size_t nd = fl_ae_param_decls(&src.params, parts, NULL);
+    fl_ae_param_decl *decls = fl_xcalloc(nd, sizeof *decls);
+    fl_ae_param_decls(&src.params, parts, decls);
+    int rc = 0;
     for (size_t i = 0; i < nd && rc == 0; i++) {
         const fl_safetensors_info *info = source_tensor(&b, decls[i].name);
         if (!fl_st_dtype_computable(info->dtype, NULL))
@@ -499,22 +535,24 @@ int fl_ae_load_safetensors(fl_ctx *ctx, const fl_safetensors *st, const fl_ae_pa
                          info->name, fl_st_dtype_name(info->dtype));
     }
     free(decls);
+    if (rc == 0) rc = ae_alloc_parts(ae, parts, err);
     if (rc != 0) {
-        ae_model_free_structure(probe);
-        return -1;
-    }
-    fl_ae *ae = probe;
-    if (ae_alloc_parts(ae, parts, err) != 0) {
         fl_ae_free(ae);
         return -1;
     }
-    b.cpu = fl_ctx_create(fl_device_cpu(), NULL);
-    FL_CHECK(b.cpu != NULL);
     ae_visit(ae, parts, bind_tensor, &b);
-    fl_ctx_destroy(b.cpu);
     free(b.host);
     *out = ae;
     return 0;
+}
+
+int fl_ae_load_safetensors(fl_ctx *ctx, const fl_safetensors *st, const fl_ae_params *p, unsigned parts,
+                           fl_ae **out, fl_error *err) {
+    reader rd;
+    reader_from_file(&rd, st);
+    int rc = load_from(ctx, &rd, p, parts, out, err);
+    free(rd.owned);
+    return rc;
 }
 
 static bool is_file(const char *path) {
@@ -522,15 +560,28 @@ static bool is_file(const char *path) {
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-/* scaling_factor / shift_factor from a diffusers config.json beside the weights, when present. */
-static int read_diffusers_config(const char *weights_path, fl_ae_params *p, bool *found, fl_error *err) {
-    *found = false;
+static bool is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* Whether dir holds weights of its own (an index or a .safetensors file). */
+static bool has_weights(const char *dir) {
+    DIR *d = opendir(dir);
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        found = (n > 12 && !strcmp(e->d_name + n - 12, ".safetensors")) ||
+                (n > 11 && !strcmp(e->d_name + n - 11, ".index.json"));
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+/* scaling_factor / shift_factor from a diffusers config.json in dir, when there is one. */
+static int read_diffusers_config(const char *dir, fl_ae_params *p, fl_error *err) {
     char cfg[4096];
-    const char *slash = strrchr(weights_path, '/');
-    int dir_len = slash ? (int)(slash - weights_path) : 0;
-    if (snprintf(cfg, sizeof cfg, "%.*s%sconfig.json", dir_len, weights_path, slash ? "/" : "") >= (int)sizeof cfg)
-        return 0;
-    if (!is_file(cfg)) return 0;
+    if (snprintf(cfg, sizeof cfg, "%s/config.json", dir) >= (int)sizeof cfg || !is_file(cfg)) return 0;
     json_t *root = fl_config_load_file(cfg, err);
     if (!root) return -1;
     double scale = p->scale_factor, shift = p->shift_factor;
@@ -543,54 +594,41 @@ static int read_diffusers_config(const char *weights_path, fl_ae_params *p, bool
     if (rc != 0) return -1;
     p->scale_factor = (float)scale;
     p->shift_factor = (float)shift;
-    *found = true;
     return 0;
 }
 
 int fl_ae_load(fl_ctx *ctx, const char *path, unsigned parts, fl_ae **out, fl_error *err) {
     *out = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0) return fl_fail(err, FL_EIO, "%s: no such file or directory", path);
-    char file[4096];
-    if (S_ISDIR(sb.st_mode)) {
-        static const char *const candidates[] = {"ae.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                                                 "diffusion_pytorch_model.safetensors"};
-        bool found = false;
-        for (size_t i = 0; i < sizeof candidates / sizeof *candidates && !found; i++) {
-            if (snprintf(file, sizeof file, "%s/%s", path, candidates[i]) >= (int)sizeof file)
-                return fl_fail(err, FL_EINVAL, "%s: path too long", path);
-            found = is_file(file);
+    if (!is_file(path) && !is_dir(path)) return fl_fail(err, FL_EIO, "%s: no such file or directory", path);
+    /* A model folder: BFL's ae.safetensors at its root, else diffusers' vae/ folder; a vae folder
+     * itself, a file or an index go to the weights table as they are. */
+    char where[4096];
+    int len = snprintf(where, sizeof where, "%s", path);
+    if (is_dir(path)) {
+        if (snprintf(where, sizeof where, "%s/ae.safetensors", path) < (int)sizeof where && is_file(where)) {
+        } else if (snprintf(where, sizeof where, "%s/vae", path) < (int)sizeof where && is_dir(where)) {
+        } else {
+            len = snprintf(where, sizeof where, "%s", path);
         }
-        if (!found)
-            return fl_fail(err, FL_ENOTFOUND, "%s: no autoencoder (looked for ae.safetensors, "
-                                              "vae/diffusion_pytorch_model.safetensors, "
-                                              "diffusion_pytorch_model.safetensors)", path);
-    } else {
-        if (snprintf(file, sizeof file, "%s", path) >= (int)sizeof file)
-            return fl_fail(err, FL_EINVAL, "path too long");
     }
-    fl_safetensors *st = NULL;
-    if (fl_safetensors_open(file, &st, err) != 0) return fl_fail_prefix(err, "%s", file);
-    /* Shapes first (to know the layout), then the diffusers config's factors if it has one. */
-    size_t n = fl_safetensors_count(st);
-    fl_tensor_header *entries = fl_xcalloc(n ? n : 1, sizeof *entries);
-    for (size_t i = 0; i < n; i++) {
-        const fl_safetensors_info *info = fl_safetensors_at(st, i);
-        entries[i].name = info->name;
-        entries[i].ndim = info->ndim;
-        memcpy(entries[i].shape, info->shape, sizeof entries[i].shape);
+    if (len < 0 || len >= (int)sizeof where) return fl_fail(err, FL_EINVAL, "path too long");
+    fl_weight_files *w = NULL;
+    if (fl_weight_files_open(where, &w, err) != 0) {
+        if (!is_dir(path) || strcmp(where, path) || has_weights(path)) return -1; /* names the file at fault */
+        return fl_fail(err, FL_ENOTFOUND, "%s: no autoencoder (looked for ae.safetensors, vae/, and the weights of "
+                                          "a vae folder)", path);
     }
+    reader rd;
+    reader_from_table(&rd, w);
     fl_ae_source src;
-    int rc = fl_ae_detect(entries, n, &src, err);
-    free(entries);
+    int rc = fl_ae_detect(rd.headers, rd.n, &src, err);
     if (rc == 0 && src.layout == FL_AE_LAYOUT_DIFFUSERS) {
-        bool have_config = false;
-        if (read_diffusers_config(file, &src.params, &have_config, err) != 0) { /* names its config.json */
-            fl_safetensors_close(st);
+        if (read_diffusers_config(fl_weight_files_dir(w), &src.params, err) != 0) { /* names its config.json */
+            fl_weight_files_close(w);
             return -1;
         }
     }
-    if (rc == 0) rc = fl_ae_load_safetensors(ctx, st, &src.params, parts, out, err);
-    fl_safetensors_close(st);
-    return rc == 0 ? 0 : fl_fail_prefix(err, "%s", file);
+    if (rc == 0) rc = load_from(ctx, &rd, &src.params, parts, out, err);
+    fl_weight_files_close(w);
+    return rc == 0 ? 0 : fl_fail_prefix(err, "%s", where);
 }

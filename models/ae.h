@@ -118,11 +118,13 @@ int fl_ae_check_entries(const fl_tensor_header *entries, size_t n, const fl_ae_s
 typedef struct fl_ae fl_ae;
 
 /* Loads the given parts onto ctx's device. path is a .safetensors file (either layout, with or
- * without a prefix) or a directory holding `ae.safetensors`, `vae/diffusion_pytorch_model.
- * safetensors` or `diffusion_pytorch_model.safetensors`; a diffusers `config.json` next to the
- * weights supplies scaling_factor and shift_factor. F32, BF16 and F16 tensors are converted to the
- * storage dtype. Every failure (no such file, a truncated or malformed file, a missing or
- * misshaped tensor, a part not in the file) is an fl_error naming the file and the tensor. */
+ * without a prefix), a model.safetensors.index.json with its shards, or a directory: a FLUX.1
+ * model folder (`ae.safetensors` at its root, else its `vae/` folder) or a vae folder itself (its
+ * one .safetensors file or its index); files are read through models/text/weights.h. A diffusers
+ * `config.json` next to the weights supplies scaling_factor and shift_factor. F32, BF16 and F16
+ * tensors are converted to the storage dtype. Every failure (no such file, a truncated or
+ * malformed file, a missing shard, a missing or misshaped tensor, a part not in the file) is an
+ * fl_error naming the file and the tensor. */
 int fl_ae_load(fl_ctx *ctx, const char *path, unsigned parts, fl_ae **out, fl_error *err);
 /* The same from an open file; p NULL infers the parameters (fl_ae_detect), else p must match. */
 int fl_ae_load_safetensors(fl_ctx *ctx, const fl_safetensors *st, const fl_ae_params *p, unsigned parts,

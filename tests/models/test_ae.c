@@ -8,8 +8,9 @@
  * <= 1e-5 of the tensor's largest magnitude. Packing and unpacking are exact permutations.
  * Layouts: the same weights written under diffusers' AutoencoderKL names (taken from diffusers
  * itself, tests/fixtures/ae_tiny.diffusers.json, with its attention projections as Linear [C, C])
- * into a vae/ folder with diffusers' config.json, and under a first_stage_model. prefix inside a
- * combined checkpoint, give bitwise the outputs of the BFL file. Also: loading one half, releasing
+ * into a vae/ folder with diffusers' config.json, in a FLUX.1-style folder, split into shards
+ * named by an index, and under a first_stage_model. prefix inside a combined checkpoint, give
+ * bitwise the outputs of the BFL file. Also: loading one half, releasing
  * a half, planning once per size, the memory estimate against the arena a real pass plans, and bad
  * input (truncated file, missing / misshaped / unexpected / F8 tensor, a file with no autoencoder,
  * sizes and shapes that do not fit) answered with one clear error and no crash.
@@ -123,6 +124,7 @@ static void free_outputs(outputs *o) {
 }
 
 static outputs reference_outputs; /* of the BFL file, for the layout tests */
+static void expect_load_error(const char *path, unsigned parts, const char *needle);
 
 /* ---- goldens -------------------------------------------------------------------------------------- */
 
@@ -320,6 +322,51 @@ static void test_bfl_folder(void) {
     fl_ae_free(ae);
 }
 
+static void test_sharded(void) {
+    /* shards named by a model.safetensors.index.json: the encoder in one file, the decoder in
+     * another (models/text/weights.h reads them as one table) */
+    char src_path[512], dir[600], shard[2][700], index[700];
+    fl_error err = {0};
+    fl_safetensors *st = NULL;
+    if (fl_safetensors_open(fixture("ae_tiny.safetensors", src_path, sizeof src_path), &st, &err) != 0) {
+        FL_EXPECTF(false, "%s", err.message);
+        return;
+    }
+    snprintf(dir, sizeof dir, "%s/sharded", tmpdir);
+    FL_EXPECT(mkdir(dir, 0700) == 0);
+    size_t n = fl_safetensors_count(st);
+    fl_safetensors_entry *e = calloc(n, sizeof *e);
+    size_t len = 0, cap = 160 * n + 64; /* a name, a file name and quotes per tensor */
+    char *json = malloc(cap);
+    len += (size_t)snprintf(json + len, cap - len, "{\"weight_map\": {");
+    for (int part = 0; part < 2; part++) {
+        snprintf(shard[part], sizeof shard[part], "%s/model-0000%d-of-00002.safetensors", dir, part + 1);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            const fl_safetensors_info *info = fl_safetensors_at(st, i);
+            if ((info->name[0] == 'e') != (part == 0)) continue;
+            e[k] = (fl_safetensors_entry){info->name, info->dtype, info->ndim, {0}, info->data};
+            memcpy(e[k].shape, info->shape, sizeof e[k].shape);
+            k++;
+            len += (size_t)snprintf(json + len, cap - len, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"",
+                                    len > 16 ? ", " : "", info->name, part + 1);
+        }
+        FL_EXPECT(fl_safetensors_write(shard[part], e, k, NULL, 0, &err) == 0);
+    }
+    snprintf(json + len, cap - len, "}}");
+    snprintf(index, sizeof index, "%s/model.safetensors.index.json", dir);
+    FL_EXPECT(write_text(index, json));
+    fl_ae *ae = load_ok(dir, FL_AE_BOTH);
+    expect_same_outputs("sharded", ae);
+    fl_ae_free(ae);
+    /* an index naming a shard that is not there */
+    FL_EXPECT(unlink(shard[1]) == 0);
+    expect_load_error(dir, FL_AE_BOTH, "model-00002-of-00002.safetensors");
+    free(json);
+    free(e);
+    fl_safetensors_close(st);
+}
+
 static void test_prefixed_in_combined_checkpoint(void) {
     char path[600];
     snprintf(path, sizeof path, "%s/combined.safetensors", tmpdir);
@@ -434,6 +481,7 @@ static void expect_load_error(const char *path, unsigned parts, const char *need
     FL_EXPECTF(rc == -1 && ae == NULL, "loading %s succeeded", path);
     FL_EXPECTF(strstr(err.message, needle) != NULL, "expected '%s' in '%s'", needle, err.message);
     FL_EXPECTF(strchr(err.message, '\n') == NULL, "multi-line error '%s'", err.message);
+    printf("     error: %s\n", err.message);
     if (rc == 0) fl_ae_free(ae);
 }
 
@@ -454,7 +502,11 @@ static void test_bad_files(void) {
     expect_load_error(path, FL_AE_BOTH, "truncated.safetensors");
 
     expect_load_error("/nonexistent/ae.safetensors", FL_AE_BOTH, "/nonexistent/ae.safetensors");
-    expect_load_error(tmpdir, FL_AE_BOTH, "no autoencoder (looked for ae.safetensors");
+    char empty[600];
+    snprintf(empty, sizeof empty, "%s/empty", tmpdir);
+    FL_EXPECT(mkdir(empty, 0700) == 0);
+    expect_load_error(empty, FL_AE_BOTH, "no autoencoder (looked for ae.safetensors");
+    expect_load_error(tmpdir, FL_AE_BOTH, "several .safetensors files"); /* a folder of unrelated files */
 
     /* a missing, a misshaped, an unexpected and an F8 tensor, each named */
     size_t n = 0;
@@ -571,6 +623,7 @@ int main(void) {
     FL_RUN(test_pack_unpack);
     FL_RUN(test_diffusers_folder);
     FL_RUN(test_bfl_folder);
+    FL_RUN(test_sharded);
     FL_RUN(test_prefixed_in_combined_checkpoint);
     FL_RUN(test_parts_and_planning);
     FL_RUN(test_caller_planning_mode);
