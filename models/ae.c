@@ -14,7 +14,6 @@
 
 #include "core/config.h"
 #include "core/rng.h"
-#include "kernels/ops.h"
 #include "models/ae_internal.h"
 #include "models/text/weights.h"
 
