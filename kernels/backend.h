@@ -76,6 +76,13 @@ struct fl_backend {
     void (*quick_gelu)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
     void (*gelu_erf)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
     void (*mul)(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
+    /* images: convolution, group normalization, upsampling (the autoencoder) */
+    void (*conv2d)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                   int stride, fl_conv2d_pad pad);
+    void (*group_norm)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
+                       fl_tensor *y, int groups, float eps, bool silu);
+    void (*upsample_nearest2x)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 };
 
 const fl_backend *fl_cpu_backend(void);

@@ -637,3 +637,94 @@ void fl_op_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *o
     if (ctx->planning) return;
     ctx->backend->mul(ctx, a, b, out);
 }
+
+/* ---- images: convolution, group normalization, upsampling (the autoencoder) ----------------- */
+
+static void need_nchw(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
+    need_storage(op, ctx, t, name);
+    need_contiguous(op, t, name);
+    if (t->ndim != 4) OP_FAIL(op, "operand %s must be [B, C, H, W], has %d dims", name, t->ndim);
+}
+
+int64_t fl_conv2d_scratch_elements(int64_t channels, int64_t kh, int64_t kw, int64_t out_h, int64_t out_w,
+                                   int stride, fl_conv2d_pad pad) {
+    bool direct = kh == 1 && kw == 1 && stride == 1 && !pad.left && !pad.right && !pad.top && !pad.bottom;
+    int64_t k = channels * kh * kw, row = k * out_w;
+    if (direct || out_h <= 0 || out_w <= 0 || k <= 0) return 0; /* no column matrix (k == 0: y = bias) */
+    int64_t rows = row >= FL_CONV2D_TILE_ELEMS ? 1 : FL_CONV2D_TILE_ELEMS / row;
+    if (rows > out_h) rows = out_h;
+    return rows * row;
+}
+
+void fl_op_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                  int stride, fl_conv2d_pad pad) {
+    static const char op[] = "conv2d";
+    need_nchw(op, ctx, x, "x");
+    need_nchw(op, ctx, w, "w");
+    need_nchw(op, ctx, y, "y");
+    need_same_dtype(op, x, w, "x, w");
+    need_same_dtype(op, x, y, "x, y");
+    if (stride < 1) OP_FAIL(op, "stride %d must be positive", stride);
+    if (pad.left < 0 || pad.right < 0 || pad.top < 0 || pad.bottom < 0)
+        OP_FAIL(op, "negative padding (%d, %d, %d, %d)", pad.left, pad.right, pad.top, pad.bottom);
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t O = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    if (w->shape[1] != C)
+        OP_FAIL(op, "w has %lld input channels, x has %lld", (long long)w->shape[1], (long long)C);
+    if (KH < 1 || KW < 1) OP_FAIL(op, "empty kernel %lldx%lld", (long long)KH, (long long)KW);
+    int64_t hp = H + pad.top + pad.bottom, wp = W + pad.left + pad.right;
+    if (hp < KH || wp < KW)
+        OP_FAIL(op, "padded input %lldx%lld is smaller than the kernel %lldx%lld", (long long)hp, (long long)wp,
+                (long long)KH, (long long)KW);
+    int64_t want[4] = {B, O, (hp - KH) / stride + 1, (wp - KW) / stride + 1};
+    need_shape(op, y, "y", 4, want);
+    if (bias) {
+        need_storage(op, ctx, bias, "bias");
+        need_same_dtype(op, x, bias, "x, bias");
+        need_contiguous(op, bias, "bias");
+        if (fl_tensor_numel(bias) != O)
+            OP_FAIL(op, "bias has %lld elements, expected %lld", (long long)fl_tensor_numel(bias), (long long)O);
+    }
+    if (x->data == y->data && fl_tensor_numel(x) > 0) OP_FAIL(op, "y may not alias x");
+    if (ctx->planning) return;
+    ctx->backend->conv2d(ctx, x, w, bias, y, stride, pad);
+}
+
+void fl_op_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                      int groups, float eps, bool silu) {
+    static const char op[] = "group_norm";
+    need_storage(op, ctx, x, "x");
+    need_contiguous(op, x, "x");
+    need_storage(op, ctx, y, "y");
+    need_contiguous(op, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    if (x->ndim < 2) OP_FAIL(op, "operand x must be [B, C, ...], has %d dims", x->ndim);
+    need_same_shape(op, x, y, "y");
+    int64_t C = x->shape[1];
+    if (groups < 1 || C % groups)
+        OP_FAIL(op, "%d groups do not divide %lld channels", groups, (long long)C);
+    const fl_tensor *affine[2] = {weight, bias};
+    const char *names[2] = {"weight", "bias"};
+    for (int i = 0; i < 2; i++) {
+        need_storage(op, ctx, affine[i], names[i]);
+        need_contiguous(op, affine[i], names[i]);
+        need_same_dtype(op, x, affine[i], names[i]);
+        if (fl_tensor_numel(affine[i]) != C)
+            OP_FAIL(op, "%s has %lld elements, expected the %lld channels", names[i],
+                    (long long)fl_tensor_numel(affine[i]), (long long)C);
+    }
+    if (!(eps >= 0.0f)) OP_FAIL(op, "eps %g must be non-negative", (double)eps);
+    if (ctx->planning) return;
+    ctx->backend->group_norm(ctx, x, weight, bias, y, groups, eps, silu);
+}
+
+void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    static const char op[] = "upsample_nearest2x";
+    need_nchw(op, ctx, x, "x");
+    need_nchw(op, ctx, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    int64_t want[4] = {x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]};
+    need_shape(op, y, "y", 4, want);
+    if (ctx->planning) return;
+    ctx->backend->upsample_nearest2x(ctx, x, y);
+}

@@ -208,4 +208,45 @@ void fl_op_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
  * a or b. */
 void fl_op_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
 
+/* ---- images: convolution, group normalization, upsampling (the autoencoder) ----------------- */
+
+/* Zero padding of a 2-D convolution, in torch.nn.functional.pad's order. The FLUX.1 autoencoder
+ * uses {1, 1, 1, 1} (3x3, stride 1) and {0, 1, 0, 1} (its stride-2 downsampling). */
+typedef struct fl_conv2d_pad {
+    int left, right, top, bottom;
+} fl_conv2d_pad;
+
+/* Most elements of the im2col tile one fl_op_conv2d call holds outside its operands (in the
+ * storage dtype), unless a single output row needs more (then one row's worth:
+ * C * KH * KW * Wo). See fl_conv2d_scratch_elements. */
+#define FL_CONV2D_TILE_ELEMS ((int64_t)1 << 23)
+
+/* 2-D cross-correlation over NCHW images, as torch.nn.functional.conv2d after zero padding:
+ *   y[b, o, i, j] = bias[o] + sum over c, u, v of w[o, c, u, v] * xp[b, c, i*stride + u, j*stride + v]
+ * with xp = x padded with zeros by pad. x: [B, C, H, W]; w: [O, C, KH, KW]; bias: [O] or NULL;
+ * y: [B, O, Ho, Wo] with Ho = (H + top + bottom - KH) / stride + 1 and Wo likewise (floor), all
+ * contiguous; y may not alias x. A 1x1 kernel with stride 1 and no padding is one GEMM per image;
+ * every other shape is a GEMM per tile of output rows over an im2col tile of at most
+ * FL_CONV2D_TILE_ELEMS elements (never a whole-image im2col). */
+void fl_op_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                  int stride, fl_conv2d_pad pad);
+
+/* Elements of the im2col scratch fl_op_conv2d takes for these shapes (0 for the direct 1x1
+ * case): channels C, kernel KH x KW, output Ho x Wo. */
+int64_t fl_conv2d_scratch_elements(int64_t channels, int64_t kh, int64_t kw, int64_t out_h, int64_t out_w,
+                                   int stride, fl_conv2d_pad pad);
+
+/* GroupNorm (torch.nn.GroupNorm with affine parameters): for each sample b and each group of
+ * C / groups consecutive channels, the mean and biased variance over those channels and every
+ * position (computed in fp32 or wider from the stored values), then
+ *   y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]
+ * followed by SiLU (y * sigmoid(y)) when silu is set. x, y: [B, C, ...] contiguous with at least
+ * two dims, same shape; y may alias x. weight, bias: [C]; groups divides C. */
+void fl_op_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                      int groups, float eps, bool silu);
+
+/* Nearest-neighbour 2x upsampling (F.interpolate(scale_factor=2, mode="nearest")):
+ *   y[b, c, i, j] = x[b, c, i / 2, j / 2]. x: [B, C, H, W]; y: [B, C, 2H, 2W]; contiguous. */
+void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
 #endif

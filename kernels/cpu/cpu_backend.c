@@ -88,6 +88,11 @@ static const fl_backend cpu_backend = {
     .quick_gelu = fl_cpu_quick_gelu,
     .gelu_erf = fl_cpu_gelu_erf,
     .mul = fl_cpu_mul,
+
+    /* images (the autoencoder) */
+    .conv2d = fl_cpu_conv2d,
+    .group_norm = fl_cpu_group_norm,
+    .upsample_nearest2x = fl_cpu_upsample_nearest2x,
 };
 
 const fl_backend *fl_cpu_backend(void) {

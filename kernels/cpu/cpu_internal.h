@@ -120,4 +120,11 @@ void fl_cpu_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 void fl_cpu_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 void fl_cpu_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
 
+/* cpu_conv.c: images (the autoencoder) */
+void fl_cpu_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                   int stride, fl_conv2d_pad pad);
+void fl_cpu_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                       int groups, float eps, bool silu);
+void fl_cpu_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
 #endif

@@ -185,7 +185,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 42 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 45 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;
@@ -233,6 +233,11 @@ static fl_backend make_table(void) {
     b.quick_gelu = fl_cuda_quick_gelu;
     b.gelu_erf = fl_cuda_gelu_erf;
     b.mul = fl_cuda_mul;
+
+    /* images (the autoencoder) */
+    b.conv2d = fl_cuda_conv2d;
+    b.group_norm = fl_cuda_group_norm;
+    b.upsample_nearest2x = fl_cuda_upsample_nearest2x;
     return b;
 }
 

@@ -266,4 +266,11 @@ void fl_cuda_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 void fl_cuda_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 void fl_cuda_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
 
+/* cuda_conv.cu: images (the autoencoder) */
+void fl_cuda_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y,
+                    int stride, fl_conv2d_pad pad);
+void fl_cuda_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
+                        int groups, float eps, bool silu);
+void fl_cuda_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
 #endif
