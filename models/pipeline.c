@@ -22,12 +22,10 @@
 #include "models/text_hash.h"
 #include "models/weights.h"
 
-#ifdef FL_HAVE_FLUX1_PARTS
 #include "models/ae.h"
 #include "models/text/clip_text.h"
 #include "models/text/t5_encoder.h"
 #include "models/text/text_encoders.h"
-#endif
 
 #define DEFAULT_PROMPT_CACHE ((size_t)256 << 20)
 
@@ -49,22 +47,12 @@ struct fl_pipeline {
     char fingerprint[65];
     char text_fingerprint[65];
     char ae_fingerprint[65];
-#ifdef FL_HAVE_FLUX1_PARTS
     fl_text_encoders *text;
     fl_ae *ae;
-#endif
     prompt_entry *cache;
     size_t n_cache, cache_bytes, cache_budget;
     uint64_t clock, hits, misses;
 };
-
-bool fl_pipeline_flux1_available(void) {
-#ifdef FL_HAVE_FLUX1_PARTS
-    return true;
-#else
-    return false;
-#endif
-}
 
 /* ---- files ---------------------------------------------------------------------------------------- */
 
@@ -247,9 +235,6 @@ int fl_pipeline_describe(const fl_pipeline_files *files, fl_pipeline_paths *path
     if (fp.in_channels % 4 || fp.out_channels != fp.in_channels)
         return fl_fail(err, FL_EINVAL, "%s: a latent transformer takes and gives 2 x 2 packed latents (in_channels %d, "
                                        "out_channels %d)", paths->transformer, fp.in_channels, fp.out_channels);
-    if (!fl_pipeline_flux1_available())
-        return fl_fail(err, FL_EUNSUPPORTED, "%s: a FLUX.1 (latent) model, and this build has no text encoders and "
-                                             "autoencoder", paths->transformer);
     return 0;
 }
 
@@ -274,7 +259,6 @@ int fl_pipeline_estimate_costs(const fl_pipeline_paths *paths, const fl_pipeline
                                int threads, fl_pipeline_costs *out, fl_error *err) {
     memset(out, 0, sizeof *out);
     if (info->kind == FL_PIPELINE_PIXELS) return 0;
-#ifdef FL_HAVE_FLUX1_PARTS
     /* Text encoders: their parameters from the headers, their memory from planning mode. */
     const char *files[2] = {paths->clip, paths->t5};
     for (int k = 0; k < 2; k++) {
@@ -323,10 +307,6 @@ int fl_pipeline_estimate_costs(const fl_pipeline_paths *paths, const fl_pipeline
         else out->ae_encode_per_pixel = slope, out->ae_encode_fixed = fixed > 0 ? (size_t)fixed : 0;
     }
     return 0;
-#else
-    (void)paths, (void)device, (void)threads;
-    return fl_fail(err, FL_EUNSUPPORTED, "this build has no text encoders and autoencoder");
-#endif
 }
 
 /* ---- building ------------------------------------------------------------------------------------- */
@@ -351,7 +331,6 @@ int fl_pipeline_open(fl_ctx *ctx, const fl_pipeline_files *files, fl_pipeline **
         if (rc != 0) fl_fail_prefix(err, "%s", p->paths.transformer);
     }
     fl_weights_close(w);
-#ifdef FL_HAVE_FLUX1_PARTS
     if (rc == 0 && p->info.kind == FL_PIPELINE_FLUX1) {
         fl_text_encoders_files tf = {p->paths.clip, p->paths.t5, p->paths.clip_tokenizer[0] ? p->paths.clip_tokenizer : NULL,
                                      p->paths.t5_tokenizer[0] ? p->paths.t5_tokenizer : NULL, p->info.text_tokens};
@@ -374,7 +353,6 @@ int fl_pipeline_open(fl_ctx *ctx, const fl_pipeline_files *files, fl_pipeline **
         else if (rc == 0) fl_sha256_hex(p->paths.ae, strlen(p->paths.ae), p->ae_fingerprint);
         fl_weights_close(aw);
     }
-#endif
     if (rc != 0) {
         fl_pipeline_free(p);
         return -1;
@@ -410,25 +388,19 @@ static void cache_clear(fl_pipeline *p) {
 void fl_pipeline_free(fl_pipeline *p) {
     if (!p) return;
     if (p->owns_model) fl_flux_free(p->model);
-#ifdef FL_HAVE_FLUX1_PARTS
     fl_text_encoders_free(p->text);
     fl_ae_free(p->ae);
-#endif
     cache_clear(p);
     free(p);
 }
 
 void fl_pipeline_release(fl_pipeline *p, unsigned parts) {
-#ifdef FL_HAVE_FLUX1_PARTS
     if ((parts & FL_PIPELINE_TEXT) && p->text) {
         fl_text_encoders_free(p->text);
         p->text = NULL;
     }
     if ((parts & FL_PIPELINE_AE_ENCODER) && p->ae && (fl_ae_parts(p->ae) & FL_AE_ENCODER))
         fl_ae_release(p->ae, FL_AE_ENCODER);
-#else
-    (void)p, (void)parts;
-#endif
 }
 
 const fl_pipeline_info *fl_pipeline_get_info(const fl_pipeline *p) {
@@ -541,15 +513,10 @@ int fl_pipeline_encode_prompt(fl_pipeline *p, const char *prompt, int text_token
         fl_text_hash_encode(prompt, lt, (int)fl_pipeline_context_dim(p), (int)ny, txt, y);
         return 0; /* the hash is cheaper than a cache lookup: nothing to keep */
     }
-#ifdef FL_HAVE_FLUX1_PARTS
     if (!p->text) return fl_fail(err, FL_EINVAL, "the text encoders were released and this prompt is not cached");
     if (fl_text_encoders_encode_host(p->text, prompt, txt, y, err) != 0) return -1;
     cache_put(p, prompt, lt, txt, y);
     return 0;
-#else
-    (void)cache_put;
-    return fl_fail(err, FL_EUNSUPPORTED, "this build has no text encoders");
-#endif
 }
 
 /* ---- images --------------------------------------------------------------------------------------- */
@@ -561,7 +528,6 @@ int fl_pipeline_encode_image(fl_pipeline *p, const float *image, int width, int 
         fl_pixels_pack(image, height, width, p->info.patch, tokens);
         return 0;
     }
-#ifdef FL_HAVE_FLUX1_PARTS
     if (!p->ae || !(fl_ae_parts(p->ae) & FL_AE_ENCODER))
         return fl_fail(err, FL_EINVAL, "the autoencoder's encoder was released");
     size_t hw = (size_t)width * (size_t)height;
@@ -586,10 +552,6 @@ int fl_pipeline_encode_image(fl_pipeline *p, const float *image, int width, int 
     }
     free(chw);
     return rc;
-#else
-    (void)tokens, (void)image;
-    return fl_fail(err, FL_EUNSUPPORTED, "this build has no autoencoder");
-#endif
 }
 
 int fl_pipeline_decode(fl_pipeline *p, const float *tokens, int width, int height, float *image_chw, fl_error *err) {
@@ -603,7 +565,6 @@ int fl_pipeline_decode(fl_pipeline *p, const float *tokens, int width, int heigh
         free(hwc);
         return 0;
     }
-#ifdef FL_HAVE_FLUX1_PARTS
     if (!p->ae || !(fl_ae_parts(p->ae) & FL_AE_DECODER)) return fl_fail(err, FL_EINVAL, "no autoencoder decoder");
     fl_dtype storage = fl_ctx_storage_dtype(p->ctx);
     int64_t s_img[4] = {1, 3, height, width};
@@ -622,10 +583,6 @@ int fl_pipeline_decode(fl_pipeline *p, const float *tokens, int width, int heigh
         fl_ctx_tensor_free(p->ctx, &d_tok);
     }
     return rc;
-#else
-    (void)tokens, (void)image_chw;
-    return fl_fail(err, FL_EUNSUPPORTED, "this build has no autoencoder");
-#endif
 }
 
 /* ---- generation ----------------------------------------------------------------------------------- */

@@ -94,9 +94,6 @@ int fl_pipeline_estimate_costs(const fl_pipeline_paths *paths, const fl_pipeline
 /* Bytes of an autoencoder pass over a width x height image by those costs. */
 size_t fl_pipeline_costs_ae(const fl_pipeline_costs *c, bool decode, int width, int height);
 
-/* Whether this build has the FLUX.1 parts (text encoders and autoencoder). */
-bool fl_pipeline_flux1_available(void);
-
 typedef struct fl_pipeline fl_pipeline;
 
 /* What fl_pipeline_release can drop. */

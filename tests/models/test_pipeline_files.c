@@ -51,8 +51,7 @@ static void test_bfl_root_and_diffusers_folders(void) {
     fl_pipeline_paths p;
     fl_pipeline_info info;
     fl_error err = {0};
-    int rc = fl_pipeline_describe(&f, &p, &info, &err);
-    FL_EXPECTF(rc == 0 || err.code == FL_EUNSUPPORTED, "%s", err.message);
+    FL_EXPECTF(fl_pipeline_describe(&f, &p, &info, &err) == 0, "%s", err.message);
     FL_EXPECTF(ends_with(p.transformer, "/flux1-schnell.safetensors") && ends_with(p.ae, "/ae.safetensors") &&
                    ends_with(p.clip, "/text_encoder") && ends_with(p.t5, "/text_encoder_2") && !p.clip_tokenizer[0],
                "%s | %s | %s | %s", p.transformer, p.ae, p.clip, p.t5);
@@ -61,8 +60,7 @@ static void test_bfl_root_and_diffusers_folders(void) {
     /* Parts named one by one override the folder. */
     f.transformer = fx("dev/transformer", a, sizeof a);
     f.ae = fx("dev/vae", b, sizeof b);
-    rc = fl_pipeline_describe(&f, &p, &info, &err);
-    FL_EXPECTF(rc == 0 || err.code == FL_EUNSUPPORTED, "%s", err.message);
+    FL_EXPECTF(fl_pipeline_describe(&f, &p, &info, &err) == 0, "%s", err.message);
     FL_EXPECT(ends_with(p.transformer, "dev/transformer") && ends_with(p.ae, "dev/vae"));
     FL_EXPECT(!strcmp(info.variant, "dev") && info.text_tokens == 512 && info.default_steps == 28 &&
               info.default_guidance == 3.5f && info.shift);
@@ -88,8 +86,7 @@ static void test_comfy_files_and_missing_parts(void) {
     FL_EXPECT(fl_pipeline_describe(&f, &p, &info, &err) != 0 && strstr(err.message, "no T5 text encoder"));
     sh("ln -s '%s' '%s/t5xxl_fp16.safetensors'", fx("dev/text_encoder_2/model-00001-of-00002.safetensors", a, sizeof a),
        dir);
-    int rc = fl_pipeline_describe(&f, &p, &info, &err);
-    FL_EXPECTF(rc == 0 || err.code == FL_EUNSUPPORTED, "%s", err.message);
+    FL_EXPECTF(fl_pipeline_describe(&f, &p, &info, &err) == 0, "%s", err.message);
     FL_EXPECTF(ends_with(p.clip, "/clip_l.safetensors") && ends_with(p.t5, "/t5xxl_fp16.safetensors"), "%s | %s",
                p.clip, p.t5);
     /* No transformer at all; a path that does not exist. */
