@@ -21,7 +21,6 @@
 #include "models/flux_internal.h"
 #include "models/text_hash.h"
 #include "models/weights.h"
-
 #include "models/ae.h"
 #include "models/text/clip_text.h"
 #include "models/text/t5_encoder.h"

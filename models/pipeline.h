@@ -21,8 +21,9 @@
  * vocabularies. Each part can be named on its own (transformer, ae, clip, t5), which also makes a
  * single transformer file usable. A missing part is an error naming the file or folder looked for.
  *
- * Prompt embeddings are cached (least recently used first out, by bytes) under the prompt, the
- * text length and the encoders' fingerprint, so a serving worker encodes a repeated prompt once.
+ * Prompt embeddings are cached (least recently used first out, by bytes) under the prompt and the
+ * text length (a pipeline has one set of encoders), so a serving worker encodes a repeated prompt
+ * once.
  */
 #ifndef FL_MODELS_PIPELINE_H
 #define FL_MODELS_PIPELINE_H
