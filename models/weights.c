@@ -158,33 +158,60 @@ static bool safe_shard_name(const char *s) {
     return *s && *s != '.' && !strchr(s, '/') && !strchr(s, '\\') && ends_with(s, ".safetensors");
 }
 
+int fl_weights_parse_index(const char *json, size_t len, const char *what, fl_weights_index *out, fl_error *err) {
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) return fl_fail(err, FL_EINVAL, "%s: not JSON (line %d: %s)", what, jerr.line, jerr.text);
+    json_t *map = json_object_get(root, "weight_map");
+    if (!json_is_object(map) || json_object_size(map) == 0) {
+        json_decref(root);
+        return fl_fail(err, FL_EINVAL, "%s: no \"weight_map\" object listing tensors and their shards", what);
+    }
+    size_t n = json_object_size(map), i = 0;
+    out->tensors = fl_xcalloc(n, sizeof *out->tensors);
+    out->shards = fl_xcalloc(n, sizeof *out->shards);
+    out->json = root;
+    const char *key;
+    json_t *value;
+    json_object_foreach(map, key, value) {
+        const char *shard = json_string_value(value);
+        if (!shard || !safe_shard_name(shard) || !*key) {
+            fl_fail(err, FL_EINVAL, "%s: the shard of tensor '%.200s' is not a .safetensors file name beside the index",
+                    what, key);
+            fl_weights_index_free(out);
+            return -1;
+        }
+        out->tensors[i] = key;
+        out->shards[i] = shard;
+        i++;
+    }
+    out->n = i;
+    return 0;
+}
+
+void fl_weights_index_free(fl_weights_index *index) {
+    free(index->tensors);
+    free(index->shards);
+    json_decref(index->json);
+    memset(index, 0, sizeof *index);
+}
+
 static int open_index(fl_weights *w, const char *path, fl_error *err) {
     unsigned char *text = NULL;
     size_t size = 0;
     if (fl_read_file(path, INDEX_MAX_BYTES, &text, &size, err) != 0) return fl_fail_prefix(err, "%s", path);
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)text, size, JSON_REJECT_DUPLICATES, &jerr);
+    fl_weights_index index;
+    int rc = fl_weights_parse_index((const char *)text, size, path, &index, err);
     free(text);
-    if (!root) return fl_fail(err, FL_EINVAL, "%s: not JSON (line %d: %s)", path, jerr.line, jerr.text);
-    json_t *map = json_object_get(root, "weight_map");
-    int rc = 0;
-    if (!json_is_object(map) || json_object_size(map) == 0)
-        rc = fl_fail(err, FL_EINVAL, "%s: no \"weight_map\" object listing tensors and their shards", path);
+    if (rc != 0) return -1;
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash) slash[1] = '\0';
     else dir[0] = '\0';
-    const char *key;
-    json_t *value;
-    json_object_foreach(map, key, value) {
-        if (rc != 0) break;
-        const char *shard = json_string_value(value);
-        if (!shard || !safe_shard_name(shard)) {
-            rc = fl_fail(err, FL_EINVAL, "%s: the shard of tensor '%.200s' is not a .safetensors file name beside the "
-                                         "index", path, key);
-            break;
-        }
+    for (size_t i = 0; i < index.n && rc == 0; i++) {
+        const char *key = index.tensors[i], *shard = index.shards[i];
         int f = -1;
         for (size_t k = 0; k < w->n_files; k++)
             if (!strcmp(w->file_names[k], shard)) f = (int)k;
@@ -209,7 +236,7 @@ static int open_index(fl_weights *w, const char *path, fl_error *err) {
         }
         if (!is_scale_tensor(info->name)) add_plain(w, info);
     }
-    json_decref(root);
+    fl_weights_index_free(&index);
     return rc;
 }
 

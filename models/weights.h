@@ -116,6 +116,22 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
  * stripped). */
 int fl_weights_map_flux_diffusers(fl_weights *w, fl_error *err);
 
+/* ---- shard indexes ----------------------------------------------------------------------------- */
+
+/* The "weight_map" of a "*.safetensors.index.json": tensor names and the shard file each is in
+ * (a plain file name beside the index: no '/', '\\', leading '.', and ending in ".safetensors").
+ * Parsed from memory (what names the index in messages); fl_weights_open uses it. Errors: not
+ * JSON, no "weight_map" object or an empty one, a shard that is not a plain .safetensors name. */
+typedef struct fl_weights_index {
+    size_t n;
+    const char **tensors; /* owned by the index */
+    const char **shards;
+    void *json;           /* the parsed document that owns the strings */
+} fl_weights_index;
+
+int fl_weights_parse_index(const char *json, size_t len, const char *what, fl_weights_index *out, fl_error *err);
+void fl_weights_index_free(fl_weights_index *index);
+
 /* F8 decoding (exposed for tests). */
 float fl_f8_e4m3_to_f32(uint8_t x);
 float fl_f8_e5m2_to_f32(uint8_t x);
