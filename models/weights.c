@@ -31,6 +31,22 @@ struct fl_weights {
     size_t n_owned;
 };
 
+/* ---- messages ----------------------------------------------------------------------------------- */
+
+/* s (at most 160 bytes of it) for a one-line message: control bytes become '?', so a name or a
+ * parser's excerpt of a file can never break the line. Each call uses its own buffer slot. */
+static const char *shown(const char *s) {
+    static _Thread_local char bufs[4][176];
+    static _Thread_local int next;
+    char *b = bufs[next];
+    next = (next + 1) % 4;
+    size_t n = 0;
+    for (; s && *s && n < 160; s++) b[n++] = (unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s;
+    if (s && *s) b[n++] = '.', b[n++] = '.', b[n++] = '.';
+    b[n] = '\0';
+    return b;
+}
+
 /* ---- dtypes ------------------------------------------------------------------------------------ */
 
 float fl_f8_e4m3_to_f32(uint8_t x) {
@@ -126,9 +142,9 @@ static int find_scale(const fl_weights *w, fl_weight *t, fl_error *err) {
         if (!s) continue;
         if (s->numel != 1 || !float_dtype(s->dtype))
             return fl_fail(err, FL_EUNSUPPORTED, "tensor '%s': scale '%s' is not one float (%lld elements of %s)",
-                           t->name, name, (long long)s->numel, fl_st_dtype_name(s->dtype));
+                           shown(t->name), shown(name), (long long)s->numel, fl_st_dtype_name(s->dtype));
         float v = element(s->data, s->dtype, 0);
-        if (!isfinite(v)) return fl_fail(err, FL_EINVAL, "tensor '%s': scale '%s' is not finite", t->name, name);
+        if (!isfinite(v)) return fl_fail(err, FL_EINVAL, "tensor '%s': scale '%s' is not finite", shown(t->name), shown(name));
         t->scales[0] = v;
         return 0;
     }
@@ -162,7 +178,7 @@ int fl_weights_parse_index(const char *json, size_t len, const char *what, fl_we
     memset(out, 0, sizeof *out);
     json_error_t jerr;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) return fl_fail(err, FL_EINVAL, "%s: not JSON (line %d: %s)", what, jerr.line, jerr.text);
+    if (!root) return fl_fail(err, FL_EINVAL, "%s: not JSON (line %d: %s)", what, jerr.line, shown(jerr.text));
     json_t *map = json_object_get(root, "weight_map");
     if (!json_is_object(map) || json_object_size(map) == 0) {
         json_decref(root);
@@ -177,8 +193,8 @@ int fl_weights_parse_index(const char *json, size_t len, const char *what, fl_we
     json_object_foreach(map, key, value) {
         const char *shard = json_string_value(value);
         if (!shard || !safe_shard_name(shard) || !*key) {
-            fl_fail(err, FL_EINVAL, "%s: the shard of tensor '%.200s' is not a .safetensors file name beside the index",
-                    what, key);
+            fl_fail(err, FL_EINVAL, "%s: the shard of tensor '%s' is not a .safetensors file name beside the index",
+                    what, shown(key));
             fl_weights_index_free(out);
             return -1;
         }
@@ -224,14 +240,15 @@ static int open_index(fl_weights *w, const char *path, fl_error *err) {
             snprintf(shard_path, sizeof shard_path, "%s%s", dir, shard);
             fl_safetensors *st = NULL;
             if (fl_safetensors_open(shard_path, &st, err) != 0) {
-                rc = fl_fail_prefix(err, "%s: shard '%s' (listed for '%.200s')", path, shard, key);
+                rc = fl_fail_prefix(err, "%s: shard '%s' (listed for '%s')", path, shown(shard), shown(key));
                 break;
             }
             f = add_file(w, shard, st);
         }
         const fl_safetensors_info *info = fl_safetensors_find(w->files[f], key);
         if (!info) {
-            rc = fl_fail(err, FL_EINVAL, "%s: tensor '%.200s' is listed in shard '%s' but not there", path, key, shard);
+            rc = fl_fail(err, FL_EINVAL, "%s: tensor '%s' is listed in shard '%s' but not there", path, shown(key),
+                         shown(shard));
             break;
         }
         if (!is_scale_tensor(info->name)) add_plain(w, info);
@@ -356,7 +373,7 @@ bool fl_weights_has_prefix(const fl_weights *w, const char *prefix) {
 int fl_weights_strip_prefix(fl_weights *w, const char *prefix, fl_error *err) {
     size_t plen = strlen(prefix), kept = 0;
     if (!fl_weights_has_prefix(w, prefix))
-        return fl_fail(err, FL_EINVAL, "%s: no tensor is under '%s'", w->path, prefix);
+        return fl_fail(err, FL_EINVAL, "%s: no tensor is under '%s'", w->path, shown(prefix));
     for (size_t i = 0; i < w->n; i++) {
         if (strncmp(w->t[i].name, prefix, plen) || !w->t[i].name[plen]) continue;
         w->t[kept] = w->t[i];
@@ -384,7 +401,7 @@ int fl_weights_read_f32(const fl_weights *w, const fl_weight *t, float *dst, fl_
     for (int p = 0; p < t->n_parts; p++) {
         const fl_safetensors_info *s = t->parts[p];
         if (!float_dtype(s->dtype))
-            return fl_fail(err, FL_EUNSUPPORTED, "tensor '%s' is %s, not a float dtype", t->name,
+            return fl_fail(err, FL_EUNSUPPORTED, "tensor '%s' is %s, not a float dtype", shown(t->name),
                            fl_st_dtype_name(s->dtype));
         const uint8_t *src = s->data;
         float scale = t->scales[p];
@@ -509,12 +526,12 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
         int part = 0, n_parts = 0;
         bool swap = false;
         if (!original_of(entries[i].name, orig, sizeof orig, &part, &n_parts, &swap)) {
-            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%.200s' has no counterpart in the Flux "
-                                         "checkpoint layout", entries[i].name);
+            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' has no counterpart in the Flux "
+                                         "checkpoint layout", shown(entries[i].name));
             break;
         }
         if (entries[i].ndim < 1 || entries[i].ndim > 2) {
-            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%.200s' has %d dimensions", entries[i].name,
+            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' has %d dimensions", shown(entries[i].name),
                          entries[i].ndim);
             break;
         }
@@ -529,7 +546,7 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
             for (int j = 0; j < FL_WEIGHTS_MAX_PARTS; j++) m[k].parts[j] = (size_t)-1;
         }
         if (m[k].parts[part] != (size_t)-1) {
-            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%.200s' appears twice", entries[i].name);
+            rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' appears twice", shown(entries[i].name));
             break;
         }
         m[k].parts[part] = i;
@@ -552,8 +569,8 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
             }
             const fl_tensor_header *e = &entries[m[k].parts[j]];
             if (e->ndim != m[k].ndim || (e->ndim == 2 && cols >= 0 && e->shape[1] != cols)) {
-                rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%.200s' does not stack with the other "
-                                             "parts of '%s'", e->name, m[k].name);
+                rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' does not stack with the other "
+                                             "parts of '%s'", shown(e->name), m[k].name);
                 break;
             }
             if (e->ndim == 2) cols = e->shape[1];
