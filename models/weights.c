@@ -556,11 +556,10 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
         for (int j = 0; j < m[k].n_parts && rc == 0; j++) {
             if (m[k].parts[j] == (size_t)-1) {
                 fl_flux_diffusers_map map;
-                int dummy;
                 char module[FL_FLUX_NAME_MAX];
-                snprintf(module, sizeof module, "%.*s", (int)(strrchr(m[k].name, '.') - m[k].name), m[k].name);
-                const char *leaf = strrchr(m[k].name, '.');
-                (void)dummy;
+                const char *leaf = strrchr(m[k].name, '.'); /* ".weight" or ".bias": fused tensors are Linears' */
+                if (!leaf) leaf = m[k].name + strlen(m[k].name);
+                snprintf(module, sizeof module, "%.*s", (int)(leaf - m[k].name), m[k].name);
                 if (fl_flux_diffusers_lookup(module, '.', &map))
                     rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s%s' is missing (a part of '%s')",
                                  map.parts[j], leaf, m[k].name);
