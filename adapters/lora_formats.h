@@ -43,6 +43,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "models/flux.h"
+#include "models/flux_names.h"
 
 typedef enum fl_lora_layout { FL_LORA_CANONICAL = 0, FL_LORA_KOHYA, FL_LORA_PEFT } fl_lora_layout;
 
@@ -59,23 +60,14 @@ int fl_lora_save(const fl_lora *lora, fl_lora_layout layout, const char *path, c
 
 /* ---- module names ---------------------------------------------------------------------------- */
 
-#define FL_LORA_MAX_PARTS 4
-
-/* How a module's output rows are divided among its diffusers parts. */
-typedef enum fl_lora_split {
-    FL_LORA_SPLIT_NONE = 0,    /* one part, rows unchanged */
-    FL_LORA_SPLIT_QKV,         /* three parts of H rows each (out = 3 H, H = in) */
-    FL_LORA_SPLIT_QKV_MLP,     /* H, H, H, then out - 3 H rows (H = in) */
-    FL_LORA_SPLIT_SWAP_HALVES, /* one part whose two halves of rows are swapped */
-} fl_lora_split;
-
-/* An original module and its diffusers module paths (without the "transformer." prefix). */
-typedef struct fl_lora_diffusers_map {
-    char module[FL_FLUX_NAME_MAX];
-    int n_parts;
-    char parts[FL_LORA_MAX_PARTS][FL_FLUX_NAME_MAX];
-    fl_lora_split split;
-} fl_lora_diffusers_map;
+/* The module-name table is models/flux_names.h; these are its names as adapters spell them. */
+#define FL_LORA_MAX_PARTS FL_FLUX_MAX_PARTS
+typedef fl_flux_split fl_lora_split;
+#define FL_LORA_SPLIT_NONE FL_FLUX_SPLIT_NONE
+#define FL_LORA_SPLIT_QKV FL_FLUX_SPLIT_QKV
+#define FL_LORA_SPLIT_QKV_MLP FL_FLUX_SPLIT_QKV_MLP
+#define FL_LORA_SPLIT_SWAP_HALVES FL_FLUX_SPLIT_SWAP_HALVES
+typedef fl_flux_diffusers_map fl_lora_diffusers_map;
 
 /* The diffusers parts of an original Flux Linear ("double_blocks.3.img_attn.qkv"); false when
  * module is not one. */

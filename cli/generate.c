@@ -2,15 +2,24 @@
  * generate.c — `flashlora generate`: a prompt in, PNG images out, with any number of LoRA
  * adapters stacked on the base model.
  *
- *   flashlora generate --model BASE.safetensors --prompt TEXT --out PATH.png
- *                      [--adapter FILE[:SCALE]]... [--width 64 --height 64 --steps 20 --guidance 1
- *                       --seed 0 --num-images 1 --max-text-tokens 32 --device cpu]
+ *   flashlora generate --model DIR|BASE.safetensors --prompt TEXT --out PATH.png
+ *                      [--transformer F --ae F --clip F --t5 F --tokenizer D --tokenizer-2 D]
+ *                      [--adapter FILE[:SCALE]]... [--width --height --steps --guidance --seed 0
+ *                       --num-images 1 --max-text-tokens 32 --device cpu]
+ *                      [--latents NOISE.safetensors] [--save-tensors OUT.safetensors]
  *
- * Adapters (canonical, kohya or PEFT files) are matched against the model's Linears and attached
- * with their scale; keys that adapt no module are listed on stderr. Sampling is the Euler sampler
- * of models/sampler.h in the pixel image space; the same arguments give the same bytes. With
- * --num-images N > 1 image i (seed + i) goes to PATH_i.png. Any error is one line on stderr and
- * exit status 1.
+ * The model is a pipeline (models/pipeline.h): a pixel-space Flux file, or FLUX.1-dev / schnell
+ * from a folder in the FLUX.1 layout or single files; the variant sets the defaults (dev: 28 steps,
+ * guidance 3.5, 1024 x 1024; schnell: 4 steps; pixels: 20 steps, guidance 1, 64 x 64). Adapters
+ * (canonical, kohya or PEFT files) are matched against the transformer's Linears and attached with
+ * their scale; keys that adapt no module are listed on stderr. The same arguments give the same
+ * bytes. With --num-images N > 1 image i (seed + i) goes to PATH_i.png.
+ *
+ * For parity checks: --latents reads the initial noise (tensor "latents": packed [B, N, C] or, for
+ * latent models, [B, z, H/8, W/8]; B = the number of images) instead of drawing it from the seed;
+ * --save-tensors writes "image" [B, 3, H, W] (the decoded float image in [-1, 1], before
+ * quantization) and "latents" [B, N, C] (the final packed tokens). Any error is one line on stderr
+ * and exit status 1.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -22,33 +31,48 @@
 #include "adapters/lora.h"
 #include "cli/commands.h"
 #include "core/device.h"
+#include "core/fileio.h"
 #include "core/threads.h"
+#include "kernels/ops.h"
 #include "models/flux.h"
+#include "models/pipeline.h"
 #include "models/sampler.h"
 
 #define MAX_ADAPTERS FL_FLUX_MAX_ADAPTERS
 #define MAX_UNMATCHED_SHOWN 20
 
 typedef struct generate_args {
-    const char *model, *prompt, *out, *device;
+    const char *model, *prompt, *prompt_file, *out, *device, *latents, *save_tensors;
+    const char *transformer, *ae, *clip, *t5, *tokenizer, *tokenizer_2;
     const char *adapters[MAX_ADAPTERS];
     int n_adapters;
-    int width, height, steps, num_images, max_text_tokens;
-    float guidance;
+    int width, height, steps, num_images, max_text_tokens; /* 0: the model's default */
+    float guidance;                                        /* < 0: the model's default */
     uint64_t seed;
 } generate_args;
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora generate --model BASE.safetensors --prompt TEXT --out PATH.png [options]\n\n"
+            "usage: flashlora generate --model DIR|BASE.safetensors --prompt TEXT --out PATH.png [options]\n\n"
+            "  --model DIR|FILE        a folder laid out like the FLUX.1 repositories (flux1-dev.safetensors or\n"
+            "                          transformer/, ae.safetensors or vae/, text_encoder/, text_encoder_2/,\n"
+            "                          tokenizer/, tokenizer_2/), or one transformer file\n"
+            "  --transformer F, --ae F, --clip F, --t5 F   single files (or folders) for each part\n"
+            "  --tokenizer D, --tokenizer-2 D             CLIP and T5 tokenizer files (default: the model's,\n"
+            "                          else the built-in vocabularies)\n"
             "  --adapter FILE[:SCALE]  a LoRA (canonical, kohya or PEFT layout) at SCALE (default 1);\n"
             "                          repeat to stack up to %d\n"
-            "  --width PX, --height PX image size, multiples of the patch size (default 64 x 64)\n"
-            "  --steps N               sampling steps (default 20)\n"
-            "  --guidance G            guidance value for guidance-distilled bases (default 1)\n"
+            "  --width PX, --height PX image size, multiples of 16 for FLUX.1, of the patch size for pixel\n"
+            "                          models (default 1024 x 1024, or 64 x 64)\n"
+            "  --steps N               sampling steps (default 28 dev, 4 schnell, 20 pixel models)\n"
+            "  --guidance G            guidance value for guidance-distilled bases (default 3.5 dev, 1 pixels)\n"
+            "  --prompt-file FILE      the prompt read from a file (UTF-8) instead of --prompt\n"
+            "  --latents FILE          initial noise: tensor 'latents', [B, N, C] packed or [B, z, H/8, W/8]\n"
+            "  --save-tensors FILE     write 'image' [B, 3, H, W] in [-1, 1] and 'latents' [B, N, C]\n"
             "  --seed S                noise seed (default 0); image i uses S + i\n"
             "  --num-images N          images to write (default 1); N > 1 writes PATH_0.png, PATH_1.png, ...\n"
-            "  --max-text-tokens N     prompt length in tokens (default 32)\n"
+            "  --max-text-tokens N     prompt length in tokens for pixel models (default 32; FLUX.1 uses T5's\n"
+            "                          512 for dev, 256 for schnell)\n"
             "  --device cpu|cuda|auto  (default cpu)\n\n"
             "Keys of an adapter that adapt no module of the model are listed on stderr. Errors: one line\n"
             "on stderr, exit status 1.\n",
@@ -81,10 +105,7 @@ static int parse_int(const char *flag, const char *text, long lo, long hi, int *
 static int parse_args(int argc, char **argv, generate_args *a) {
     memset(a, 0, sizeof *a);
     a->device = "cpu";
-    a->width = a->height = 64;
-    a->steps = 20;
-    a->guidance = 1.0f;
-    a->num_images = 1;
+    a->guidance = -1.0f;
     a->max_text_tokens = 32;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -94,17 +115,28 @@ static int parse_args(int argc, char **argv, generate_args *a) {
         }
         static const char *const known[] = {"--model", "--prompt", "--out", "--device", "--adapter", "--width",
                                             "--height", "--steps", "--guidance", "--seed", "--num-images",
-                                            "--max-text-tokens"};
+                                            "--max-text-tokens", "--latents", "--save-tensors", "--transformer",
+                                            "--ae", "--clip", "--t5", "--tokenizer", "--tokenizer-2",
+                                            "--prompt-file"};
         bool is_known = false;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) is_known = is_known || !strcmp(f, known[k]);
         if (!is_known) return bad("unknown argument '%s' (see --help)", f);
         if (i + 1 >= argc) return bad("%s needs a value (see --help)", f);
         const char *v = argv[++i];
-        const char **str = !strcmp(f, "--model")    ? &a->model
-                           : !strcmp(f, "--prompt") ? &a->prompt
-                           : !strcmp(f, "--out")    ? &a->out
-                           : !strcmp(f, "--device") ? &a->device
-                                                    : NULL;
+        const char **str = !strcmp(f, "--model")          ? &a->model
+                           : !strcmp(f, "--prompt")       ? &a->prompt
+                           : !strcmp(f, "--prompt-file")  ? &a->prompt_file
+                           : !strcmp(f, "--out")          ? &a->out
+                           : !strcmp(f, "--device")       ? &a->device
+                           : !strcmp(f, "--latents")      ? &a->latents
+                           : !strcmp(f, "--save-tensors") ? &a->save_tensors
+                           : !strcmp(f, "--transformer")  ? &a->transformer
+                           : !strcmp(f, "--ae")           ? &a->ae
+                           : !strcmp(f, "--clip")         ? &a->clip
+                           : !strcmp(f, "--t5")           ? &a->t5
+                           : !strcmp(f, "--tokenizer")    ? &a->tokenizer
+                           : !strcmp(f, "--tokenizer-2")  ? &a->tokenizer_2
+                                                          : NULL;
         if (str) {
             *str = v;
             continue;
@@ -139,7 +171,9 @@ static int parse_args(int argc, char **argv, generate_args *a) {
                 return bad("--seed: '%s' is not a non-negative integer", v);
         }
     }
-    if (!a->model || !a->prompt || !a->out) return bad("--model, --prompt and --out are required (see --help)");
+    if ((!a->model && !a->transformer) || (!a->prompt && !a->prompt_file) || (!a->out && !a->save_tensors))
+        return bad("--model (or --transformer), --prompt and --out (or --save-tensors) are required (see --help)");
+    if (a->prompt && a->prompt_file) return bad("--prompt and --prompt-file exclude each other");
     return 0;
 }
 
@@ -203,27 +237,157 @@ static void image_path(const generate_args *a, int i, char *buf, size_t size) {
     snprintf(buf, size, "%.*s_%d%s", stem, a->out, i, png ? a->out + len - 4 : "");
 }
 
-static int run(const generate_args *a, fl_error *err) {
-    if (strlen(a->out) > 4000) return fl_fail(err, FL_EINVAL, "--out: path too long");
+static int run_prompt(generate_args *a, fl_error *err);
+
+/* Reads --latents: [B, N, C] packed, or [B, z, H/8, W/8] packed here as Flux packs latents. */
+static float *read_noise(const generate_args *a, fl_pipeline *p, int n_images, fl_error *err) {
+    fl_safetensors *st = NULL;
+    if (fl_safetensors_open(a->latents, &st, err) != 0) {
+        fl_fail_prefix(err, "%s", a->latents);
+        return NULL;
+    }
+    const fl_safetensors_info *info = fl_safetensors_find(st, "latents");
+    int64_t li = fl_pipeline_image_tokens(p, a->width, a->height), c = fl_pipeline_token_channels(p);
+    int64_t h8 = a->height / 8, w8 = a->width / 8, z = c / 4;
+    float *noise = NULL;
+    bool packed = info && info->ndim == 3 && info->shape[0] == n_images && info->shape[1] == li && info->shape[2] == c;
+    bool planar = info && fl_pipeline_get_info(p)->kind == FL_PIPELINE_FLUX1 && info->ndim == 4 &&
+                  info->shape[0] == n_images && info->shape[1] == z && info->shape[2] == h8 && info->shape[3] == w8;
+    fl_dtype dt;
+    if (!info) {
+        fl_fail(err, FL_EINVAL, "%s: no tensor 'latents'", a->latents);
+    } else if (!fl_st_dtype_computable(info->dtype, &dt)) {
+        fl_fail(err, FL_EINVAL, "%s: tensor 'latents' is %s, not F32, BF16 or F16", a->latents,
+                fl_st_dtype_name(info->dtype));
+    } else if (!packed && !planar) {
+        fl_fail(err, FL_EINVAL, "%s: tensor 'latents' must be [%d, %lld, %lld] or [%d, %lld, %lld, %lld] for %d image(s) "
+                                "of %dx%d", a->latents, n_images, (long long)li, (long long)c, n_images, (long long)z,
+                (long long)h8, (long long)w8, n_images, a->width, a->height);
+    } else {
+        fl_tensor src;
+        FL_CHECK(fl_safetensors_tensor_view(st, info, fl_device_cpu(), &src, NULL) == 0 || info->numel == 0);
+        float *flat = fl_xmalloc((size_t)info->numel * sizeof(float));
+        fl_tensor dst = fl_tensor_make(flat, FL_F32, fl_device_cpu(), src.ndim, src.shape);
+        fl_ctx *cpu = fl_ctx_create(fl_device_cpu(), NULL);
+        fl_op_copy(cpu, &src, &dst);
+        fl_ctx_destroy(cpu);
+        if (packed) {
+            noise = flat;
+        } else {
+            noise = fl_xmalloc((size_t)info->numel * sizeof(float));
+            int64_t tw = w8 / 2;
+            for (int64_t b = 0; b < n_images; b++)
+                for (int64_t ch = 0; ch < z; ch++)
+                    for (int64_t y = 0; y < h8; y++)
+                        for (int64_t x = 0; x < w8; x++) {
+                            int64_t tok = (y / 2) * tw + x / 2, chan = ch * 4 + (y % 2) * 2 + x % 2;
+                            noise[(b * li + tok) * c + chan] = flat[((b * z + ch) * h8 + y) * w8 + x];
+                        }
+            free(flat);
+        }
+    }
+    fl_safetensors_close(st);
+    return noise;
+}
+
+static int run(const generate_args *a_in, fl_error *err) {
+    generate_args args = *a_in, *a = &args;
+    unsigned char *prompt_text = NULL;
+    if (a->prompt_file) { /* read whole (bounded), so the encoders' own limit answers a long one */
+        size_t size = 0;
+        if (fl_read_file(a->prompt_file, (size_t)16 << 20, &prompt_text, &size, err) != 0)
+            return fl_fail_prefix(err, "--prompt-file %s", a->prompt_file);
+        unsigned char *z = fl_xrealloc(prompt_text, size + 1);
+        z[size] = '\0';
+        prompt_text = z;
+        if (strlen((const char *)z) != size) {
+            free(z);
+            return fl_fail(err, FL_EINVAL, "--prompt-file %s: the prompt contains a NUL byte", a->prompt_file);
+        }
+        a->prompt = (const char *)z;
+    }
+    int result = run_prompt(a, err);
+    free(prompt_text);
+    return result;
+}
+
+static int run_prompt(generate_args *a, fl_error *err) {
+    if (a->out && strlen(a->out) > 4000) return fl_fail(err, FL_EINVAL, "--out: path too long");
     fl_device dev;
     if (fl_device_parse(a->device, &dev, err) != 0) return -1;
     fl_ctx *ctx = fl_ctx_create(dev, err);
     if (!ctx) return -1;
-    fl_flux_model *m = NULL;
-    int rc = fl_flux_load(ctx, a->model, NULL, &m, err);
-    if (rc == 0) rc = attach_adapters(m, a, err);
-    float *img = rc == 0 ? fl_xmalloc((size_t)a->width * (size_t)a->height * 3 * sizeof(float)) : NULL;
-    for (int i = 0; i < a->num_images && rc == 0; i++) {
-        fl_sample_params sp = {a->prompt, a->width, a->height, a->steps, a->guidance, a->seed + (uint64_t)i,
-                               a->max_text_tokens};
-        char path[4096];
-        image_path(a, i, path, sizeof path);
-        rc = fl_flux_sample_pixels(m, &sp, img, err);
-        if (rc == 0) rc = fl_png_write(path, img, a->width, a->height, err);
-        if (rc == 0) printf("%s\n", path);
+    fl_pipeline_files files = {a->model, a->transformer, a->ae, a->clip, a->t5, a->tokenizer, a->tokenizer_2};
+    fl_pipeline *p = NULL;
+    int rc = fl_pipeline_open(ctx, &files, &p, err);
+    fl_flux_model *m = rc == 0 ? fl_pipeline_model(p) : NULL;
+    const fl_pipeline_info *info = rc == 0 ? fl_pipeline_get_info(p) : NULL;
+    if (rc == 0) {
+        bool latent = info->kind == FL_PIPELINE_FLUX1;
+        if (!a->width) a->width = latent ? 1024 : 64;
+        if (!a->height) a->height = latent ? 1024 : 64;
+        if (!a->steps) a->steps = info->default_steps;
+        if (a->guidance < 0) a->guidance = info->default_guidance;
+        rc = fl_pipeline_check_size(p, a->width, a->height, err);
     }
-    free(img);
-    fl_flux_free(m);
+    if (rc == 0) rc = attach_adapters(m, a, err);
+    float *noise = NULL;
+    if (rc == 0 && a->latents) {
+        /* The file decides how many images when --num-images is not given. */
+        if (!a->num_images) {
+            fl_safetensors *st = NULL;
+            if (fl_safetensors_open(a->latents, &st, NULL) == 0) {
+                const fl_safetensors_info *in = fl_safetensors_find(st, "latents");
+                if (in && in->ndim >= 3 && in->shape[0] >= 1 && in->shape[0] <= 64) a->num_images = (int)in->shape[0];
+                fl_safetensors_close(st);
+            }
+        }
+        if (!a->num_images) a->num_images = 1;
+        noise = read_noise(a, p, a->num_images, err);
+        if (!noise) rc = -1;
+    }
+    if (!a->num_images) a->num_images = 1;
+    int64_t li = rc == 0 ? fl_pipeline_image_tokens(p, a->width, a->height) : 0;
+    int64_t c = rc == 0 ? fl_pipeline_token_channels(p) : 0;
+    size_t hw = (size_t)a->width * (size_t)a->height, tok = (size_t)(li * c);
+    float *img = rc == 0 ? fl_xmalloc(hw * 3 * sizeof(float)) : NULL;
+    float *chw = rc == 0 && a->save_tensors ? fl_xmalloc((size_t)a->num_images * hw * 3 * sizeof(float)) : NULL;
+    float *tokens = rc == 0 && a->save_tensors ? fl_xmalloc((size_t)a->num_images * tok * sizeof(float)) : NULL;
+    int lt = rc == 0 ? fl_pipeline_text_tokens(p, a->max_text_tokens) : 0;
+    /* One image at a time with the model's adapters on every row: each image is what it is alone. */
+    for (int i = 0; i < a->num_images && rc == 0; i++) {
+        fl_sample_request req;
+        memset(&req, 0, sizeof req);
+        req.prompt = a->prompt;
+        req.seed = a->seed + (uint64_t)i;
+        req.guidance = a->guidance;
+        float *images[1] = {img};
+        fl_pipeline_output po = {a->out ? images : NULL, chw ? chw + (size_t)i * hw * 3 : NULL,
+                                 tokens ? tokens + (size_t)i * tok : NULL, true};
+        rc = fl_pipeline_generate(p, a->width, a->height, a->steps, lt, &req, 1, noise ? noise + (size_t)i * tok : NULL,
+                                  NULL, &po, err);
+        if (rc == 0 && a->out) {
+            char path[4096];
+            image_path(a, i, path, sizeof path);
+            rc = fl_png_write(path, img, a->width, a->height, err);
+            if (rc == 0) printf("%s\n", path);
+        }
+    }
+    if (rc == 0 && a->save_tensors) {
+        fl_safetensors_entry e[2] = {
+            {"image", FL_ST_F32, 4, {a->num_images, 3, a->height, a->width}, chw},
+            {"latents", FL_ST_F32, 3, {a->num_images, li, c}, tokens},
+        };
+        char steps[16], seed[32];
+        snprintf(steps, sizeof steps, "%d", a->steps);
+        snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
+        fl_safetensors_kv meta[3] = {{"variant", info->variant}, {"steps", steps}, {"seed", seed}};
+        rc = fl_safetensors_write(a->save_tensors, e, 2, meta, 3, err);
+        if (rc != 0) fl_fail_prefix(err, "%s", a->save_tensors);
+        else printf("%s\n", a->save_tensors);
+    }
+    free(img), free(chw), free(tokens), free(noise);
+    fl_pipeline_free(p);
     fl_ctx_destroy(ctx);
     return rc;
 }

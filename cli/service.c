@@ -32,6 +32,7 @@
 #include "core/safetensors.h"
 #include "core/threads.h"
 #include "models/flux.h"
+#include "models/pipeline.h"
 #include "serve/api.h"
 #include "serve/auth.h"
 #include "serve/http.h"
@@ -357,12 +358,28 @@ static fl_worker_config worker_config_of(const service_args *a, const char *redi
     return wc;
 }
 
-static int read_model_params(const char *path, fl_flux_params *p, fl_error *err) {
-    fl_safetensors *st = NULL;
-    if (fl_safetensors_open(path, &st, err) != 0) return fl_fail_prefix(err, "%s", path);
-    int rc = fl_flux_params_of_checkpoint(st, p, err);
-    fl_safetensors_close(st);
-    return rc;
+/* The base model as the API sees it (no weights read): its transformer's parameters, the image
+ * patch, the text length and defaults of its variant, its identity, and for FLUX.1 what its text
+ * encoders and autoencoder cost the workers. */
+static int describe_model(const char *path, fl_redis *r, fl_api_config *ac, fl_error *err) {
+    fl_pipeline_files files = {.model = path};
+    fl_pipeline_paths paths;
+    fl_pipeline_info info;
+    if (fl_pipeline_describe(&files, &paths, &info, err) != 0) return -1;
+    ac->params = info.flux;
+    ac->patch = info.patch;
+    ac->default_steps = info.default_steps;
+    ac->default_guidance = info.default_guidance;
+    if (info.kind == FL_PIPELINE_PIXELS) {
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return fl_model_hash_cached(r, path, ac->base_model_hash, err);
+        return fl_pipeline_base_id(&paths, &info, ac->base_model_hash, err);
+    }
+    ac->max_text_tokens = info.text_tokens;
+    ac->default_size = 1024; /* FLUX.1's native size; requests without one get at most --max-resolution */
+    if (fl_pipeline_estimate_costs(&paths, &info, ac->job_device, fl_threads_get(), &ac->pipeline_costs, err) != 0)
+        return -1;
+    return fl_pipeline_base_id(&paths, &info, ac->base_model_hash, err);
 }
 
 /* The admission limits: given ones, else the defaults of the workers' device. */
@@ -413,8 +430,7 @@ static int serve_run(const service_args *a, fl_error *err) {
     ac.sync_timeout_s = (int)a->sync_timeout_s;
     ac.allow_private_urls = a->allow_private_urls;
     admission_config(a, &ac);
-    if (rc == 0) rc = read_model_params(a->model, &ac.params, err);
-    if (rc == 0) rc = fl_model_hash_cached(r, a->model, ac.base_model_hash, err);
+    if (rc == 0) rc = describe_model(a->model, r, &ac, err);
     if (rc == 0) rc = fl_api_create(&ac, &api, err);
     fl_http_config hc = fl_http_config_default();
     char host[256] = "127.0.0.1";

@@ -2,9 +2,13 @@
  * train.c — `flashlora train`: image set in, adapter out.
  *
  *   flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors
- *                   --model BASE.safetensors [options]
+ *                   --model DIR|BASE.safetensors [options]
  *
- * Parses the flags, loads the base model and hands the job to fl_train_run (trainer/run.h), which
+ * Parses the flags, loads the base model as a pipeline (models/pipeline.h: a pixel-space Flux
+ * file, or FLUX.1-dev / schnell from a folder or single files) and hands the job to
+ * fl_train_run_pipeline (trainer/run.h), which on FLUX.1 encodes the set once through the cache
+ * (--cache-dir, default OUT.cache) and frees the text encoders and the encoder half of the
+ * autoencoder before the loop, and which
  * loads and validates the image set, trains the LoRA, checkpoints every N steps and when a
  * SIGINT/SIGTERM asks it to stop (exit 128 + signal), resumes with --resume, and writes the
  * canonical adapter and optional preview images; kohya / PEFT exports follow on request.
@@ -18,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -29,6 +34,7 @@
 #include "core/device.h"
 #include "core/sha256.h"
 #include "core/threads.h"
+#include "models/pipeline.h"
 #include "trainer/run.h"
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -39,7 +45,8 @@ static void on_signal(int sig) {
 
 typedef struct train_args {
     const char *images, *trigger, *out, *model, *device, *checkpoint, *caption, *export_kohya, *export_peft;
-    const char *preview_dir, *preview_prompt;
+    const char *preview_dir, *preview_prompt, *cache_dir;
+    const char *transformer, *ae, *clip, *t5, *tokenizer, *tokenizer_2;
     int resolution, checkpoint_every, preview_every, preview_count, preview_steps, min_images, max_images;
     bool resume, json, is_style, buckets;
     fl_train_config cfg;
@@ -48,9 +55,14 @@ typedef struct train_args {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors\n"
-            "                       --model BASE.safetensors [options]\n\n"
+            "                       --model DIR|BASE.safetensors [options]\n\n"
+            "model:\n"
+            "  --model DIR|FILE        a folder laid out like the FLUX.1 repositories, or one transformer file\n"
+            "  --transformer F, --ae F, --clip F, --t5 F, --tokenizer D, --tokenizer-2 D   parts on their own\n"
+            "  --cache-dir DIR         FLUX.1: encoded latents and captions, reused by content (default OUT.cache)\n"
             "data:\n"
-            "  --resolution PX         training size, a multiple of the patch size (default 64)\n"
+            "  --resolution PX         training size, a multiple of the patch size (16 for FLUX.1; default 64,\n"
+            "                          512 for FLUX.1)\n"
             "  --buckets               keep aspect ratios: each image goes to the bucket of about PX^2 pixels\n"
             "                          closest to its shape (default: center-crop to PX x PX)\n"
             "  --caption TEXT          caption for images without a .txt sidecar (default \"a photo of [trigger]\")\n"
@@ -130,7 +142,6 @@ static int parse_args(int argc, char **argv, train_args *a) {
     memset(a, 0, sizeof *a);
     a->cfg = fl_train_config_default();
     a->device = "cpu";
-    a->resolution = 64;
     a->preview_count = 2;
     a->preview_steps = 20;
     a->min_images = 4;
@@ -166,6 +177,13 @@ static int parse_args(int argc, char **argv, train_args *a) {
                            : !strcmp(f, "--preview-dir")  ? &a->preview_dir
                            : !strcmp(f, "--preview-prompt") ? &a->preview_prompt
                            : !strcmp(f, "--targets")      ? &a->cfg.targets
+                           : !strcmp(f, "--cache-dir")    ? &a->cache_dir
+                           : !strcmp(f, "--transformer")  ? &a->transformer
+                           : !strcmp(f, "--ae")           ? &a->ae
+                           : !strcmp(f, "--clip")         ? &a->clip
+                           : !strcmp(f, "--t5")           ? &a->t5
+                           : !strcmp(f, "--tokenizer")    ? &a->tokenizer
+                           : !strcmp(f, "--tokenizer-2")  ? &a->tokenizer_2
                                                           : NULL;
         if (str) { *str = v; continue; }
         struct { const char *flag; double lo, hi; int *as_int; float *as_float; } num[] = {
@@ -210,7 +228,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
         fprintf(stderr, "flashlora train: unknown argument '%s' (see --help)\n", f);
         return -1;
     }
-    if (!a->images || !a->trigger || !a->out || !a->model) {
+    if (!a->images || !a->trigger || !a->out || (!a->model && !a->transformer)) {
         fprintf(stderr, "flashlora train: --images, --trigger, --out and --model are required (see --help)\n");
         return -1;
     }
@@ -262,6 +280,17 @@ static void event_hook(void *arg, json_t *ev) {
     if (!strcmp(kind, "rejected")) {
         fprintf(stderr, "skipped %s: %s\n", json_string_value(json_object_get(ev, "name")),
                 json_string_value(json_object_get(ev, "reason")));
+    } else if (!strcmp(kind, "cache")) {
+        int lr = (int)json_integer_value(json_object_get(ev, "latents_reused"));
+        int le = (int)json_integer_value(json_object_get(ev, "latents_encoded"));
+        int tr = (int)json_integer_value(json_object_get(ev, "texts_reused"));
+        int te = (int)json_integer_value(json_object_get(ev, "texts_encoded"));
+        const char *dir = json_string_value(json_object_get(ev, "dir"));
+        if (le + te == 0)
+            fprintf(stderr, "cache %s: reused %d latents and %d text encodings, encoded nothing\n", dir, lr, tr);
+        else
+            fprintf(stderr, "cache %s: reused %d latents and %d text encodings, encoded %d latents and %d captions\n",
+                    dir, lr, tr, le, te);
     } else if (!strcmp(kind, "start")) {
         fprintf(stderr, "training on %d images at %dx%d, %d steps, rank %d, targets %s\n",
                 (int)json_integer_value(json_object_get(ev, "images")), a->resolution, a->resolution, a->cfg.steps,
@@ -317,6 +346,8 @@ static fl_train_job make_job(const train_args *a, const char *checkpoint, const 
     job.preview_every = a->preview_every;
     job.preview_count = a->preview_count;
     job.preview_steps = a->preview_steps;
+    job.cache_dir = a->cache_dir;
+    job.release_encoders = true; /* this process only trains: the encoders go once the set is encoded */
     job.cfg = a->cfg;
     return job;
 }
@@ -331,18 +362,31 @@ static int run(const train_args *a, fl_error *err) {
 
     fl_device dev;
     fl_ctx *ctx = NULL;
-    fl_flux_model *m = NULL;
+    fl_pipeline *p = NULL;
     char base_hash[65] = "";
     fl_train_result result = {0};
+    train_args resolved = *a;
     int rc = fl_device_parse(a->device, &dev, err);
     if (rc == 0 && !(ctx = fl_ctx_create(dev, err))) rc = -1;
-    if (rc == 0) rc = fl_flux_load(ctx, a->model, NULL, &m, err);
-    if (rc == 0) rc = fl_sha256_file(a->model, base_hash, err);
+    fl_pipeline_files files = {a->model, a->transformer, a->ae, a->clip, a->t5, a->tokenizer, a->tokenizer_2};
+    if (rc == 0) rc = fl_pipeline_open(ctx, &files, &p, err);
     if (rc == 0) {
-        fl_train_job job = make_job(a, checkpoint, base_hash);
+        const fl_pipeline_info *info = fl_pipeline_get_info(p);
+        if (!resolved.resolution) resolved.resolution = info->kind == FL_PIPELINE_FLUX1 ? 512 : 64;
+        /* The adapter records its base: the pixel model's file hash, or FLUX.1's weights fingerprint
+         * (hashing 24 GB for every run would take minutes). */
+        const char *file = a->transformer ? a->transformer : a->model;
+        struct stat st;
+        if (info->kind == FL_PIPELINE_PIXELS && stat(file, &st) == 0 && S_ISREG(st.st_mode))
+            rc = fl_sha256_file(file, base_hash, err);
+        else snprintf(base_hash, sizeof base_hash, "%s", fl_pipeline_fingerprint(p));
+    }
+    if (rc == 0) {
+        fl_train_job job = make_job(&resolved, checkpoint, base_hash);
         fl_train_hooks hooks = {event_hook, stop_hook, &cs, NULL};
+        cs.a = &resolved;
         cs.checkpoint_existed = a->resume && access(checkpoint, F_OK) == 0;
-        rc = fl_train_run(m, &job, &hooks, &result, err);
+        rc = fl_train_run_pipeline(p, &job, &hooks, &result, err);
     }
     if (rc != 0 && stop_signal && err->code == FL_EUNAVAILABLE) {
         say(a, "\ninterrupted at step %d: checkpoint %s (continue with --resume)\n", result.steps, checkpoint);
@@ -361,7 +405,7 @@ static int run(const train_args *a, fl_error *err) {
         }
     }
     json_decref(cs.done);
-    fl_flux_free(m);
+    fl_pipeline_free(p);
     fl_ctx_destroy(ctx);
     return rc;
 }

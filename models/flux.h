@@ -135,11 +135,23 @@ typedef struct fl_flux_model fl_flux_model;
 int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, fl_error *err);
 
 /* Build a model with parameters p on ctx's device, binding weights from a safetensors file.
- * Keys may carry the "model.diffusion_model." prefix. Every expected tensor must be present
- * with its exact shape (the error names the first one missing or misshaped); F32, BF16 and F16
- * are converted to the context's storage dtype. If p is NULL the parameters come from the file's
+ * path may be a file, an index of shards or a folder (models/weights.h); keys may carry the
+ * "model.diffusion_model." prefix, and a diffusers transformer is read under the original names.
+ * Every expected tensor must be present with its exact shape (the error names the first one
+ * missing or misshaped); F32, BF16, F16 and F8 are converted to the context's storage dtype. If p is NULL the parameters come from the file's
  * "flux_params" metadata, else are inferred from its shapes (models/family.h). */
 int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p, fl_flux_model **out, fl_error *err);
+/* The same from a component already open (models/weights.h) whose tensors carry the original names
+ * without prefix; any float dtype (F8 included) is converted to the storage dtype. p is required. */
+struct fl_weights;
+int fl_flux_load_weights(fl_ctx *ctx, const struct fl_weights *w, const fl_flux_params *p, fl_flux_model **out,
+                         fl_error *err);
+/* Opens a transformer's weights as fl_flux_load does: a file, an index of shards or a folder; the
+ * "model.diffusion_model." prefix is removed and a diffusers FluxTransformer2DModel is mapped onto
+ * the original names (models/weights.h). */
+int fl_flux_open_weights(const char *path, struct fl_weights **out, fl_error *err);
+/* Parameters of open weights: their "flux_params" metadata, else inferred from the shapes. */
+int fl_flux_params_of_weights(const struct fl_weights *w, fl_flux_params *out, fl_error *err);
 /* A model with freshly initialized weights (normal, std 1/sqrt(in); zero biases; unit norm
  * scales), for pretraining and benchmarks. */
 fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint64_t seed);

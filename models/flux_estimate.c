@@ -58,6 +58,7 @@ static size_t measure_step(fl_flux_model *m, const fl_flux_inputs *in, const fl_
                            bool training) {
     flux_acts *a = &m->acts;
     m->per_sample = !training && m->sample_batch > 0;
+    m->inference = !training;
     a->batch = in->img->shape[0];
     a->li = in->img->shape[1];
     a->lt = in->txt->shape[1];

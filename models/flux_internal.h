@@ -123,6 +123,8 @@ struct fl_flux_model {
     int sample_batch;
     fl_flux_sample_adapters *sample_sel;
     bool per_sample; /* the running step uses the selection (set by each entry point) */
+    bool inference;  /* the running forward has no backward after it: each block's activations are
+                      * released once its output is kept (set by each entry point) */
 
     /* Activation arena, planned per shape. */
     fl_arena arena;

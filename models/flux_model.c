@@ -14,6 +14,7 @@
 #include "kernels/ops.h"
 #include "models/family.h"
 #include "models/flux_internal.h"
+#include "models/weights.h"
 
 static const char checkpoint_prefix[] = "model.diffusion_model.";
 
@@ -182,53 +183,91 @@ int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, 
     return rc == 0 ? fl_flux_params_validate(out, err) : rc;
 }
 
-int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p_in, fl_flux_model **out, fl_error *err) {
+int fl_flux_load_weights(fl_ctx *ctx, const fl_weights *w, const fl_flux_params *p, fl_flux_model **out,
+                         fl_error *err) {
     *out = NULL;
-    fl_safetensors *st = NULL;
-    if (fl_safetensors_open(path, &st, err) != 0) return fl_fail_prefix(err, "%s", path);
-    fl_flux_params p;
-    const char *prefix = "";
-    if (fl_safetensors_find(st, "img_in.weight") == NULL &&
-        fl_safetensors_find(st, "model.diffusion_model.img_in.weight") != NULL)
-        prefix = checkpoint_prefix;
-    int rc = 0;
-    if (p_in) {
-        p = *p_in;
-        rc = fl_flux_params_validate(&p, err);
-    } else {
-        rc = fl_flux_params_of_checkpoint(st, &p, err);
-    }
-    if (rc == 0) rc = fl_flux_check_safetensors(st, &p, err);
-    if (rc != 0) {
-        fl_safetensors_close(st);
-        return fl_fail_prefix(err, "%s", path);
-    }
-    fl_flux_model *m = model_new(ctx, &p);
-    m->weight_memory = alloc_table(m, m->values, m->dtype);
-    char name[FL_FLUX_NAME_MAX + sizeof checkpoint_prefix];
-    for (size_t i = 0; i < m->n_params; i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, m->decls[i].name);
-        const fl_safetensors_info *info = fl_safetensors_find(st, name);
-        fl_tensor src;
-        FL_CHECK(info != NULL); /* fl_flux_check_safetensors guaranteed presence, shape and dtype */
-        FL_CHECK(fl_safetensors_tensor_view(st, info, fl_device_cpu(), &src, NULL) == 0);
-        int64_t n = fl_tensor_numel(&src);
-        if (src.dtype == FL_F32) {
-            fl_ctx_upload_f32(ctx, m->values[i], src.data, (size_t)n);
-        } else {
-            /* Convert 16-bit storage on the host through the CPU copy op. */
-            float *host = fl_xmalloc((size_t)(n ? n : 1) * sizeof(float));
-            fl_tensor dst = fl_tensor_make(host, FL_F32, fl_device_cpu(), src.ndim, src.shape);
-            fl_ctx *cpu = fl_ctx_create(fl_device_cpu(), NULL);
-            fl_op_copy(cpu, &src, &dst);
-            fl_ctx_destroy(cpu);
-            fl_ctx_upload_f32(ctx, m->values[i], host, (size_t)n);
-            free(host);
+    if (fl_flux_params_validate(p, err) != 0) return -1;
+    size_t n = 0;
+    fl_tensor_header *h = fl_weights_headers(w, &n);
+    int rc = fl_flux_check_entries(h, n, "", p, err);
+    free(h);
+    for (size_t i = 0; i < fl_weights_count(w) && rc == 0; i++) {
+        const fl_weight *t = fl_weights_at(w, i);
+        for (int j = 0; j < t->n_parts && rc == 0; j++) {
+            fl_st_dtype d = t->parts[j]->dtype;
+            if (!fl_st_dtype_computable(d, NULL) && d != FL_ST_F8_E4M3 && d != FL_ST_F8_E5M2 && d != FL_ST_F64)
+                rc = fl_fail(err, FL_EUNSUPPORTED, "tensor '%s' has dtype %s; weights must be F32, BF16, F16 or F8",
+                             t->name, fl_st_dtype_name(d));
         }
     }
-    fl_safetensors_close(st);
+    if (rc != 0) return -1;
+    fl_flux_model *m = model_new(ctx, p);
+    m->weight_memory = alloc_table(m, m->values, m->dtype);
+    for (size_t i = 0; i < m->n_params && rc == 0; i++) {
+        const fl_weight *t = fl_weights_find(w, m->decls[i].name);
+        FL_CHECK(t != NULL); /* fl_flux_check_entries guaranteed presence and shape */
+        int64_t count = decl_numel(&m->decls[i]);
+        float *host = fl_xmalloc((size_t)(count ? count : 1) * sizeof(float));
+        rc = fl_weights_read_f32(w, t, host, err);
+        if (rc == 0) fl_ctx_upload_f32(ctx, m->values[i], host, (size_t)count);
+        free(host);
+    }
+    if (rc != 0) {
+        fl_flux_free(m);
+        return -1;
+    }
     *out = m;
     return 0;
+}
+
+int fl_flux_params_of_weights(const fl_weights *w, fl_flux_params *out, fl_error *err) {
+    const char *meta = fl_weights_metadata_get(w, "flux_params");
+    int rc;
+    if (meta) {
+        rc = fl_flux_params_from_json(meta, out, err);
+    } else {
+        size_t n = 0;
+        fl_tensor_header *h = fl_weights_headers(w, &n);
+        fl_family_info info;
+        rc = fl_detect_family(h, n, &info, err);
+        free(h);
+        if (rc == 0) *out = info.flux;
+    }
+    return rc == 0 ? fl_flux_params_validate(out, err) : rc;
+}
+
+int fl_flux_open_weights(const char *path, fl_weights **out, fl_error *err) {
+    fl_weights *w = NULL;
+    if (fl_weights_open(path, &w, err) != 0) return -1;
+    int rc = 0;
+    if (!fl_weights_find(w, "img_in.weight") && fl_weights_has_prefix(w, checkpoint_prefix))
+        rc = fl_weights_strip_prefix(w, checkpoint_prefix, err);
+    if (rc == 0) {
+        size_t n = 0;
+        fl_tensor_header *h = fl_weights_headers(w, &n);
+        bool diffusers = fl_flux_is_diffusers(h, n);
+        free(h);
+        if (diffusers) rc = fl_weights_map_flux_diffusers(w, err);
+    }
+    if (rc != 0) {
+        fl_weights_close(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p_in, fl_flux_model **out, fl_error *err) {
+    *out = NULL;
+    fl_weights *w = NULL;
+    if (fl_flux_open_weights(path, &w, err) != 0) return -1;
+    fl_flux_params p;
+    int rc = 0;
+    if (p_in) p = *p_in;
+    else rc = fl_flux_params_of_weights(w, &p, err);
+    if (rc == 0) rc = fl_flux_load_weights(ctx, w, &p, out, err);
+    fl_weights_close(w);
+    return rc == 0 ? 0 : fl_fail_prefix(err, "%s", path);
 }
 
 void fl_flux_free(fl_flux_model *m) {
@@ -525,6 +564,7 @@ static int plan(fl_flux_model *m, const fl_flux_inputs *in, const fl_tensor *x0,
 static void begin_step(fl_flux_model *m, const fl_flux_inputs *in, int mode) {
     flux_acts *a = &m->acts;
     m->per_sample = mode == 1 && m->sample_batch > 0;
+    m->inference = mode == 1;
     a->batch = in->img->shape[0];
     a->li = in->img->shape[1];
     a->lt = in->txt->shape[1];

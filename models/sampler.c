@@ -35,11 +35,64 @@ double fl_flux_time_shift(double mu, double t) {
     return exp(mu) / (exp(mu) + (1.0 / t - 1.0));
 }
 
-/* The Euler loop over n requests of one size, one forward per step for all of them. Request r
- * owns rows [r*L, (r+1)*L) of every input, so with n == 1 this is exactly the single-request
- * sampler. With per_sample the requests' adapters are installed as per-sample adapters for the
- * run (the caller restores the model's selection); otherwise the model's adapters apply as set.
- * hooks (may be NULL) are asked before every step whether to stop. */
+int fl_flux_sample_tokens(fl_flux_model *m, const fl_token_batch *b, int steps, bool shift,
+                          const fl_sample_hooks *hooks, fl_error *err) {
+    const fl_flux_params *p = fl_flux_get_params(m);
+    if (steps < 1 || steps > 1000) return fl_fail(err, FL_EINVAL, "steps %d is outside [1, 1000]", steps);
+    if (b->n < 1 || b->image_tokens < 1 || b->text_tokens < 1 || !b->x || !b->txt || !b->y || !b->img_ids)
+        return fl_fail(err, FL_EINVAL, "a token batch needs samples, image and text tokens");
+    fl_ctx *ctx = fl_flux_get_ctx(m);
+    int64_t li = b->image_tokens, c = p->in_channels, lt = b->text_tokens;
+    int64_t cd = p->context_in_dim, vd = p->vec_in_dim, nb = b->n;
+    size_t all = (size_t)(nb * li * c);
+    float *x = b->x, *v = fl_xmalloc(all * sizeof(float));
+    float *img_ids = fl_xmalloc((size_t)(nb * li * 3) * sizeof(float));
+    float *txt_ids = fl_xcalloc((size_t)(nb * lt * 3), sizeof(float));
+    float *t = fl_xmalloc((size_t)nb * sizeof(float)), *g = fl_xmalloc((size_t)nb * sizeof(float));
+    for (int64_t r = 0; r < nb; r++) {
+        memcpy(img_ids + r * li * 3, b->img_ids, (size_t)(li * 3) * sizeof(float));
+        g[r] = b->guidance ? b->guidance[r] : 1.0f;
+    }
+    fl_dtype storage = fl_ctx_storage_dtype(ctx);
+    int64_t s_img[3] = {nb, li, c}, s_txt[3] = {nb, lt, cd}, s_y[2] = {nb, vd}, s_b[1] = {nb};
+    fl_tensor d_img = fl_ctx_tensor(ctx, storage, 3, s_img), d_txt = fl_ctx_tensor(ctx, storage, 3, s_txt);
+    fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
+    fl_tensor d_g = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
+    fl_ctx_upload_f32(ctx, &d_txt, b->txt, (size_t)(nb * lt * cd));
+    fl_ctx_upload_f32(ctx, &d_y, b->y, (size_t)(nb * vd));
+    fl_ctx_upload_f32(ctx, &d_g, g, (size_t)nb);
+    fl_flux_inputs in = {&d_img, &d_txt, &d_y, &d_t, p->guidance_embed ? &d_g : NULL, img_ids, txt_ids};
+    double mu = fl_flux_time_shift_mu(li);
+    int rc = 0;
+    for (int i = 0; i < steps && rc == 0; i++) {
+        if (hooks && hooks->before_step && hooks->before_step(hooks->arg, i, steps)) {
+            rc = fl_fail(err, FL_EUNAVAILABLE, "stopped at step %d of %d", i, steps);
+            break;
+        }
+        double u_cur = 1.0 - (double)i / steps, u_next = 1.0 - (double)(i + 1) / steps;
+        float t_cur = (float)(shift ? fl_flux_time_shift(mu, u_cur) : u_cur);
+        float t_next = (float)(shift ? fl_flux_time_shift(mu, u_next) : u_next);
+        for (int64_t r = 0; r < nb; r++) t[r] = t_cur;
+        fl_ctx_upload_f32(ctx, &d_img, x, all);
+        fl_ctx_upload_f32(ctx, &d_t, t, (size_t)nb);
+        fl_tensor out;
+        rc = fl_flux_forward(m, &in, &out, err);
+        if (rc == 0) {
+            fl_ctx_download_f32(ctx, v, &out, all);
+            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
+        }
+    }
+    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
+    for (int i = 0; i < 5; i++) fl_ctx_tensor_free(ctx, dev[i]);
+    free(v), free(img_ids), free(txt_ids), free(t), free(g);
+    return rc;
+}
+
+/* The Euler loop over n requests of one size in the pixel image space, one forward per step for
+ * all of them. Request r owns rows [r*L, (r+1)*L) of every input, so with n == 1 this is exactly
+ * the single-request sampler. With per_sample the requests' adapters are installed as per-sample
+ * adapters for the run (the caller restores the model's selection); otherwise the model's
+ * adapters apply as set. hooks (may be NULL) are asked before every step whether to stop. */
 static int sample_run(fl_flux_model *m, int width, int height, int steps, int max_text_tokens,
                       const fl_sample_request *reqs, int n, bool per_sample, const fl_sample_hooks *hooks,
                       float **images, fl_error *err) {
@@ -62,59 +115,28 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
         free(sel);
         if (rc != 0) return -1;
     }
-    fl_ctx *ctx = fl_flux_get_ctx(m);
     int64_t li = (int64_t)(width / patch) * (height / patch), c = p->in_channels, lt = max_text_tokens;
     int64_t cd = p->context_in_dim, vd = p->vec_in_dim, nb = n;
     size_t tok = (size_t)(li * c), all = (size_t)nb * tok;
-    float *x = fl_xmalloc(all * sizeof(float)), *v = fl_xmalloc(all * sizeof(float));
+    float *x = fl_xmalloc(all * sizeof(float));
     float *txt = fl_xmalloc((size_t)(nb * lt * cd) * sizeof(float)), *y = fl_xmalloc((size_t)(nb * vd) * sizeof(float));
-    float *img_ids = fl_xmalloc((size_t)(nb * li * 3) * sizeof(float));
-    float *txt_ids = fl_xcalloc((size_t)(nb * lt * 3), sizeof(float));
-    float *t = fl_xmalloc((size_t)nb * sizeof(float)), *g = fl_xmalloc((size_t)nb * sizeof(float));
+    float *img_ids = fl_xmalloc((size_t)(li * 3) * sizeof(float));
+    float *g = fl_xmalloc((size_t)nb * sizeof(float));
+    fl_pixels_ids(height, width, patch, img_ids);
     for (int r = 0; r < n; r++) {
-        fl_pixels_ids(height, width, patch, img_ids + (size_t)r * (size_t)(li * 3));
         fl_text_hash_encode(reqs[r].prompt, (int)lt, (int)cd, (int)vd, txt + (size_t)(r * lt * cd), y + (size_t)(r * vd));
         fl_rng rng;
         fl_rng_seed(&rng, reqs[r].seed);
         fl_rng_fill_normal(&rng, x + (size_t)r * tok, tok, 0.0f, 1.0f);
         g[r] = reqs[r].guidance;
     }
-
-    fl_dtype storage = fl_ctx_storage_dtype(ctx);
-    int64_t s_img[3] = {nb, li, c}, s_txt[3] = {nb, lt, cd}, s_y[2] = {nb, vd}, s_b[1] = {nb};
-    fl_tensor d_img = fl_ctx_tensor(ctx, storage, 3, s_img), d_txt = fl_ctx_tensor(ctx, storage, 3, s_txt);
-    fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
-    fl_tensor d_g = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
-    fl_ctx_upload_f32(ctx, &d_txt, txt, (size_t)(nb * lt * cd));
-    fl_ctx_upload_f32(ctx, &d_y, y, (size_t)(nb * vd));
-    fl_ctx_upload_f32(ctx, &d_g, g, (size_t)nb);
-    fl_flux_inputs in = {&d_img, &d_txt, &d_y, &d_t, p->guidance_embed ? &d_g : NULL, img_ids, txt_ids};
-    double mu = fl_flux_time_shift_mu(li);
-    int rc = 0;
-    for (int i = 0; i < steps && rc == 0; i++) {
-        if (hooks && hooks->before_step && hooks->before_step(hooks->arg, i, steps)) {
-            rc = fl_fail(err, FL_EUNAVAILABLE, "stopped at step %d of %d", i, steps);
-            break;
-        }
-        float t_cur = (float)fl_flux_time_shift(mu, 1.0 - (double)i / steps);
-        float t_next = (float)fl_flux_time_shift(mu, 1.0 - (double)(i + 1) / steps);
-        for (int r = 0; r < n; r++) t[r] = t_cur;
-        fl_ctx_upload_f32(ctx, &d_img, x, all);
-        fl_ctx_upload_f32(ctx, &d_t, t, (size_t)nb);
-        fl_tensor out;
-        rc = fl_flux_forward(m, &in, &out, err);
-        if (rc == 0) {
-            fl_ctx_download_f32(ctx, v, &out, all);
-            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
-        }
-    }
+    fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x};
+    int rc = fl_flux_sample_tokens(m, &tb, steps, true, hooks, err);
     if (rc == 0) {
         for (size_t k = 0; k < all; k++) x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
         for (int r = 0; r < n; r++) fl_pixels_unpack(x + (size_t)r * tok, height, width, patch, images[r]);
     }
-    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
-    for (int i = 0; i < 5; i++) fl_ctx_tensor_free(ctx, dev[i]);
-    free(x), free(v), free(txt), free(y), free(img_ids), free(txt_ids), free(t), free(g);
+    free(x), free(txt), free(y), free(img_ids), free(g);
     return rc;
 }
 

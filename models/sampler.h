@@ -73,6 +73,27 @@ int fl_flux_sample_pixels_batch_hooked(fl_flux_model *m, int width, int height, 
                                        const fl_sample_request *reqs, int n, const fl_sample_hooks *hooks,
                                        float **images, fl_error *err);
 
+/* The Euler loop itself, on packed tokens in any image space (pixels packed p x p, or the
+ * autoencoder's latents packed 2 x 2): n samples of image_tokens tokens each, with their text
+ * rows, pooled vectors and guidance values given as host f32 arrays. x holds the initial noise
+ * [n, image_tokens, in_channels] and receives the final tokens (not clamped). With shift the
+ * schedule is Flux's shifted one (mu from image_tokens, as FLUX.1-dev samples); without it the
+ * plain t_i = 1 - i / steps (FLUX.1-schnell). Applies the model's adapters as they are set
+ * (every attached one on every row, or a per-sample selection for batch n). */
+typedef struct fl_token_batch {
+    int n;
+    int64_t image_tokens;  /* per sample */
+    const float *img_ids;  /* [image_tokens, 3], the same for every sample */
+    int64_t text_tokens;
+    const float *txt;      /* [n, text_tokens, context_in_dim] */
+    const float *y;        /* [n, vec_in_dim] */
+    const float *guidance; /* [n], or NULL (1.0) */
+    float *x;              /* [n, image_tokens, in_channels], in and out */
+} fl_token_batch;
+
+int fl_flux_sample_tokens(fl_flux_model *m, const fl_token_batch *b, int steps, bool shift,
+                          const fl_sample_hooks *hooks, fl_error *err);
+
 /* Encodes an image [height, width, 3] in [-1, 1] as 8-bit PNG: into a malloc'ed buffer, or into a
  * file written atomically. Needs stb (FL_HAVE_STB); otherwise FL_EUNSUPPORTED. */
 int fl_png_encode(const float *image, int width, int height, unsigned char **png, size_t *size, fl_error *err);

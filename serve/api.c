@@ -42,6 +42,7 @@ fl_api_config fl_api_config_default(void) {
     c.max_batch_size = 16;
     c.default_size = 64;
     c.max_text_tokens = 32;
+    c.default_guidance = -1.0;
     c.sync_timeout_s = 120;
     c.retry_after_s = 2;
     c.job_device = FL_DEVICE_CPU;
@@ -58,9 +59,11 @@ int fl_api_create(const fl_api_config *config, fl_api **out, fl_error *err) {
     fl_api *api = fl_xcalloc(1, sizeof *api);
     api->cfg = *config;
     pthread_mutex_init(&api->lock, NULL);
-    int patch = fl_flux_pixel_patch(&config->params);
+    int patch = config->patch > 0 ? config->patch : fl_flux_pixel_patch(&config->params);
     api->limits = fl_request_limits_default();
     api->limits.patch = patch > 0 ? patch : 1;
+    if (config->default_steps > 0) api->limits.default_steps = config->default_steps;
+    if (config->default_guidance >= 0) api->limits.default_guidance = config->default_guidance;
     api->limits.default_size = config->default_size > 0 ? config->default_size : 64;
     api->limits.max_resolution = config->max_resolution;
     api->limits.max_generation_steps = config->max_generation_steps;

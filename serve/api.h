@@ -27,6 +27,7 @@
 
 #include "core/error.h"
 #include "models/flux.h"
+#include "models/pipeline.h"
 #include "serve/http.h"
 #include "serve/metrics.h"
 
@@ -34,6 +35,13 @@ typedef struct fl_api_config {
     const char *redis_address;
     const char *state_dir;
     fl_flux_params params;       /* of the resident base model */
+    int patch;                   /* image pixels per token side (0: the pixel patch of params); 16 for
+                                  * FLUX.1 */
+    int default_steps;           /* generation steps when a request gives none (0: 20) */
+    double default_guidance;     /* guidance when a request gives none (< 0: 1) */
+    /* FLUX.1: what the workers hold beside the transformer and what a request adds (text
+     * encoders, autoencoder; models/pipeline.h). All zero for a pixel model. */
+    fl_pipeline_costs pipeline_costs;
     char base_model_hash[65];
     long max_pending_generate;   /* generation jobs queued or running before 429 (default 64) */
     long max_pending_train;      /* training jobs (default 8) */

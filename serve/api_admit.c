@@ -10,6 +10,10 @@
  *           --max-job-memory;
  *   work    pixels x steps x images (generation) or pixels x steps x batch (training), against
  *           --max-generation-work / --max-training-work, which bound a job's time.
+ * On a FLUX.1 model the workers also hold the text encoders and the autoencoder, and a job runs
+ * T5 + CLIP and autoencoder passes beside the transformer's step: their weights and the larger of
+ * those passes (models/pipeline.h fl_pipeline_costs) are added to the memory figure, and text rows
+ * are the model's T5 length.
  * A refusal is HTTP 422 with code "limit_exceeded". An uploaded set is sized from its images'
  * headers; a set behind a URL is sized for the most images the loader accepts, and its decoding
  * gets a pixel budget: what the memory limit leaves after everything else. Either way the budget
@@ -58,6 +62,26 @@ static size_t needed(const fl_api *api, const fl_flux_memory *m, size_t host) {
     return m->total + (api->cfg.job_device == FL_DEVICE_CPU ? host : 0);
 }
 
+/* FLUX.1: the text encoders' and autoencoder's weights and the larger of a prompt's encoding and
+ * one autoencoder pass (encode for training, decode for generation) at width x height; 0 for a
+ * pixel model. Folded into the step's weights and activations so the refusal names them. */
+static void add_pipeline(const fl_api *api, bool decode, int width, int height, fl_flux_memory *m) {
+    const fl_pipeline_costs *c = &api->cfg.pipeline_costs;
+    size_t pass = fl_pipeline_costs_ae(c, decode, width, height);
+    size_t extra = c->text_activations > pass ? c->text_activations : pass;
+    m->weights += c->text_weights + c->ae_weights;
+    if (extra > m->activations) {
+        m->total += extra - m->activations;
+        m->activations = extra;
+    }
+    m->total += c->text_weights + c->ae_weights;
+}
+
+/* Text rows per sample: the FLUX.1 T5 length the API encodes every request to, else the trainer's. */
+static int training_text_tokens(const fl_api *api) {
+    return api->cfg.pipeline_costs.text_weights ? api->cfg.max_text_tokens : TEXT_TOKENS_TRAINING;
+}
+
 int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_summary *set, fl_error *err) {
     const fl_flux_params *p = &api->cfg.params;
     int patch = api->limits.patch;
@@ -71,7 +95,7 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
     fl_flux_job_shape shape = {.device = api->cfg.job_device,
                                .batch = tr->batch_size,
                                .image_tokens = (int64_t)(tr->resolution / patch) * (tr->resolution / patch),
-                               .text_tokens = TEXT_TOKENS_TRAINING,
+                               .text_tokens = training_text_tokens(api),
                                .training = true,
                                .lora_rank = tr->rank,
                                .targets = tr->targets,
@@ -81,12 +105,13 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
         if (err && err->code == FL_EINVAL && tr->targets) return fl_fail_prefix(err, "field 'targets'");
         return -1;
     }
+    add_pipeline(api, false, tr->resolution, tr->resolution, &m);
     /* Host buffers of the worker (trainer/run.c, trainer.c): the prepared examples (float RGB at
      * the resolution), their token caches and flipped copies, text rows, and one batch staged. */
     fl_imageset_limits defaults = fl_imageset_limits_default();
     size_t images = set ? set->images : defaults.max_images;
     size_t example = (size_t)pixels * 3 * sizeof(float);
-    size_t text = (size_t)TEXT_TOKENS_TRAINING * (size_t)(p->context_in_dim + p->vec_in_dim) * sizeof(float);
+    size_t text = (size_t)training_text_tokens(api) * (size_t)(p->context_in_dim + p->vec_in_dim) * sizeof(float);
     size_t host = images * (3 * example + text) + (size_t)tr->batch_size * (2 * example + text);
     /* The decoded set: known from the headers of an upload; a URL's gets what is left as its budget. */
     size_t base = needed(api, &m, host);
@@ -144,6 +169,7 @@ int fl_api_admit_generation(fl_api *api, fl_generate_request *gr, const fl_adapt
                                .threads = fl_threads_get()};
     fl_flux_memory m;
     if (fl_flux_estimate_memory(p, &shape, &m, err) != 0) return -1;
+    add_pipeline(api, true, gr->width, gr->height, &m);
     size_t host = generation_host(p, gr, shape.image_tokens, gr->num_images);
     size_t need = needed(api, &m, host);
     if (need > api->cfg.max_job_memory) return over_memory(api, &m, host, need, err);
@@ -154,6 +180,8 @@ int fl_api_admit_generation(fl_api *api, fl_generate_request *gr, const fl_adapt
     if (fl_flux_estimate_memory(p, &shape, &one, err) != 0) return -1;
     shape.batch = 2;
     if (fl_flux_estimate_memory(p, &shape, &two, err) != 0) return -1;
+    add_pipeline(api, true, gr->width, gr->height, &one);
+    add_pipeline(api, true, gr->width, gr->height, &two);
     size_t base1 = needed(api, &one, generation_host(p, gr, shape.image_tokens, 1));
     size_t base2 = needed(api, &two, generation_host(p, gr, shape.image_tokens, 2));
     size_t per_image = base2 > base1 ? base2 - base1 : 1;

@@ -27,6 +27,8 @@ fl_request_limits fl_request_limits_default(void) {
         .max_train_steps = 1000000,
         .max_rank = 1024,
         .max_batch_size = 64,
+        .default_steps = 20,
+        .default_guidance = 1.0,
     };
 }
 
@@ -264,9 +266,11 @@ int fl_generate_request_decode(json_t *obj, fl_req_source source, const fl_reque
     if (rc == 0) rc = read_int32(&r, "height", size, lim->patch, lim->max_resolution, &out->height, err);
     if (rc == 0) rc = check_size("width", out->width, lim, err);
     if (rc == 0) rc = check_size("height", out->height, lim, err);
-    if (rc == 0) rc = read_int32(&r, "steps", 20 < lim->max_generation_steps ? 20 : lim->max_generation_steps, 1,
+    int steps = lim->default_steps > 0 ? lim->default_steps : 20;
+    if (rc == 0) rc = read_int32(&r, "steps", steps < lim->max_generation_steps ? steps : lim->max_generation_steps, 1,
                                  lim->max_generation_steps, &out->steps, err);
-    if (rc == 0) rc = read_num(&r, "guidance", 1.0, 0.0, 100.0, &out->guidance, err);
+    double guidance = lim->default_guidance >= 0 ? lim->default_guidance : 1.0;
+    if (rc == 0) rc = read_num(&r, "guidance", guidance, 0.0, 100.0, &out->guidance, err);
     if (rc == 0 && source == FL_REQ_STORED && !field(&r, "seed"))
         rc = fl_fail(err, FL_EINVAL, "field 'seed' is required");
     if (rc == 0) rc = read_int(&r, "seed", source == FL_REQ_STORED ? 0 : random_seed(), 0, FL_REQ_MAX_SEED, &out->seed, err);

@@ -53,6 +53,8 @@ typedef struct fl_request_limits {
     int max_train_steps;
     int max_rank;
     int max_batch_size;
+    int default_steps;        /* generation steps when not given (0: 20) */
+    double default_guidance;  /* guidance when not given (< 0: 1) */
 } fl_request_limits;
 
 /* Built-in bounds (what a stored request is checked against: the widest any service allows). */

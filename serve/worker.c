@@ -324,10 +324,19 @@ static int open_worker(worker_state *w, fl_error *err) {
     if (fl_jobs_init(w->r, err) != 0) return -1;
     if (fl_device_parse(w->cfg.device, &dev, err) != 0) return -1;
     if (!(w->ctx = fl_ctx_create(dev, err))) return -1;
-    if (fl_flux_load(w->ctx, w->cfg.model_path, NULL, &w->model, err) != 0) return -1;
+    fl_pipeline_files files = {.model = w->cfg.model_path};
+    if (fl_pipeline_open(w->ctx, &files, &w->pipe, err) != 0) return -1;
+    w->model = fl_pipeline_model(w->pipe);
     w->params = *fl_flux_get_params(w->model);
-    w->patch = fl_flux_pixel_patch(&w->params);
-    if (fl_model_hash_cached(w->r, w->cfg.model_path, w->base_hash, err) != 0) return -1;
+    w->patch = fl_pipeline_get_info(w->pipe)->patch;
+    /* The base model's identity, as the API computes it (cli/service.c). */
+    struct stat st;
+    if (fl_pipeline_get_info(w->pipe)->kind == FL_PIPELINE_PIXELS && stat(w->cfg.model_path, &st) == 0 &&
+        S_ISREG(st.st_mode)) {
+        if (fl_model_hash_cached(w->r, w->cfg.model_path, w->base_hash, err) != 0) return -1;
+    } else {
+        snprintf(w->base_hash, sizeof w->base_hash, "%s", fl_pipeline_fingerprint(w->pipe));
+    }
     snprintf(path, sizeof path, "%s/store", w->cfg.state_dir);
     if (fl_store_open(path, &w->store, err) != 0) return -1;
     w->cache = fl_adapter_cache_create(fl_store_locate, w->store, w->model, w->cfg.cache_bytes);
@@ -350,7 +359,7 @@ static void close_worker(worker_state *w) {
     }
     fl_adapter_cache_free(w->cache);
     fl_store_close(w->store);
-    fl_flux_free(w->model);
+    fl_pipeline_free(w->pipe); /* and its model */
     fl_ctx_destroy(w->ctx);
     fl_redis_close(w->r);
 }

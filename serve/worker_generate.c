@@ -140,8 +140,9 @@ static void run_batch(worker_state *w, gen_request **reqs, int n, batch_watch *w
     fl_error err = {0};
     int64_t t0 = fl_now_ms();
     fl_sample_hooks hooks = {batch_watch_step, watch};
-    int rc = fl_flux_sample_pixels_batch_hooked(w->model, first->req.width, first->req.height, first->req.steps,
-                                                first->req.max_text_tokens, samples, total, &hooks, images, &err);
+    fl_pipeline_output out = {images, NULL, NULL, false};
+    int rc = fl_pipeline_generate(w->pipe, first->req.width, first->req.height, first->req.steps,
+                                  first->req.max_text_tokens, samples, total, NULL, &hooks, &out, &err);
     for (int i = 0; i < n && watch->abandoned; i++)
         if (!reqs[i]->done) { /* a stopping worker: another one runs it from the start */
             fl_worker_requeue(w, FL_JOB_GENERATE, &reqs[i]->item);

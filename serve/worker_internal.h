@@ -15,6 +15,7 @@
 #include "adapters/cache.h"
 #include "kernels/context.h"
 #include "models/flux.h"
+#include "models/pipeline.h"
 #include "serve/jobs.h"
 #include "serve/redis.h"
 #include "serve/store.h"
@@ -34,7 +35,8 @@ typedef struct worker_state {
     volatile sig_atomic_t *stop;
     fl_redis *r;
     fl_ctx *ctx;
-    fl_flux_model *model;
+    fl_pipeline *pipe;    /* the model and, for FLUX.1, its text encoders and autoencoder, resident */
+    fl_flux_model *model; /* the pipeline's transformer */
     fl_flux_params params;
     int patch;
     char base_hash[65];

@@ -159,6 +159,12 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     tj.checkpoint_every = w->cfg.checkpoint_every;
     tj.resume = true;
     tj.base_model_hash = w->base_hash;
+    /* FLUX.1: encoded latents and captions shared by every job of the state directory (their
+     * names are content hashes); the worker keeps its encoders for generation. */
+    char cache_dir[4200];
+    snprintf(cache_dir, sizeof cache_dir, "%s/cache", w->cfg.state_dir);
+    tj.cache_dir = cache_dir;
+    tj.release_encoders = false;
     train_ctx tc = {w, item, 0, FL_CLAIM_HELD};
     fl_train_hooks hooks = {on_train_event, train_should_stop, &tc, train_should_abort};
     fl_train_result res;
@@ -185,7 +191,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         fl_log_info("worker %s: job %s: adapter %s was registered by an earlier attempt", w->name, job.id, adapter_id);
     }
     fl_adapter_cache_detach_all(w->cache); /* training needs the bare model, which is cleared after it too */
-    if (rc == 0 && !registered && tc.claim == FL_CLAIM_HELD) rc = fl_train_run(w->model, &tj, &hooks, &res, &err);
+    if (rc == 0 && !registered && tc.claim == FL_CLAIM_HELD) rc = fl_train_run_pipeline(w->pipe, &tj, &hooks, &res, &err);
     fl_flux_clear_adapters(w->model);
     if (tc.claim == FL_CLAIM_HELD && rc == 0 && !registered) tc.claim = fl_worker_keep_claim(w, FL_JOB_TRAIN, item);
     if (tc.claim == FL_CLAIM_CANCEL) {

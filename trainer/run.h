@@ -40,6 +40,13 @@ typedef struct fl_train_job {
      * square) as preview_dir/stepNNNNNN_K.png every preview_every steps (0: only at the end). */
     int preview_every, preview_count, preview_steps;
     int64_t max_decoded_pixels;  /* decoding budget of the image set, in pixels (0: the loader's default) */
+    /* FLUX.1 pipelines: encoded latents and captions are cached in cache_dir (NULL: "<out>.cache"),
+     * one safetensors file per image (and flip) and per caption, named by the sha256 of what decides
+     * its contents (the encoder's fingerprint, the size, the pixels or the caption), so a rerun or a
+     * resume encodes nothing. With release_encoders the text encoders and the autoencoder's encoder
+     * are freed once the set is encoded (a CLI run; a serving worker keeps them). */
+    const char *cache_dir;
+    bool release_encoders;
     fl_train_config cfg;
 } fl_train_job;
 
@@ -76,6 +83,7 @@ typedef struct fl_train_result {
  *
  * Events (each has "event" naming it; the same objects `flashlora train --json` prints):
  *   rejected    name, reason                    a file of the set that cannot be used
+ *   cache       dir, latents_reused, latents_encoded, texts_reused, texts_encoded (FLUX.1 pipelines)
  *   start       images, steps, resumed_at, device, resolution
  *   progress    step, total, loss, lr, grad_norm, it_per_s, eta_s    after every step
  *   checkpoint  step, path
@@ -83,5 +91,14 @@ typedef struct fl_train_result {
  *   done        adapter, sha256, steps, final_loss, training_time_s, total_time_s */
 int fl_train_run(fl_flux_model *m, const fl_train_job *job, const fl_train_hooks *hooks, fl_train_result *result,
                  fl_error *err);
+
+/* The same on a pipeline (models/pipeline.h): the pixel kind as above; a FLUX.1 pipeline trains on
+ * the autoencoder's latents (the scaled mean) and T5 + CLIP encodings of the captions (after
+ * [trigger]), the empty caption's for dropout, all taken from the cache or encoded once before the
+ * loop ("cache" event: dir, latents_reused, latents_encoded, texts_reused, texts_encoded). The
+ * trainer's text length is the pipeline's T5 length (512 dev, 256 schnell). */
+struct fl_pipeline;
+int fl_train_run_pipeline(struct fl_pipeline *p, const fl_train_job *job, const fl_train_hooks *hooks,
+                          fl_train_result *result, fl_error *err);
 
 #endif

@@ -110,13 +110,66 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     int patch = fl_flux_pixel_patch(p);
     if (patch == 0) {
         fl_fail(err, FL_EUNSUPPORTED,
-                "the model takes %d input channels: training needs the pixel image space (3 p^2 channels, "
-                "equal in and out); VAE latent models are not supported yet",
+                "the model takes %d input channels: this entry point trains in the pixel image space (3 p^2 "
+                "channels); latent models are trained from encoded examples (fl_trainer_create_encoded)",
                 p->in_channels);
         return NULL;
     }
     if (n_examples < 1) {
         fl_fail(err, FL_EINVAL, "no training images");
+        return NULL;
+    }
+    for (size_t i = 0; i < n_examples; i++) {
+        int eh = examples[i].height, ew = examples[i].width;
+        if (eh % patch || ew % patch || eh < patch || ew < patch) {
+            fl_fail(err, FL_EINVAL, "training image sizes must be multiples of %d (image %zu is %dx%d)", patch, i, ew,
+                    eh);
+            return NULL;
+        }
+    }
+    /* Encode: pixel patches (and flipped), hashed-word text rows; then train as from any encoding. */
+    int64_t lt = config->max_text_tokens, cd = p->context_in_dim, vd = p->vec_in_dim, c = p->in_channels;
+    size_t txt = (size_t)(lt * cd), vec = (size_t)vd;
+    fl_train_encoded *enc = fl_xcalloc(n_examples, sizeof *enc);
+    float **bufs = fl_xcalloc(n_examples * 4, sizeof *bufs);
+    bool ok = true;
+    for (size_t i = 0; i < n_examples && ok; i++) {
+        int eh = examples[i].height, ew = examples[i].width;
+        size_t tok = (size_t)((eh / patch) * (ew / patch) * c);
+        float *tk = bufs[4 * i] = malloc(tok * sizeof(float));
+        float *tf = bufs[4 * i + 1] = malloc(tok * sizeof(float));
+        float *tx = bufs[4 * i + 2] = fl_xmalloc(txt * sizeof(float));
+        float *ty = bufs[4 * i + 3] = fl_xmalloc(vec * sizeof(float));
+        if (!tk || !tf) {
+            ok = false;
+            break;
+        }
+        fl_pixels_pack(examples[i].pixels, eh, ew, patch, tk);
+        flip_tokens(examples[i].pixels, eh, ew, patch, tf);
+        fl_text_hash_encode(examples[i].caption, (int)lt, (int)cd, (int)vd, tx, ty);
+        enc[i] = (fl_train_encoded){tk, tf, ew, eh, tx, ty};
+    }
+    float *txt_empty = fl_xmalloc(txt * sizeof(float)), *y_empty = fl_xmalloc(vec * sizeof(float));
+    fl_text_hash_encode("", (int)lt, (int)cd, (int)vd, txt_empty, y_empty);
+    fl_trainer *t = NULL;
+    if (!ok) fl_fail(err, FL_ENOMEM, "out of memory for the training set's tokens");
+    else t = fl_trainer_create_encoded(m, config, patch, enc, n_examples, txt_empty, y_empty, err);
+    for (size_t i = 0; i < n_examples * 4; i++) free(bufs[i]);
+    free(bufs), free(enc), free(txt_empty), free(y_empty);
+    return t;
+}
+
+fl_trainer *fl_trainer_create_encoded(fl_flux_model *m, const fl_train_config *config, int patch,
+                                      const fl_train_encoded *examples, size_t n_examples, const float *txt_empty,
+                                      const float *y_empty, fl_error *err) {
+    if (fl_train_config_validate(config, err) != 0) return NULL;
+    const fl_flux_params *p = fl_flux_get_params(m);
+    if (n_examples < 1) {
+        fl_fail(err, FL_EINVAL, "no training images");
+        return NULL;
+    }
+    if (patch < 1) {
+        fl_fail(err, FL_EINVAL, "patch %d is not positive", patch);
         return NULL;
     }
     int h = examples[0].height, w = examples[0].width;
@@ -184,12 +237,15 @@ fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, c
     t->txt_empty = fl_xmalloc(txt * sizeof(float));
     t->y_empty = fl_xmalloc(vec * sizeof(float));
     for (size_t i = 0; i < n_examples; i++) {
-        fl_pixels_pack(examples[i].pixels, t->ex_h[i], t->ex_w[i], patch, t->tokens + t->ex_off[i]);
-        flip_tokens(examples[i].pixels, t->ex_h[i], t->ex_w[i], patch, t->tokens_flip + t->ex_off[i]);
-        fl_text_hash_encode(examples[i].caption, (int)t->lt, (int)t->ctx_dim, (int)t->vec_dim, t->txt + i * txt,
-                            t->y + i * vec);
+        size_t ntok = (size_t)((t->ex_h[i] / patch) * (t->ex_w[i] / patch) * t->channels);
+        memcpy(t->tokens + t->ex_off[i], examples[i].tokens, ntok * sizeof(float));
+        memcpy(t->tokens_flip + t->ex_off[i], examples[i].tokens_flip ? examples[i].tokens_flip : examples[i].tokens,
+               ntok * sizeof(float));
+        memcpy(t->txt + i * txt, examples[i].txt, txt * sizeof(float));
+        memcpy(t->y + i * vec, examples[i].y, vec * sizeof(float));
     }
-    fl_text_hash_encode("", (int)t->lt, (int)t->ctx_dim, (int)t->vec_dim, t->txt_empty, t->y_empty);
+    memcpy(t->txt_empty, txt_empty, txt * sizeof(float));
+    memcpy(t->y_empty, y_empty, vec * sizeof(float));
 
     int64_t b = t->batch;
     t->h_txt = fl_xmalloc((size_t)b * txt * sizeof(float));

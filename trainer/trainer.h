@@ -64,6 +64,22 @@ typedef struct fl_trainer fl_trainer;
  * one size, a multiple of p. */
 fl_trainer *fl_trainer_create(fl_flux_model *m, const fl_train_config *config, const fl_train_example *examples,
                               size_t n_examples, fl_error *err);
+/* One encoded training example: its tokens [(height/patch) * (width/patch), in_channels] and those
+ * of its horizontal flip (NULL: the same tokens), for an image of width x height pixels whose
+ * tokens each cover patch x patch pixels (p for pixels, 16 for packed latents), and its caption's
+ * text rows [max_text_tokens, context_in_dim] and pooled vector [vec_in_dim]. */
+typedef struct fl_train_encoded {
+    const float *tokens, *tokens_flip;
+    int width, height;
+    const float *txt, *y;
+} fl_train_encoded;
+
+/* The trainer over examples already encoded (any image space; the caller encodes, e.g. with the
+ * autoencoder and T5 + CLIP), with the empty caption's encoding for caption dropout. Everything is
+ * copied. fl_trainer_create is this over pixel patches and hashed-word text. */
+fl_trainer *fl_trainer_create_encoded(fl_flux_model *m, const fl_train_config *config, int patch,
+                                      const fl_train_encoded *examples, size_t n_examples, const float *txt_empty,
+                                      const float *y_empty, fl_error *err);
 void fl_trainer_free(fl_trainer *t);
 
 typedef struct fl_train_progress {

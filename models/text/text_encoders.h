@@ -14,7 +14,7 @@
  * text_encoder_2/ (model.safetensors, or shards with model.safetensors.index.json, and
  * config.json) or single files such as clip_l.safetensors and t5xxl_fp16.safetensors (with or
  * without the all-in-one prefixes). F32, BF16 and F16 weights convert to the context's storage
- * dtype at load. Every failure is one line naming the file or tensor (missing, misshaped, wrong
+ * dtype at load; F8 weights (t5xxl_fp8_e4m3fn, scaled fp8) are dequantized. Every failure is one line naming the file or tensor (missing, misshaped, wrong
  * dtype), the tokenizer file that is not what it claims, or the prompt that cannot be encoded
  * (more than FL_TEXT_MAX_PROMPT_BYTES, invalid UTF-8): nothing from outside aborts.
  *

@@ -15,6 +15,8 @@
 #include "core/sha256.h"
 #include "models/text/weights.h"
 
+#include "models/weights.h" /* the fp8 decoders */
+
 #define MAX_SHARDS 256
 
 struct fl_weight_files {
@@ -200,9 +202,37 @@ int fl_weight_files_read_f32(const fl_weight_files *w, const char *name, float *
     case FL_ST_F16:
         for (size_t i = 0; i < numel; i++) dst[i] = fl_f16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
         return 0;
+    case FL_ST_F8_E4M3:
+    case FL_ST_F8_E5M2: {
+        /* fp8 checkpoints (t5xxl_fp8_e4m3fn, scaled-fp8 files): dequantized, times the tensor's
+         * scale when the file has one ("<stem>.scale_weight" or "<stem>.weight_scale"). */
+        float scale = 1.0f;
+        size_t len = strlen(name);
+        if (len > 7 && !strcmp(name + len - 7, ".weight")) {
+            static const char *const suffixes[] = {".scale_weight", ".weight_scale"};
+            for (int k = 0; k < 2; k++) {
+                char sname[FL_SAFETENSORS_MAX_NAME + 32];
+                snprintf(sname, sizeof sname, "%.*s%s", (int)(len - 7), name, suffixes[k]);
+                const fl_safetensors_info *si = fl_weight_files_find(w, sname, NULL);
+                if (!si) continue;
+                if (si->numel != 1 || (si->dtype != FL_ST_F32 && si->dtype != FL_ST_BF16 && si->dtype != FL_ST_F16))
+                    return fl_fail(err, FL_EUNSUPPORTED, "%s: tensor '%s': scale '%s' is not one F32, BF16 or F16 value",
+                                   file, name, sname);
+                const unsigned char *sp = si->data;
+                uint16_t h = (uint16_t)(sp[0] | sp[1] << 8);
+                if (si->dtype == FL_ST_F32) memcpy(&scale, sp, sizeof scale);
+                else scale = si->dtype == FL_ST_BF16 ? fl_bf16_to_f32(h) : fl_f16_to_f32(h);
+                break;
+            }
+        }
+        bool e4m3 = info->dtype == FL_ST_F8_E4M3;
+        for (size_t i = 0; i < numel; i++) dst[i] = (e4m3 ? fl_f8_e4m3_to_f32(src[i]) : fl_f8_e5m2_to_f32(src[i])) * scale;
+        return 0;
+    }
     default:
-        return fl_fail(err, FL_EUNSUPPORTED, "%s: tensor '%s' has dtype %s; the text encoders read F32, BF16 and F16",
-                       file, name, fl_st_dtype_name(info->dtype));
+        return fl_fail(err, FL_EUNSUPPORTED,
+                       "%s: tensor '%s' has dtype %s; the text encoders read F32, BF16, F16 and F8", file, name,
+                       fl_st_dtype_name(info->dtype));
     }
 }
 

@@ -7,7 +7,9 @@
  * Every file is outside input: a shard that is missing, truncated or malformed, an index that is
  * not JSON or names a tensor its shard lacks, or a tensor whose dtype cannot be converted fails
  * with one line naming the file and tensor. F32, BF16 and F16 convert to f32 on the host, one
- * tensor at a time.
+ * tensor at a time; F8_E4M3 and F8_E5M2 are dequantized, times the tensor's scale when the file
+ * has one ("<stem>.scale_weight" or "<stem>.weight_scale" for "<stem>.weight", as scaled-fp8 files
+ * carry them).
  */
 #ifndef FL_MODELS_TEXT_WEIGHTS_H
 #define FL_MODELS_TEXT_WEIGHTS_H
