@@ -20,7 +20,9 @@
  * scale = multiplier * alpha / rank folded in at attach time; one sample applies up to
  * FL_FLUX_MAX_ADAPTERS of them. At most one adapter is trainable;
  * its A and B live in one flat f32 parameter buffer (and one gradient buffer) so the optimizer
- * updates all of them in one call.
+ * updates all of them in one call. With 16-bit storage (CUDA) the f32 buffer holds the master
+ * weights and the products read a 16-bit copy of it that every forward casts afresh; gradients
+ * stay f32 (kernels/ops.h, fl_op_gemm: mixed precision).
  *
  * Per-sample adapters (serving many tenants in one batch): by default every attached adapter
  * applies to every row. fl_flux_set_sample_adapters instead gives each sample of a batch its own
@@ -293,7 +295,8 @@ typedef struct fl_flux_job_shape {
 /* Bytes on the model's device (on the CPU, of host memory). */
 typedef struct fl_flux_memory {
     size_t weights;     /* the base model in the storage dtype */
-    size_t adapters;    /* training: the trainable adapter and its gradients (f32); generation:
+    size_t adapters;    /* training: the trainable adapter and its gradients (f32) and, with 16-bit
+                         * storage, the 16-bit copy of its weights the products read; generation:
                          * the frozen adapters' matrices in the storage dtype */
     size_t optimizer;   /* training: AdamW moments (f32) */
     size_t activations; /* the step's activation arena, measured in planning mode */
