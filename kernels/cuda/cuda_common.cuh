@@ -49,6 +49,8 @@ extern "C" {
 #define FL_CUDA_MAX_PARTIALS 1024                    /* blocks (partial sums) of a full reduction */
 #define FL_CUDA_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLASLt workspace */
 
+typedef struct fl_cuda_gemm_cache fl_cuda_gemm_cache; /* defined in cuda_gemm.cu */
+
 typedef struct fl_cuda_state {
     int device;           /* CUDA ordinal */
     int sm_count;         /* multiprocessors, for sizing grid-stride launches */
@@ -59,6 +61,8 @@ typedef struct fl_cuda_state {
     void *scratch;        /* temporary device memory, see fl_cuda_scratch */
     size_t scratch_bytes;
     float *host_partials; /* pinned host buffer of FL_CUDA_MAX_PARTIALS floats */
+    fl_cuda_gemm_cache *gemm_cache; /* cuBLASLt plans per product shape (cuda_gemm.cu) */
+    uint64_t gemm_fallbacks;        /* products the tiled fallback kernel computed */
 } fl_cuda_state;
 
 /* Makes the context's device current on the calling thread and returns its state. */
@@ -204,6 +208,9 @@ void fl_cuda_colsum(fl_cuda_state *s, F f, int64_t groups, int64_t rows, int64_t
 /* ---- entry points (one backend table slot each) ---------------------------------------------- */
 
 /* cuda_gemm.cu */
+void fl_cuda_gemm_cache_destroy(fl_cuda_state *s);
+/* Lookups and misses of the plan cache (a miss builds a plan) and the plans held now. */
+void fl_cuda_gemm_cache_stats(const fl_cuda_state *s, uint64_t *lookups, uint64_t *misses, int *plans);
 void fl_cuda_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b, fl_tensor *c,
                   float alpha, float beta);
 void fl_cuda_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
