@@ -2,7 +2,8 @@
  * test_cuda_attention.c — parity of the CUDA rotary embedding and attention (forward and
  * backward) with the CPU reference, in F32 and BF16 storage: head dims 16, 64, 80, 128, 256 and
  * 512, query and key lengths that are not multiples of the kernels' tiles, Lq != Lk, a single
- * key, and in-place rope. Exits 77 where no CUDA device is usable.
+ * key, in-place rope, and wide heads on a context limited to the shared memory of ~100 KiB GPUs.
+ * Exits 77 where no CUDA device is usable.
  */
 #include <math.h>
 #include <stdio.h>
@@ -138,6 +139,16 @@ static void test_attention_wide_heads(void) {
     }
 }
 
+/* The same on a context that may use only 99 KiB of shared memory per block, as on sm_86, sm_89
+ * and sm_120: head dims above 256 take the variant that streams tiles from global memory. */
+static void test_attention_wide_heads_small_smem(void) {
+    for (int di = 0; di < 2; di++) {
+        attention_case(pt_dtypes[di], (att_shape){1, 2, 40, 37, 256}, 520);
+        attention_case(pt_dtypes[di], (att_shape){1, 1, 9, 33, 512}, 530);
+        attention_case(pt_dtypes[di], (att_shape){1, 2, 70, 45, 384}, 540);
+    }
+}
+
 int main(void) {
     pt_setup();
     FL_RUN(test_rope);
@@ -145,6 +156,10 @@ int main(void) {
     FL_RUN(test_attention_d64);
     FL_RUN(test_attention_d128);
     FL_RUN(test_attention_wide_heads);
+    pt_teardown();
+    setenv("FLASHLORA_CUDA_SMEM_LIMIT", "101376", 1); /* read when a CUDA context is created */
+    pt_setup();
+    FL_RUN(test_attention_wide_heads_small_smem);
     pt_teardown();
     return fl_test_finish();
 }
