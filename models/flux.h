@@ -302,6 +302,7 @@ typedef struct fl_flux_memory {
     size_t activations; /* the step's activation arena, measured in planning mode */
     size_t inputs;      /* the step's input tensors and the kernels' scratch outside the arena */
     size_t total;
+    uint64_t flops;     /* the step's matrix FLOPs as its ops count them (kernels/context.h) */
 } fl_flux_memory;
 
 /* The memory a step of shape s takes on a model with parameters p, found without allocating any

@@ -150,7 +150,9 @@ int fl_flux_estimate_memory(const fl_flux_params *p, const fl_flux_job_shape *s,
     fl_tensor y = fl_tensor_make(NULL, m->dtype, ctx.device, 2, y_shape);
     fl_tensor t = fl_tensor_make(NULL, FL_F32, ctx.device, 1, t_shape);
     fl_flux_inputs in = {&img, &txt, &y, &t, p->guidance_embed ? &t : NULL, NULL, NULL};
+    ctx.flops = 0;
     out->activations = measure_step(m, &in, &img, &noise, s->training);
+    out->flops = ctx.flops;
 
     /* Inputs on the device (image or x0 and noise, text, pooled text, timesteps, guidance), and
      * the CPU attention's scratch outside the arena: the keys transposed for every (sample, head)
