@@ -145,6 +145,10 @@ int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p, fl_flux
 /* A model with freshly initialized weights (normal, std 1/sqrt(in); zero biases; unit norm
  * scales), for pretraining and benchmarks. */
 fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint64_t seed);
+/* A model whose weights are allocated on the device but not written (their contents are
+ * undefined), for benchmarks at real shapes that fill them on the device through
+ * fl_flux_param_at. */
+fl_flux_model *fl_flux_create_empty(fl_ctx *ctx, const fl_flux_params *p);
 void fl_flux_free(fl_flux_model *m);
 
 const fl_flux_params *fl_flux_get_params(const fl_flux_model *m);

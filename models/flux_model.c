@@ -176,6 +176,13 @@ fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint6
     return m;
 }
 
+fl_flux_model *fl_flux_create_empty(fl_ctx *ctx, const fl_flux_params *p) {
+    FL_CHECK(fl_flux_params_validate(p, NULL) == 0);
+    fl_flux_model *m = model_new(ctx, p);
+    m->weight_memory = alloc_table(m, m->values, m->dtype);
+    return m;
+}
+
 int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, fl_error *err) {
     const char *meta = fl_safetensors_metadata_get(st, "flux_params");
     int rc = meta ? fl_flux_params_from_json(meta, out, err) : fl_flux_params_from_safetensors(st, out, err);
@@ -289,6 +296,41 @@ void fl_flux_param_at(fl_flux_model *m, size_t i, const char **name, fl_tensor *
 
 /* ---- adapters -------------------------------------------------------------------------------------- */
 
+/* An adapter's matrices go to its flat device buffer in order, gathered on the host into chunks
+ * of STAGE_ELEMS values: a few large uploads (each a conversion with a staging buffer of its own
+ * size on a 16-bit device) instead of two small ones per Linear. */
+#define STAGE_ELEMS ((int64_t)1 << 22)
+
+typedef struct upload_stage {
+    fl_ctx *ctx;
+    char *device; /* the flat buffer */
+    fl_dtype dtype;
+    float *host;  /* STAGE_ELEMS values */
+    int64_t used, flushed; /* values in host; values already uploaded */
+} upload_stage;
+
+static void stage_flush(upload_stage *st) {
+    if (st->used == 0) return;
+    int64_t n = st->used;
+    fl_tensor dst = fl_tensor_make(st->device + (size_t)st->flushed * fl_dtype_size(st->dtype), st->dtype,
+                                   st->ctx->device, 1, &n);
+    fl_ctx_upload_f32(st->ctx, &dst, st->host, (size_t)n);
+    st->flushed += n;
+    st->used = 0;
+}
+
+static void stage_put(upload_stage *st, const float *src, int64_t n) {
+    if (!st->host) st->host = fl_xmalloc((size_t)STAGE_ELEMS * sizeof(float));
+    while (n > 0) {
+        int64_t take = STAGE_ELEMS - st->used < n ? STAGE_ELEMS - st->used : n;
+        memcpy(st->host + st->used, src, (size_t)take * sizeof(float));
+        st->used += take;
+        src += take;
+        n -= take;
+        if (st->used == STAGE_ELEMS) stage_flush(st);
+    }
+}
+
 int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n, float multiplier, bool trainable,
                         fl_error *err) {
     if (trainable && m->train_param_memory)
@@ -338,6 +380,7 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
     m->sets = fl_xrealloc(m->sets, (m->n_sets + 1) * sizeof *m->sets);
     m->sets[m->n_sets++] = (flux_adapter_set){set_id, trainable, trainable ? NULL : memory};
     size_t off = 0;
+    upload_stage stage = {m->ctx, memory, dtype, NULL, 0, 0};
     for (size_t i = 0; i < n; i++) {
         const fl_flux_lora_pair *pr = &pairs[i];
         fl_flux_linear *lin = find_linear(m, pr->module);
@@ -355,12 +398,14 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
         off = off_b + (size_t)(pr->rank * lin->out);
         ad->scale = multiplier * pr->alpha / (float)pr->rank;
         ad->set_id = set_id;
-        fl_ctx_upload_f32(m->ctx, &a, pr->a, (size_t)(pr->rank * lin->in));
-        fl_ctx_upload_f32(m->ctx, &b, pr->b, (size_t)(pr->rank * lin->out));
+        stage_put(&stage, pr->a, pr->rank * lin->in);
+        stage_put(&stage, pr->b, pr->rank * lin->out);
         if (trainable) lin->trainable = lin->n_adapters;
         lin->n_adapters++;
         if (pr->rank > m->rank_reserve) m->rank_reserve = pr->rank; /* a wider per-sample scratch */
     }
+    stage_flush(&stage);
+    free(stage.host);
     if (shadow) flux_refresh_trainable_shadow(m);
     m->adapters_version++; /* every-row steps save each adapter's x A^T */
     return set_id;
