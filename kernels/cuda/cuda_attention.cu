@@ -16,6 +16,9 @@
  * dS = P (dout v^T - D), accumulate dq = scale dS k; (3) per key tile, stream query/dout tiles
  * (lane i = query i) and accumulate dv = P^T dout and dk = scale dS^T q.
  *
+ * BF16 operands with head dims 64 and 128 run on the tensor-core kernels of cuda_flash.cu
+ * instead, where they apply (fl_cuda_flash_usable); these kernels cover every other case.
+ *
  * The kernels are templated on the accumulator count per lane (head dims up to 32 x that: 32,
  * 64, 128, 256, 512) and use fp32 CUDA-core math. For head dims above 128 a second variant reads
  * the streamed tiles from global memory instead of shared memory; it runs where the GPU's
@@ -548,6 +551,11 @@ void fl_cuda_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, cons
     fl_cuda_state *s = fl_cuda_enter(ctx);
     const int64_t d = q->shape[3];
     if (fl_tensor_numel(q) == 0 && fl_tensor_numel(lse) == 0) return;
+    const fl_tensor *operands[4] = {q, k, v, out};
+    if (fl_cuda_flash_usable(s, operands, 4)) {
+        fl_cuda_flash_attention(s, q, k, v, out, lse, scale);
+        return;
+    }
     ATT_DISPATCH(launch_forward, q->dtype, d, s, q, k, v, out, lse, scale);
 }
 
@@ -557,5 +565,17 @@ void fl_cuda_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_ten
     fl_cuda_state *s = fl_cuda_enter(ctx);
     const int64_t d = q->shape[3];
     if (q->shape[0] * q->shape[1] == 0 || d == 0) return;
+    const fl_tensor *operands[7] = {q, k, v, dout, dq, dk, dv};
+    if (fl_cuda_flash_usable(s, operands, 7)) {
+        const int64_t rows = q->shape[0] * q->shape[1] * q->shape[2];
+        float *delta = (float *)fl_cuda_scratch(s, (size_t)rows * sizeof(float));
+        const int64_t blocks = (rows + 7) / 8;
+        FL_CHECKF(blocks <= 0x7fffffff, "attention backward: too many rows");
+        attention_delta_kernel<__nv_bfloat16><<<(unsigned)blocks, 256, 0, s->stream>>>(
+            (const __nv_bfloat16 *)dout->data, (const __nv_bfloat16 *)out->data, delta, rows, (int)d);
+        CHECK_LAUNCH();
+        fl_cuda_flash_attention_backward(s, dout, q, k, v, lse, delta, dq, dk, dv, scale);
+        return;
+    }
     ATT_DISPATCH(launch_backward, q->dtype, d, s, dout, q, k, v, out, lse, dq, dk, dv, scale);
 }

@@ -106,10 +106,11 @@ static int cuda_init(fl_ctx *ctx, fl_error *err) {
     if (!s) return fl_fail(err, FL_ENOMEM, "cuda:%d: out of host memory", dev);
     s->device = dev;
     const char *what = NULL;
-    int sms = 0, optin = 0;
+    int sms = 0, optin = 0, major = 0;
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) {
+        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) {
         what = "querying the device";
     } else if ((e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         what = "creating a stream";
@@ -132,6 +133,9 @@ static int cuda_init(fl_ctx *ctx, fl_error *err) {
     }
     s->sm_count = sms > 0 ? sms : 1;
     s->smem_optin = (size_t)(optin > 0 ? optin : 48 * 1024);
+    s->cc_major = major;
+    const char *attention = getenv("FLASHLORA_CUDA_ATTENTION");
+    s->attention_simt = attention && !strcmp(attention, "simt");
     /* Tests and benchmarks take the code paths of GPUs with less shared memory by lowering it. */
     const char *limit = getenv("FLASHLORA_CUDA_SMEM_LIMIT");
     if (limit && *limit) {

@@ -55,6 +55,8 @@ typedef struct fl_cuda_state {
     int device;           /* CUDA ordinal */
     int sm_count;         /* multiprocessors, for sizing grid-stride launches */
     size_t smem_optin;    /* most dynamic shared memory a block may opt in to */
+    int cc_major;         /* compute capability (major) */
+    bool attention_simt;  /* FLASHLORA_CUDA_ATTENTION=simt: the CUDA-core attention kernels only */
     cudaStream_t stream;  /* every op of the context runs here, in order */
     cublasLtHandle_t lt;
     void *workspace;      /* cuBLASLt workspace, FL_CUDA_WORKSPACE_BYTES */
@@ -262,6 +264,16 @@ double fl_cuda_mse_loss(fl_ctx *ctx, const fl_tensor *pred, const fl_tensor *tar
 double fl_cuda_sum_squares(fl_ctx *ctx, const fl_tensor *x);
 void fl_cuda_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                    const fl_adamw_params *p);
+
+/* cuda_flash.cu: tensor-core attention (BF16, head dims 64 and 128, sm_80+). operands: q, k and
+ * every other operand of the call, whose base addresses must be 16-byte aligned. delta: rowsum of
+ * dout * out per query row (f32). */
+bool fl_cuda_flash_usable(const fl_cuda_state *s, const fl_tensor *const *operands, int n);
+void fl_cuda_flash_attention(fl_cuda_state *s, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                             fl_tensor *out, fl_tensor *lse, float scale);
+void fl_cuda_flash_attention_backward(fl_cuda_state *s, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+                                      const fl_tensor *v, const fl_tensor *lse, const float *delta, fl_tensor *dq,
+                                      fl_tensor *dk, fl_tensor *dv, float scale);
 
 /* cuda_text.cu (text encoders, forward only) */
 void fl_cuda_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out);
