@@ -22,7 +22,10 @@
  * phase (the high-water mark is the largest sample, activation arenas included).
  *
  *   bench_flux_gpu [--device cuda|cpu] [--config dev|tiny] [--only LIST] [--reps N] [--json FILE]
+ *                  [--estimate]
  *
+ * Every run first prints the memory each phase's step plans (the service's estimate, computed on
+ * the host); --estimate prints only that, on any machine.
  * --config tiny --device cpu is the dry run of every phase on a small model (hidden 64, tokens of
  * 64^2 and 128^2 "images", 16 text tokens), for checking this program without a GPU. Each result
  * is printed and, with --json, appended to FILE as one JSON object per line. Exit status: 0 when
@@ -553,6 +556,50 @@ static void phase_mixed(bench *b, fl_flux_model *m, int64_t res) {
     free_inputs(b, &x);
 }
 
+/* Elements of a rank-r adapter on every Linear inside the blocks: r (in + out) summed. */
+static int64_t adapter_elems(const fl_flux_params *p, int rank) {
+    const int64_t h = p->hidden_size, m = fl_flux_mlp_hidden(p);
+    const int64_t per_stream = (h + 6 * h) + (h + 3 * h) + 2 * h + (h + m) + (m + h);
+    const int64_t per_single = (h + 3 * h) + (h + 3 * h + m) + (h + m + h);
+    return rank * (2 * per_stream * p->depth + per_single * p->depth_single_blocks);
+}
+
+/* The memory each phase's step plans on a CUDA device, from the estimate (no device needed). */
+static void print_estimates(const bench *b) {
+    struct {
+        const char *what;
+        int batch;
+        int64_t res;
+        bool training;
+        int adapters;
+    } phases[4] = {{"forward", 1, b->res_large, false, 0},
+                   {"train512", 1, b->res_small, true, 0},
+                   {"train1024", 1, b->res_large, true, 0},
+                   {"mixed (8 adapters, per-sample)", 8, b->res_small, false, 8}};
+    for (int i = 0; i < 4; i++) {
+        int64_t side = phases[i].res / 16;
+        fl_flux_job_shape s = {.device = FL_DEVICE_CUDA, .batch = phases[i].batch, .image_tokens = side * side,
+                               .text_tokens = b->lt, .training = phases[i].training, .lora_rank = 16,
+                               .targets = "all"};
+        if (phases[i].adapters) {
+            s.n_adapters = 1; /* one per sample */
+            s.adapter_rank = 16;
+            s.adapter_params = phases[i].adapters * adapter_elems(&b->p, 16); /* all 8 resident */
+        }
+        fl_flux_memory mem;
+        fl_error err = {0};
+        if (fl_flux_estimate_memory(&b->p, &s, &mem, &err) != 0) {
+            printf("  estimate %-32s %s\n", phases[i].what, err.message);
+            continue;
+        }
+        printf("  estimate %-32s %6.1f GiB on the GPU (weights %.1f, adapters %.2f, optimizer %.2f, "
+               "activations %.1f, inputs %.2f); %.1f TFLOP\n",
+               phases[i].what, mem.total / 1073741824.0, mem.weights / 1073741824.0, mem.adapters / 1073741824.0,
+               mem.optimizer / 1073741824.0, mem.activations / 1073741824.0, mem.inputs / 1073741824.0,
+               (double)mem.flops / 1e12);
+    }
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static bool wants(const char *only, const char *phase) {
@@ -567,6 +614,7 @@ int main(int argc, char **argv) {
     bench b;
     memset(&b, 0, sizeof b);
     const char *device = "cuda", *config = "dev", *only = NULL, *json = NULL;
+    bool estimate_only = false;
     b.reps = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -575,9 +623,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--only") && v) only = v, i++;
         else if (!strcmp(a, "--reps") && v) b.reps = atoi(v), i++;
         else if (!strcmp(a, "--json") && v) json = v, i++;
+        else if (!strcmp(a, "--estimate")) estimate_only = true;
         else {
             fprintf(stderr, "usage: %s [--device cuda|cpu] [--config dev|tiny] [--only peak,forward,train512,"
-                            "train1024,generate,attach,mixed] [--reps N] [--json FILE]\n", argv[0]);
+                            "train1024,generate,attach,mixed] [--reps N] [--json FILE] [--estimate]\n", argv[0]);
             return 2;
         }
     }
@@ -586,15 +635,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     fl_error err = {0};
-    if (fl_device_parse(device, &b.dev, &err) != 0) {
-        fprintf(stderr, "bench_flux_gpu: %s\n", err.message);
-        return 2;
-    }
-    b.ctx = fl_ctx_create(b.dev, &err);
-    if (!b.ctx) {
-        fprintf(stderr, "bench_flux_gpu: %s\n", err.message);
-        return 1;
-    }
     b.tiny = !strcmp(config, "tiny");
     if (b.tiny) {
         b.p = (fl_flux_params){.in_channels = 64, .out_channels = 64, .vec_in_dim = 32, .context_in_dim = 48,
@@ -608,6 +648,19 @@ int main(int argc, char **argv) {
                                .depth_single_blocks = 38, .axes_dim = {16, 56, 56}, .n_axes = 3, .theta = 10000,
                                .qkv_bias = true, .guidance_embed = true};
         b.lt = 512, b.res_small = 512, b.res_large = 1024;
+    }
+    printf("bench_flux_gpu: planned memory of the steps (models/flux_estimate.c), %s config:\n",
+           b.tiny ? "tiny" : "FLUX.1-dev");
+    print_estimates(&b);
+    if (estimate_only) return 0;
+    if (fl_device_parse(device, &b.dev, &err) != 0) {
+        fprintf(stderr, "bench_flux_gpu: %s\n", err.message);
+        return 2;
+    }
+    b.ctx = fl_ctx_create(b.dev, &err);
+    if (!b.ctx) {
+        fprintf(stderr, "bench_flux_gpu: %s\n", err.message);
+        return 1;
     }
     if (json) b.json = fopen(json, "a");
     char desc[256] = "";

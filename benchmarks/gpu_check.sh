@@ -49,7 +49,7 @@ done
 mkdir -p "$out" || exit 1
 results=$out/results.txt
 : >"$results"
-: >"$out/bench.json"
+for f in bench.json build.log tests.log bench.log dev.log; do : >"$out/$f"; done
 t_start=$(date +%s)
 failed=0
 
@@ -89,7 +89,12 @@ say "flashlora gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse 
 deps=/tmp/fl-deps
 if ls .device-debs/*.deb >/dev/null 2>&1; then
     mkdir -p "$deps"
-    for deb in .device-debs/*.deb; do dpkg-deb -x "$deb" "$deps" 2>/dev/null || dpkg -x "$deb" "$deps"; done
+    for deb in .device-debs/*.deb; do
+        dpkg-deb -x "$deb" "$deps" 2>/dev/null || dpkg -x "$deb" "$deps" 2>/dev/null ||
+            (cd "$deps" && ar p "$here/$deb" "$(ar t "$here/$deb" | grep '^data.tar')" | tar -x -f - -J 2>/dev/null ||
+             ar p "$here/$deb" "$(ar t "$here/$deb" | grep '^data.tar')" | tar -x -f - -z) ||
+            say "could not unpack $deb"
+    done
     multi=$(ls -d "$deps"/usr/lib/*-linux-gnu 2>/dev/null | head -n 1)
     export PATH="$deps/usr/bin:$PATH"
     export PKG_CONFIG_LIBDIR="$multi/pkgconfig"
@@ -163,7 +168,7 @@ fi
 if [ -x $build/benchmarks/cuda_dev/attention_dev ]; then
     if [ $dry = 1 ]; then dev_args=(--dry-run); else dev_args=(); fi
     stage "cuda_dev attention" 120 "$out/dev.log" $build/benchmarks/cuda_dev/attention_dev "${dev_args[@]}"
-    grep -E "^(version|  *[0-9]|shape|skipped)" "$out/dev.log" | tail -n 30 | tee -a "$results"
+    grep -v "^===" "$out/dev.log" | tail -n 16 | tee -a "$results"
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------------
