@@ -15,13 +15,14 @@
  * Tolerances, with scale = the largest magnitude of the reference tensor (for gradients, of the
  * whole set) and rel = ||got - ref|| / ||ref||:
  *   F32 storage:  max |err| <= 1e-4 scale (as the CPU golden test); loss within 1e-4 relative.
- *   BF16 storage: rel <= 3e-2 and max |err| <= 0.15 scale for outputs; rel <= 6e-2 and
- *                 max |err| <= 0.25 scale for gradients; loss within 3e-2 relative. Weights and
- *                 inputs are rounded to bf16 (relative 2^-9) and every activation is stored in
- *                 bf16 between ops, through 2 double and 2 single blocks: errors of a few 1e-3 per
- *                 op add up to about 1e-2, the scale METHOD-style checks expect of bf16 operands;
- *                 a wrong kernel is off by O(1). The achieved figures are printed for every check
- *                 so the first GPU run can tighten these bounds.
+ *   BF16 storage: rel <= 3e-2 and max |err| <= 0.1 scale for outputs; rel <= 6e-2 and
+ *                 max |err| <= 0.25 scale for gradients; loss within 3e-2 relative. Rounding only
+ *                 the weights and inputs to bf16 already moves the CPU forward by rel 5.6e-3
+ *                 (config a) and 4.6e-3 (b), max 6.7e-3 of scale; storing every activation in
+ *                 bf16 between ops, through 2 double and 2 single blocks, adds errors of that
+ *                 order, about 1e-2 in all — the bounds leave 2-3x; a wrong kernel is off by
+ *                 O(1). Set before any GPU run: the achieved figures are printed for every check
+ *                 so the first run can tighten them.
  */
 #include <math.h>
 #include <stdio.h>
@@ -42,7 +43,7 @@ typedef struct tol {
 } tol;
 
 static tol out_tol(void) {
-    return storage == FL_F32 ? (tol){1.0, 1e-4, 1e-4} : (tol){3e-2, 0.15, 3e-2};
+    return storage == FL_F32 ? (tol){1.0, 1e-4, 1e-4} : (tol){3e-2, 0.1, 3e-2};
 }
 static tol grad_tol(void) {
     return storage == FL_F32 ? (tol){1.0, 1e-4, 1e-4} : (tol){6e-2, 0.25, 3e-2};
