@@ -23,6 +23,18 @@ bool fl_cuda_compiled(void) {
 int fl_cuda_device_count(void) {
     return 0;
 }
+
+int fl_cuda_describe(int index, char *buf, int size) {
+    (void)index;
+    if (size > 0) buf[0] = '\0';
+    return -1;
+}
+
+int fl_cuda_memory_used(int index, size_t *used, size_t *total) {
+    (void)index;
+    *used = *total = 0;
+    return -1;
+}
 #endif
 
 int fl_device_parse(const char *spec, fl_device *out, fl_error *err) {

@@ -9,6 +9,7 @@
 #define FL_CORE_DEVICE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -18,6 +19,12 @@ bool fl_cuda_compiled(void);
 
 /* Number of usable CUDA devices: 0 when not compiled in, when no driver is loaded, or on error. */
 int fl_cuda_device_count(void);
+
+/* One line describing cuda:index ("NVIDIA H200, sm_90, 132 SMs, 139.8 GiB, driver 13.0, runtime
+ * 13.0") into buf; returns -1 (buf "") when it does not exist or CUDA is not compiled in. */
+int fl_cuda_describe(int index, char *buf, int size);
+/* Bytes of cuda:index's memory in use by anyone (total - free) and its total; -1 without it. */
+int fl_cuda_memory_used(int index, size_t *used, size_t *total);
 
 /* Parse "cpu", "cuda", "cuda:N" or "auto" into a device that is usable now. */
 int fl_device_parse(const char *spec, fl_device *out, fl_error *err);

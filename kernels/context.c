@@ -33,7 +33,16 @@ fl_ctx *fl_ctx_create(fl_device dev, fl_error *err) {
 }
 
 fl_dtype fl_ctx_storage_dtype(const fl_ctx *ctx) {
+    if (ctx->storage_set) return ctx->storage;
     return ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
+}
+
+int fl_ctx_set_storage_dtype(fl_ctx *ctx, fl_dtype dtype, fl_error *err) {
+    if (dtype != FL_F32 && dtype != FL_BF16)
+        return fl_fail(err, FL_EINVAL, "storage dtype %s is not supported (F32 or BF16)", fl_dtype_name(dtype));
+    ctx->storage_set = true;
+    ctx->storage = dtype;
+    return 0;
 }
 
 void fl_ctx_destroy(fl_ctx *ctx) {

@@ -9,12 +9,24 @@
  * Planning mode: while ctx->planning is set, ops validate their operands and return without
  * computing anything, so a model can run its whole step once against a measuring arena
  * (core/arena.h) to learn how much activation memory a shape needs.
+ *
+ * Storage dtype: weights and activations are F32 on the CPU and BF16 on CUDA unless
+ * fl_ctx_set_storage_dtype chooses otherwise: F32 on CUDA (reference-precision runs of the GPU
+ * kernels), or BF16 on the CPU, which computes nothing in BF16: such a context only checks, in
+ * planning mode, that a model's step obeys the operand contract of the CUDA dtype policy (an op
+ * that would compute on it aborts), so that a dtype mismatch of the GPU path shows on any machine.
+ *
+ * FLOP count: every matrix op (gemm, linear, attention and its backward, masked attention,
+ * conv2d) adds its multiply-add FLOPs (2 per multiply-add) to ctx->flops when its operands pass
+ * the checks, in planning mode too, so a planning run of a step counts exactly the matrix work
+ * the real step does.
  */
 #ifndef FL_KERNELS_CONTEXT_H
 #define FL_KERNELS_CONTEXT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -26,6 +38,9 @@ typedef struct fl_ctx {
     const fl_backend *backend;
     void *impl;    /* backend state; NULL for the CPU */
     bool planning; /* validate only, compute nothing */
+    bool storage_set; /* storage chosen by fl_ctx_set_storage_dtype, else the device's default */
+    fl_dtype storage;
+    uint64_t flops;   /* matrix FLOPs of the ops checked so far (the caller resets it) */
 } fl_ctx;
 
 /* Creates a context for dev (see core/device.h for choosing one). NULL + err on failure. */
@@ -43,6 +58,10 @@ void fl_ctx_synchronize(fl_ctx *ctx);
 /* The dtype weights and activations are stored in on the context's device: F32 on the CPU (the
  * reference), BF16 on CUDA (fp32 accumulation inside the kernels). */
 fl_dtype fl_ctx_storage_dtype(const fl_ctx *ctx);
+/* Chooses the storage dtype of a context (see the header comment): F32 or BF16 on CUDA; F32 or
+ * BF16 on the CPU, where BF16 is a checking policy only, usable while ctx->planning is set.
+ * FL_EINVAL for any other dtype. Models built on the context afterwards use it. */
+int fl_ctx_set_storage_dtype(fl_ctx *ctx, fl_dtype dtype, fl_error *err);
 
 /* A contiguous tensor allocated on the context's device; fl_ctx_tensor_free releases it. */
 fl_tensor fl_ctx_tensor(fl_ctx *ctx, fl_dtype dtype, int ndim, const int64_t *shape);

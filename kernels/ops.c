@@ -37,13 +37,26 @@ static void need_device(const char *op, fl_ctx *ctx, const fl_tensor *t, const c
                 t->device.index, fl_device_kind_name(ctx->device.kind), ctx->device.index);
 }
 
-/* Activations and weights: F32 everywhere; BF16 too on CUDA. */
+/* Whether operands are checked as a CUDA context checks them: a CUDA context, or a CPU context
+ * under the BF16 checking policy (kernels/context.h), which may only plan. */
+static bool checks_as_cuda(const fl_ctx *ctx) {
+    return ctx->device.kind == FL_DEVICE_CUDA || (ctx->storage_set && ctx->storage == FL_BF16);
+}
+
+/* Activations and weights: F32 everywhere; BF16 too on CUDA (and, planning only, on a CPU
+ * context under the BF16 checking policy). */
 static void need_storage(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
     need_device(op, ctx, t, name);
-    bool ok = t->dtype == FL_F32 || (ctx->device.kind == FL_DEVICE_CUDA && t->dtype == FL_BF16);
-    if (!ok)
-        OP_FAIL(op, "operand %s has dtype %s, not supported on %s", name, fl_dtype_name(t->dtype),
-                fl_device_kind_name(ctx->device.kind));
+    if (t->dtype == FL_F32) return;
+    if (t->dtype == FL_BF16 && ctx->device.kind == FL_DEVICE_CUDA) return;
+    if (t->dtype == FL_BF16 && checks_as_cuda(ctx)) {
+        if (!ctx->planning)
+            OP_FAIL(op, "operand %s is BF16 on a CPU context that checks the CUDA dtype policy: it computes "
+                        "nothing, so it must stay in planning mode", name);
+        return;
+    }
+    OP_FAIL(op, "operand %s has dtype %s, not supported on %s", name, fl_dtype_name(t->dtype),
+            fl_device_kind_name(ctx->device.kind));
 }
 
 static void need_f32(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name) {
@@ -88,6 +101,11 @@ static void need_matrix_dims(const char *op, const fl_matrix *m, const char *nam
                 (long long)m->cols, (long long)rows, (long long)cols);
 }
 
+/* Matrix work of an op that passed its checks (kernels/context.h: the FLOP count). */
+static void count_flops(fl_ctx *ctx, int64_t flops) {
+    ctx->flops += (uint64_t)flops;
+}
+
 /* ---- matrix products ------------------------------------------------------------------------ */
 
 void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b, fl_tensor *c,
@@ -97,12 +115,15 @@ void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *
     need_storage(op, ctx, b, "b");
     need_storage(op, ctx, c, "c");
     need_same_dtype(op, a, b, "a, b");
-    need_same_dtype(op, a, c, "a, c");
+    if (c->dtype != a->dtype && !(a->dtype == FL_BF16 && c->dtype == FL_F32))
+        OP_FAIL(op, "c has dtype %s: it must be a's dtype %s, or F32 when a and b are BF16", fl_dtype_name(c->dtype),
+                fl_dtype_name(a->dtype));
     fl_matrix ma = need_matrix(op, a, "a"), mb = need_matrix(op, b, "b"), mc = need_matrix(op, c, "c");
     int64_t m = trans_a ? ma.cols : ma.rows, k = trans_a ? ma.rows : ma.cols;
     int64_t kb = trans_b ? mb.cols : mb.rows, n = trans_b ? mb.rows : mb.cols;
     if (k != kb) OP_FAIL(op, "inner dimensions differ (%lld vs %lld)", (long long)k, (long long)kb);
     need_matrix_dims(op, &mc, "c", m, n);
+    count_flops(ctx, 2 * m * n * k);
     if (ctx->planning) return;
     ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta);
 }
@@ -127,6 +148,7 @@ void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
         if (fl_tensor_numel(bias) != out) OP_FAIL(op, "bias has %lld elements, expected %lld",
                                                  (long long)fl_tensor_numel(bias), (long long)out);
     }
+    count_flops(ctx, 2 * mx.rows * in * out);
     if (ctx->planning) return;
     ctx->backend->linear(ctx, x, w, bias, y);
 }
@@ -452,15 +474,21 @@ static void check_attention(const char *op, fl_ctx *ctx, const fl_tensor *q, con
     need_same_shape(op, q, out, "out");
     need_f32(op, ctx, lse, "lse");
     need_contiguous(op, lse, "lse");
-    if (ctx->device.kind == FL_DEVICE_CUDA && q->shape[3] > 512)
+    if (checks_as_cuda(ctx) && q->shape[3] > 512)
         OP_FAIL(op, "head dim %lld exceeds the CUDA kernels' limit of 512", (long long)q->shape[3]);
     int64_t want[3] = {q->shape[0], q->shape[1], q->shape[2]};
     need_shape(op, lse, "lse", 3, want);
 }
 
+/* Two products (q k^T and P v) of Lq x Lk x D per batch and head. */
+static int64_t attention_flops(const fl_tensor *q, const fl_tensor *k) {
+    return 4 * q->shape[0] * q->shape[1] * q->shape[2] * k->shape[2] * q->shape[3];
+}
+
 void fl_op_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
                      fl_tensor *lse, float scale) {
     check_attention("attention", ctx, q, k, v, out, lse);
+    count_flops(ctx, attention_flops(q, k));
     if (ctx->planning) return;
     ctx->backend->attention(ctx, q, k, v, out, lse, scale);
 }
@@ -478,6 +506,8 @@ void fl_op_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tenso
     need_same_shape(op, k, dk, "dk");
     need_bhld(op, ctx, dv, "dv", q);
     need_same_shape(op, v, dv, "dv");
+    /* The usual count: five products (recomputed scores, dv, dP, dq, dk), 2.5x the forward. */
+    count_flops(ctx, attention_flops(q, k) / 2 * 5);
     if (ctx->planning) return;
     ctx->backend->attention_backward(ctx, dout, q, k, v, out, lse, dq, dk, dv, scale);
 }
@@ -613,8 +643,9 @@ void fl_op_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k,
         if (bias->ndim == 3) need_shape(op, bias, "bias", 3, want3);
         else need_shape(op, bias, "bias", 4, want4);
     }
-    if (ctx->device.kind == FL_DEVICE_CUDA && q->shape[3] > 512)
+    if (checks_as_cuda(ctx) && q->shape[3] > 512)
         OP_FAIL(op, "head dim %lld exceeds the CUDA kernel's limit of 512", (long long)q->shape[3]);
+    count_flops(ctx, attention_flops(q, k));
     if (ctx->planning) return;
     ctx->backend->attention_masked(ctx, q, k, v, bias, causal, out, scale);
 }
@@ -686,6 +717,7 @@ void fl_op_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
             OP_FAIL(op, "bias has %lld elements, expected %lld", (long long)fl_tensor_numel(bias), (long long)O);
     }
     if (x->data == y->data && fl_tensor_numel(x) > 0) OP_FAIL(op, "y may not alias x");
+    count_flops(ctx, 2 * B * O * want[2] * want[3] * C * KH * KW);
     if (ctx->planning) return;
     ctx->backend->conv2d(ctx, x, w, bias, y, stride, pad);
 }

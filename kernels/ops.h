@@ -29,7 +29,19 @@
 /* ---- matrix products ------------------------------------------------------------------------ */
 
 /* C = alpha * op(A) * op(B) + beta * C, where op(X) is X or its transpose, on matrix views.
- * op(A) is [M, K], op(B) is [K, N], C is [M, N]. With beta == 0, C's old contents are ignored. */
+ * op(A) is [M, K], op(B) is [K, N], C is [M, N]. With beta == 0, C's old contents are ignored.
+ * A and B share the storage dtype; C has it too, or is F32 when A and B are BF16.
+ *
+ * Mixed precision (the CUDA policy, BF16 storage): products always accumulate in fp32. A LoRA
+ * adapter being trained keeps f32 master weights, gradients and optimizer state; the model's
+ * products read a BF16 copy of the master weights made at the start of every forward (one cast
+ * of the flat buffer, models/flux_model.c), so every product of the forward and of the input
+ * gradients has BF16 operands like the rest of the step. The weight gradients (dy^T h, dh^T x)
+ * have BF16 operands too and are written to the f32 gradient buffer through the F32-output form
+ * above, which accumulates (beta = 1) across a batch's Linears in fp32 and never rounds a
+ * gradient to BF16. Why not F32 operands in the products: cuBLASLt runs a matrix product only
+ * on operands of one type, so an F32 adapter next to BF16 activations would need a cast of the
+ * activations (much larger than the adapter) at every adapted Linear. */
 void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b,
                 fl_tensor *c, float alpha, float beta);
 

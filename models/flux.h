@@ -20,7 +20,9 @@
  * scale = multiplier * alpha / rank folded in at attach time; one sample applies up to
  * FL_FLUX_MAX_ADAPTERS of them. At most one adapter is trainable;
  * its A and B live in one flat f32 parameter buffer (and one gradient buffer) so the optimizer
- * updates all of them in one call.
+ * updates all of them in one call. With 16-bit storage (CUDA) the f32 buffer holds the master
+ * weights and the products read a 16-bit copy of it that every forward casts afresh; gradients
+ * stay f32 (kernels/ops.h, fl_op_gemm: mixed precision).
  *
  * Per-sample adapters (serving many tenants in one batch): by default every attached adapter
  * applies to every row. fl_flux_set_sample_adapters instead gives each sample of a batch its own
@@ -155,6 +157,10 @@ int fl_flux_params_of_weights(const struct fl_weights *w, fl_flux_params *out, f
 /* A model with freshly initialized weights (normal, std 1/sqrt(in); zero biases; unit norm
  * scales), for pretraining and benchmarks. */
 fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint64_t seed);
+/* A model whose weights are allocated on the device but not written (their contents are
+ * undefined), for benchmarks at real shapes that fill them on the device through
+ * fl_flux_param_at. */
+fl_flux_model *fl_flux_create_empty(fl_ctx *ctx, const fl_flux_params *p);
 void fl_flux_free(fl_flux_model *m);
 
 const fl_flux_params *fl_flux_get_params(const fl_flux_model *m);
@@ -305,12 +311,14 @@ typedef struct fl_flux_job_shape {
 /* Bytes on the model's device (on the CPU, of host memory). */
 typedef struct fl_flux_memory {
     size_t weights;     /* the base model in the storage dtype */
-    size_t adapters;    /* training: the trainable adapter and its gradients (f32); generation:
+    size_t adapters;    /* training: the trainable adapter and its gradients (f32) and, with 16-bit
+                         * storage, the 16-bit copy of its weights the products read; generation:
                          * the frozen adapters' matrices in the storage dtype */
     size_t optimizer;   /* training: AdamW moments (f32) */
     size_t activations; /* the step's activation arena, measured in planning mode */
     size_t inputs;      /* the step's input tensors and the kernels' scratch outside the arena */
     size_t total;
+    uint64_t flops;     /* the step's matrix FLOPs as its ops count them (kernels/context.h) */
 } fl_flux_memory;
 
 /* The memory a step of shape s takes on a model with parameters p, found without allocating any

@@ -20,9 +20,10 @@
 #define ALIGNED(n) (((size_t)(n) + 255) & ~(size_t)255)
 
 /* Attaches an adapter set of rank `rank` to the selected Linears of a skeleton, without memory,
- * trainable or not. Its matrices have the storage dtype, which the ops' checks accept next to the
- * activations whatever the device; what the real buffers take (a trainable adapter's are f32) is
- * counted by the caller from the element count returned. */
+ * trainable or not, with the dtypes the real attach gives them (flux_model.c): frozen matrices
+ * in the storage dtype; a trainable adapter's gradients f32, and its matrices f32 master weights
+ * or, with 16-bit storage, views of the 16-bit copy the products read. What the real buffers
+ * take is counted by the caller from the element count returned. */
 static int64_t skeleton_attach(fl_flux_model *m, const bool *selected, int rank, bool trainable) {
     int set_id = m->next_set_id++;
     m->sets = fl_xrealloc(m->sets, (m->n_sets + 1) * sizeof *m->sets);
@@ -40,14 +41,17 @@ static int64_t skeleton_attach(fl_flux_model *m, const bool *selected, int rank,
         ad->scale = 1.0f;
         ad->set_id = set_id;
         if (trainable) {
-            lin->grad_a = fl_tensor_make(NULL, dtype, dev, 2, a_shape);
-            lin->grad_b = fl_tensor_make(NULL, dtype, dev, 2, b_shape);
+            lin->grad_a = fl_tensor_make(NULL, FL_F32, dev, 2, a_shape);
+            lin->grad_b = fl_tensor_make(NULL, FL_F32, dev, 2, b_shape);
             lin->trainable = lin->n_adapters;
         }
         lin->n_adapters++;
         total += (int64_t)rank * (lin->in + lin->out);
     }
-    if (trainable) m->n_train = total;
+    if (trainable) {
+        m->n_train = total;
+        m->train_shadow = dtype != FL_F32;
+    }
     if (rank > m->rank_reserve) m->rank_reserve = rank; /* the per-sample scratch, as a real attach widens it */
     return total;
 }
@@ -110,6 +114,7 @@ int fl_flux_estimate_memory(const fl_flux_params *p, const fl_flux_job_shape *s,
         if (rc == 0) {
             int64_t n = skeleton_attach(m, selected, rank, true);
             out->adapters = 2 * ALIGNED((size_t)n * sizeof(float)); /* parameters and gradients */
+            if (m->train_shadow) out->adapters += ALIGNED((size_t)n * esize); /* the 16-bit copy */
             out->optimizer = 2 * ALIGNED((size_t)n * sizeof(float)); /* AdamW m and v */
         }
     } else if (s->n_adapters > 0 && rank > 0) {
@@ -146,7 +151,9 @@ int fl_flux_estimate_memory(const fl_flux_params *p, const fl_flux_job_shape *s,
     fl_tensor y = fl_tensor_make(NULL, m->dtype, ctx.device, 2, y_shape);
     fl_tensor t = fl_tensor_make(NULL, FL_F32, ctx.device, 1, t_shape);
     fl_flux_inputs in = {&img, &txt, &y, &t, p->guidance_embed ? &t : NULL, NULL, NULL};
+    ctx.flops = 0;
     out->activations = measure_step(m, &in, &img, &noise, s->training);
+    out->flops = ctx.flops;
 
     /* Inputs on the device (image or x0 and noise, text, pooled text, timesteps, guidance), and
      * the CPU attention's scratch outside the arena: the keys transposed for every (sample, head)

@@ -110,9 +110,13 @@ struct fl_flux_model {
     bool full_grads;
     void *grad_memory;
 
-    /* Trainable adapter: flat f32 parameters and gradients. */
-    void *train_param_memory, *train_grad_memory;
+    /* Trainable adapter: flat f32 parameters (the master weights) and gradients. With a 16-bit
+     * storage dtype (CUDA) its A and B matrices are views of train_shadow_memory instead, a copy
+     * of the master weights in that dtype which every forward refreshes first (kernels/ops.h,
+     * fl_op_gemm: mixed precision); train_shadow says so. */
+    void *train_param_memory, *train_grad_memory, *train_shadow_memory;
     int64_t n_train;
+    bool train_shadow;
     /* Attached adapter sets in attach order (the trainable one has no entry memory: it lives in
      * train_param_memory). */
     flux_adapter_set *sets;
@@ -146,5 +150,8 @@ void flux_run_backward(fl_flux_model *m);
 /* flux_model.c: the structure of a model with parameters p on ctx (Linears, blocks, parameter
  * table) and no memory for anything: what flux_estimate.c plans against. */
 fl_flux_model *flux_model_skeleton(fl_ctx *ctx, const fl_flux_params *p);
+/* flux_model.c: casts the trainable adapter's f32 master weights into the storage-dtype copy the
+ * products read (nothing without a shadow); flux_run_forward calls it first. */
+void flux_refresh_trainable_shadow(fl_flux_model *m);
 
 #endif

@@ -177,6 +177,13 @@ fl_flux_model *fl_flux_create_random(fl_ctx *ctx, const fl_flux_params *p, uint6
     return m;
 }
 
+fl_flux_model *fl_flux_create_empty(fl_ctx *ctx, const fl_flux_params *p) {
+    FL_CHECK(fl_flux_params_validate(p, NULL) == 0);
+    fl_flux_model *m = model_new(ctx, p);
+    m->weight_memory = alloc_table(m, m->values, m->dtype);
+    return m;
+}
+
 int fl_flux_params_of_checkpoint(const fl_safetensors *st, fl_flux_params *out, fl_error *err) {
     const char *meta = fl_safetensors_metadata_get(st, "flux_params");
     int rc = meta ? fl_flux_params_from_json(meta, out, err) : fl_flux_params_from_safetensors(st, out, err);
@@ -276,6 +283,7 @@ void fl_flux_free(fl_flux_model *m) {
     fl_ctx_free(m->ctx, m->grad_memory);
     fl_ctx_free(m->ctx, m->train_param_memory);
     fl_ctx_free(m->ctx, m->train_grad_memory);
+    fl_ctx_free(m->ctx, m->train_shadow_memory);
     for (size_t i = 0; i < m->n_sets; i++) fl_ctx_free(m->ctx, m->sets[i].memory);
     free(m->sets);
     free(m->sample_sel);
@@ -327,6 +335,41 @@ void fl_flux_param_at(fl_flux_model *m, size_t i, const char **name, fl_tensor *
 
 /* ---- adapters -------------------------------------------------------------------------------------- */
 
+/* An adapter's matrices go to its flat device buffer in order, gathered on the host into chunks
+ * of STAGE_ELEMS values: a few large uploads (each a conversion with a staging buffer of its own
+ * size on a 16-bit device) instead of two small ones per Linear. */
+#define STAGE_ELEMS ((int64_t)1 << 22)
+
+typedef struct upload_stage {
+    fl_ctx *ctx;
+    char *device; /* the flat buffer */
+    fl_dtype dtype;
+    float *host;  /* STAGE_ELEMS values */
+    int64_t used, flushed; /* values in host; values already uploaded */
+} upload_stage;
+
+static void stage_flush(upload_stage *st) {
+    if (st->used == 0) return;
+    int64_t n = st->used;
+    fl_tensor dst = fl_tensor_make(st->device + (size_t)st->flushed * fl_dtype_size(st->dtype), st->dtype,
+                                   st->ctx->device, 1, &n);
+    fl_ctx_upload_f32(st->ctx, &dst, st->host, (size_t)n);
+    st->flushed += n;
+    st->used = 0;
+}
+
+static void stage_put(upload_stage *st, const float *src, int64_t n) {
+    if (!st->host) st->host = fl_xmalloc((size_t)STAGE_ELEMS * sizeof(float));
+    while (n > 0) {
+        int64_t take = STAGE_ELEMS - st->used < n ? STAGE_ELEMS - st->used : n;
+        memcpy(st->host + st->used, src, (size_t)take * sizeof(float));
+        st->used += take;
+        src += take;
+        n -= take;
+        if (st->used == STAGE_ELEMS) stage_flush(st);
+    }
+}
+
 int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n, float multiplier, bool trainable,
                         fl_error *err) {
     if (trainable && m->train_param_memory)
@@ -348,46 +391,71 @@ int fl_flux_add_adapter(fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t
                 return fl_fail(err, FL_EINVAL, "adapter module '%s' appears twice", pr->module);
         total += pr->rank * (lin->in + lin->out);
     }
+    /* A trainable adapter: f32 master weights and gradients, and with 16-bit storage a copy of
+     * the weights in that dtype for the products (kernels/ops.h, fl_op_gemm: mixed precision). */
     fl_dtype dtype = trainable ? FL_F32 : m->dtype;
+    bool shadow = trainable && m->dtype != FL_F32;
     size_t esize = fl_dtype_size(dtype), bytes = (size_t)(total ? total : 1) * esize;
+    size_t ssize = fl_dtype_size(m->dtype), shadow_bytes = (size_t)(total ? total : 1) * ssize;
     char *memory = fl_ctx_alloc(m->ctx, bytes);
     if (!memory) return fl_fail(err, FL_ENOMEM, "out of device memory for an adapter of %zu bytes", bytes);
-    char *grad_memory = NULL;
+    char *grad_memory = NULL, *shadow_memory = NULL;
     if (trainable) {
         grad_memory = fl_ctx_alloc(m->ctx, bytes);
-        if (!grad_memory) {
+        if (shadow && grad_memory) shadow_memory = fl_ctx_alloc(m->ctx, shadow_bytes);
+        if (!grad_memory || (shadow && !shadow_memory)) {
+            fl_ctx_free(m->ctx, grad_memory);
             fl_ctx_free(m->ctx, memory);
-            return fl_fail(err, FL_ENOMEM, "out of device memory for adapter gradients of %zu bytes", bytes);
+            return fl_fail(err, FL_ENOMEM, "out of device memory for adapter gradients of %zu bytes",
+                           bytes + (shadow ? shadow_bytes : 0));
         }
         m->train_param_memory = memory;
         m->train_grad_memory = grad_memory;
+        m->train_shadow_memory = shadow_memory;
+        m->train_shadow = shadow;
         m->n_train = total;
     }
     int set_id = m->next_set_id++;
     m->sets = fl_xrealloc(m->sets, (m->n_sets + 1) * sizeof *m->sets);
     m->sets[m->n_sets++] = (flux_adapter_set){set_id, trainable, trainable ? NULL : memory};
     size_t off = 0;
+    upload_stage stage = {m->ctx, memory, dtype, NULL, 0, 0};
     for (size_t i = 0; i < n; i++) {
         const fl_flux_lora_pair *pr = &pairs[i];
         fl_flux_linear *lin = find_linear(m, pr->module);
         fl_flux_adapter *ad = &lin->adapters[lin->n_adapters];
         int64_t a_shape[2] = {pr->rank, lin->in}, b_shape[2] = {lin->out, pr->rank};
-        ad->a = fl_tensor_make(memory + off * esize, dtype, m->ctx->device, 2, a_shape);
-        if (trainable) lin->grad_a = fl_tensor_make(grad_memory + off * esize, dtype, m->ctx->device, 2, a_shape);
-        off += (size_t)(pr->rank * lin->in);
-        ad->b = fl_tensor_make(memory + off * esize, dtype, m->ctx->device, 2, b_shape);
-        if (trainable) lin->grad_b = fl_tensor_make(grad_memory + off * esize, dtype, m->ctx->device, 2, b_shape);
-        off += (size_t)(pr->rank * lin->out);
+        size_t off_b = off + (size_t)(pr->rank * lin->in);
+        fl_tensor a = fl_tensor_make(memory + off * esize, dtype, m->ctx->device, 2, a_shape);
+        fl_tensor b = fl_tensor_make(memory + off_b * esize, dtype, m->ctx->device, 2, b_shape);
+        ad->a = shadow ? fl_tensor_make(shadow_memory + off * ssize, m->dtype, m->ctx->device, 2, a_shape) : a;
+        ad->b = shadow ? fl_tensor_make(shadow_memory + off_b * ssize, m->dtype, m->ctx->device, 2, b_shape) : b;
+        if (trainable) {
+            lin->grad_a = fl_tensor_make(grad_memory + off * esize, dtype, m->ctx->device, 2, a_shape);
+            lin->grad_b = fl_tensor_make(grad_memory + off_b * esize, dtype, m->ctx->device, 2, b_shape);
+        }
+        off = off_b + (size_t)(pr->rank * lin->out);
         ad->scale = multiplier * pr->alpha / (float)pr->rank;
         ad->set_id = set_id;
-        fl_ctx_upload_f32(m->ctx, &ad->a, pr->a, (size_t)(pr->rank * lin->in));
-        fl_ctx_upload_f32(m->ctx, &ad->b, pr->b, (size_t)(pr->rank * lin->out));
+        stage_put(&stage, pr->a, pr->rank * lin->in);
+        stage_put(&stage, pr->b, pr->rank * lin->out);
         if (trainable) lin->trainable = lin->n_adapters;
         lin->n_adapters++;
         if (pr->rank > m->rank_reserve) m->rank_reserve = pr->rank; /* a wider per-sample scratch */
     }
+    stage_flush(&stage);
+    free(stage.host);
+    if (shadow) flux_refresh_trainable_shadow(m);
     m->adapters_version++; /* every-row steps save each adapter's x A^T */
     return set_id;
+}
+
+void flux_refresh_trainable_shadow(fl_flux_model *m) {
+    if (!m->train_shadow) return;
+    fl_tensor master = fl_flux_trainable_params(m);
+    int64_t n = m->n_train;
+    fl_tensor copy = fl_tensor_make(m->train_shadow_memory, m->dtype, m->ctx->device, 1, &n);
+    fl_op_copy(m->ctx, &master, &copy);
 }
 
 size_t fl_flux_adapter_device_bytes(const fl_flux_model *m, const fl_flux_lora_pair *pairs, size_t n) {
@@ -410,7 +478,9 @@ void fl_flux_clear_adapters(fl_flux_model *m) {
     m->n_sets = 0;
     fl_ctx_free(m->ctx, m->train_param_memory);
     fl_ctx_free(m->ctx, m->train_grad_memory);
-    m->train_param_memory = m->train_grad_memory = NULL;
+    fl_ctx_free(m->ctx, m->train_shadow_memory);
+    m->train_param_memory = m->train_grad_memory = m->train_shadow_memory = NULL;
+    m->train_shadow = false;
     m->n_train = 0;
     m->adapters_version++;
 }
@@ -450,7 +520,9 @@ int fl_flux_remove_adapter(fl_flux_model *m, int set_id, fl_error *err) {
     if (set->trainable) {
         fl_ctx_free(m->ctx, m->train_param_memory);
         fl_ctx_free(m->ctx, m->train_grad_memory);
-        m->train_param_memory = m->train_grad_memory = NULL;
+        fl_ctx_free(m->ctx, m->train_shadow_memory);
+        m->train_param_memory = m->train_grad_memory = m->train_shadow_memory = NULL;
+        m->train_shadow = false;
         m->n_train = 0;
     }
     fl_ctx_free(m->ctx, set->memory);

@@ -368,6 +368,8 @@ void flux_run_forward(fl_flux_model *m, const fl_flux_inputs *in, const fl_tenso
     flux_acts *a = &m->acts;
     const int64_t batch = a->batch, hd = p->hidden_size, li = a->li, lt = a->lt, l = li + lt;
 
+    flux_refresh_trainable_shadow(m); /* the products read the 16-bit copy of a trained adapter */
+
     /* conditioning vector: time (+ guidance) + pooled text */
     a->temb = ACT2(m, batch, 256);
     fl_op_timestep_embedding(ctx, in->timesteps, &a->temb, 1000.0f, 10000.0f);

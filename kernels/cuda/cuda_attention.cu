@@ -16,13 +16,22 @@
  * dS = P (dout v^T - D), accumulate dq = scale dS k; (3) per key tile, stream query/dout tiles
  * (lane i = query i) and accumulate dv = P^T dout and dk = scale dS^T q.
  *
+ * BF16 operands with head dims 64 and 128 run on the tensor-core kernels of cuda_flash.cu
+ * instead, where they apply (fl_cuda_flash_usable); these kernels cover every other case.
+ *
  * The kernels are templated on the accumulator count per lane (head dims up to 32 x that: 32,
- * 64, 128, 256, 512) and use fp32 CUDA-core math. Tensor-core tiling (flash-attention style) is the
- * planned replacement; see README.md.
+ * 64, 128, 256, 512) and use fp32 CUDA-core math. For head dims above 128 a second variant reads
+ * the streamed tiles from global memory instead of shared memory; it runs where the GPU's
+ * shared-memory opt-in limit cannot hold the tiles (head dims above 256 on ~100 KiB GPUs), so a
+ * valid input never aborts for want of shared memory.
  */
 #include <math.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+
+extern "C" {
+#include "core/log.h"
+}
 
 /* ---- rope ------------------------------------------------------------------------------------- */
 
@@ -83,22 +92,65 @@ __device__ __forceinline__ void load_tile(float *smem, int stride, const T *src,
     }
 }
 
+/* A tile of 32 streamed rows (keys and values, or queries and output gradients): with SMEM, an
+ * fp32 copy in shared memory with row stride `stride`; without, the rows read straight from
+ * global memory (multiplied by mul, zero past len) — the variant for GPUs whose shared memory
+ * cannot hold the tiles of wide heads. */
+template <typename T, bool SMEM> struct tile_ref {
+    const float *smem;
+    int stride;
+    const T *g; /* the [len, d] matrix of this (batch, head) */
+    int64_t row0, len;
+    int d;
+    float mul;
+    __device__ __forceinline__ float at(int r, int c) const {
+        if (SMEM) return smem[r * stride + c];
+        const int64_t row = row0 + r;
+        return row < len ? mul * fl_to_f32(g[row * d + c]) : 0.0f;
+    }
+};
+
+template <typename T, bool SMEM>
+__device__ __forceinline__ tile_ref<T, SMEM> make_tile(const float *smem, int stride, const T *g, int64_t row0,
+                                                       int64_t len, int d, float mul) {
+    tile_ref<T, SMEM> t = {smem, stride, g, row0, len, d, mul};
+    return t;
+}
+
 /* Dot product of a broadcast vector (every lane reads the same address) with row `lane` of a
- * padded tile. */
-__device__ __forceinline__ float dot_row(const float *vec, const float *tile, int stride, int lane, int d) {
-    const float *row = tile + lane * stride;
+ * tile. */
+template <typename T, bool SMEM>
+__device__ __forceinline__ float dot_row(const float *vec, const tile_ref<T, SMEM> &tile, int lane, int d) {
     float acc = 0.0f;
 #pragma unroll 4
-    for (int c = 0; c < d; c++) acc += vec[c] * row[c];
+    for (int c = 0; c < d; c++) acc += vec[c] * tile.at(lane, c);
     return acc;
 }
 
-/* Opts a kernel in to more than 48 KiB of dynamic shared memory when it needs it. */
+/* Opts a kernel in to more than 48 KiB of dynamic shared memory when it needs it. Callers pick
+ * the variant that fits (the streaming tiles in shared memory or not), so failing here is a bug. */
 static void prepare_smem(const fl_cuda_state *s, const void *kernel, size_t smem, int d) {
     FL_CHECKF(smem <= s->smem_optin, "attention head dim %d needs %zu bytes of shared memory, the GPU allows %zu", d,
               smem, s->smem_optin);
     if (smem > 48 * 1024)
         CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+}
+
+/* Wide heads (DPL >= 8, head dims 129..512) have a variant that streams keys and values (or
+ * queries and output gradients) from global memory, taken when the shared-memory variant does
+ * not fit the GPU's opt-in limit (about 99 KiB on sm_86/89/120 against 227 KiB on sm_90):
+ * slower, never an abort on a valid input. Narrower heads fit everywhere (<= 50 KiB). */
+template <int DPL> struct has_global_variant {
+    static constexpr bool value = DPL >= 8;
+};
+
+static bool logged_global_variant = false;
+static void note_global_variant(const char *which, int d, size_t smem, size_t optin) {
+    if (logged_global_variant) return;
+    logged_global_variant = true;
+    fl_log_info("cuda: attention %s at head dim %d would need %zu bytes of shared memory (the GPU allows %zu): "
+                "streaming keys and values from global memory instead (logged once)",
+                which, d, smem, optin);
 }
 
 static unsigned attention_grid(int64_t bh, int64_t len, int rows_per_block) {
@@ -109,8 +161,8 @@ static unsigned attention_grid(int64_t bh, int64_t len, int rows_per_block) {
 
 /* ---- attention forward ------------------------------------------------------------------------ */
 
-/* Shared memory: qs [rows][d] (pre-scaled q), ks [32][padded], vs [32][d]. */
-template <typename T, int DPL, int RPW>
+/* Shared memory: qs [rows][d] (pre-scaled q), and with SMEM ks [32][padded], vs [32][d]. */
+template <typename T, int DPL, int RPW, bool SMEM>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_forward_kernel(const T *q, const T *k, const T *v, T *out, float *lse, int64_t lq, int64_t lk, int d,
                              float scale) {
@@ -139,14 +191,18 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
     for (int64_t k0 = 0; k0 < lk; k0 += ATT_BK) {
         __syncthreads(); /* the previous tile is consumed (and qs is loaded) */
-        load_tile(ks, ks_stride, kb, k0, ATT_BK, lk, d, 1.0f);
-        load_tile(vs, d, vb, k0, ATT_BK, lk, d, 1.0f);
+        if (SMEM) {
+            load_tile(ks, ks_stride, kb, k0, ATT_BK, lk, d, 1.0f);
+            load_tile(vs, d, vb, k0, ATT_BK, lk, d, 1.0f);
+        }
         __syncthreads();
+        const tile_ref<T, SMEM> kt = make_tile<T, SMEM>(ks, ks_stride, kb, k0, lk, d, 1.0f);
+        const tile_ref<T, SMEM> vt = make_tile<T, SMEM>(vs, d, vb, k0, lk, d, 1.0f);
         const bool valid = k0 + lane < lk; /* lane 0 is always valid, so tile maxima are finite */
         float p[RPW];
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            const float sc = valid ? dot_row(qs + (warp * RPW + r) * d, ks, ks_stride, lane, d) : -INFINITY;
+            const float sc = valid ? dot_row(qs + (warp * RPW + r) * d, kt, lane, d) : -INFINITY;
             const float m_new = fmaxf(m[r], fl_warp_max(sc));
             const float corr = expf(m[r] - m_new); /* 0 on the first tile */
             p[r] = valid ? expf(sc - m_new) : 0.0f;
@@ -163,7 +219,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             for (int i = 0; i < DPL; i++) {
                 const int c = lane + 32 * i;
                 if (c < d) {
-                    const float vv = vs[j * d + c];
+                    const float vv = vt.at(j, c);
 #pragma unroll
                     for (int r = 0; r < RPW; r++) acc[r][i] += pj[r] * vv;
                 }
@@ -186,18 +242,32 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
-template <typename T, int DPL, int RPW>
-static void launch_forward(fl_cuda_state *s, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
-                           fl_tensor *out, fl_tensor *lse, float scale) {
+template <typename T, int DPL, int RPW, bool SMEM>
+static void run_forward(fl_cuda_state *s, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
+                        fl_tensor *lse, float scale, size_t smem) {
     const int64_t bh = q->shape[0] * q->shape[1], lq = q->shape[2], lk = k->shape[2];
     const int d = (int)q->shape[3];
     constexpr int ROWS = ATT_WARPS * RPW;
-    const size_t smem = sizeof(float) * ((size_t)ROWS * d + (size_t)ATT_BK * padded_stride(d) + (size_t)ATT_BK * d);
-    prepare_smem(s, (const void *)attention_forward_kernel<T, DPL, RPW>, smem, d);
-    attention_forward_kernel<T, DPL, RPW><<<attention_grid(bh, lq, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
+    prepare_smem(s, (const void *)attention_forward_kernel<T, DPL, RPW, SMEM>, smem, d);
+    attention_forward_kernel<T, DPL, RPW, SMEM><<<attention_grid(bh, lq, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
         (const T *)q->data, (const T *)k->data, (const T *)v->data, (T *)out->data, (float *)lse->data, lq, lk, d,
         scale);
     CHECK_LAUNCH();
+}
+
+template <typename T, int DPL, int RPW>
+static void launch_forward(fl_cuda_state *s, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                           fl_tensor *out, fl_tensor *lse, float scale) {
+    const int d = (int)q->shape[3];
+    constexpr int ROWS = ATT_WARPS * RPW;
+    const size_t smem = sizeof(float) * ((size_t)ROWS * d + (size_t)ATT_BK * padded_stride(d) + (size_t)ATT_BK * d);
+    if (has_global_variant<DPL>::value && smem > s->smem_optin) {
+        note_global_variant("forward", d, smem, s->smem_optin);
+        run_forward<T, DPL, RPW, !has_global_variant<DPL>::value>(s, q, k, v, out, lse, scale,
+                                                                   sizeof(float) * (size_t)ROWS * d);
+        return;
+    }
+    run_forward<T, DPL, RPW, true>(s, q, k, v, out, lse, scale, smem);
 }
 
 /* ---- attention backward ----------------------------------------------------------------------- */
@@ -215,9 +285,9 @@ __global__ void __launch_bounds__(256) attention_delta_kernel(const T *dout, con
     if (lane == 0) delta[row] = acc;
 }
 
-/* dq for a tile of query rows. Shared memory: qs [rows][d] (pre-scaled q), dos [rows][d],
- * ks [32][padded], vs [32][padded]. */
-template <typename T, int DPL, int RPW>
+/* dq for a tile of query rows. Shared memory: qs [rows][d] (pre-scaled q), dos [rows][d], and
+ * with SMEM ks [32][padded], vs [32][padded]. */
+template <typename T, int DPL, int RPW, bool SMEM>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_dq_kernel(const T *q, const T *k, const T *v, const T *dout, const float *lse, const float *delta,
                         T *dq, int64_t lq, int64_t lk, int d, float scale) {
@@ -250,9 +320,13 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
     for (int64_t k0 = 0; k0 < lk; k0 += ATT_BK) {
         __syncthreads();
-        load_tile(ks, stride, kb, k0, ATT_BK, lk, d, 1.0f);
-        load_tile(vs, stride, vb, k0, ATT_BK, lk, d, 1.0f);
+        if (SMEM) {
+            load_tile(ks, stride, kb, k0, ATT_BK, lk, d, 1.0f);
+            load_tile(vs, stride, vb, k0, ATT_BK, lk, d, 1.0f);
+        }
         __syncthreads();
+        const tile_ref<T, SMEM> kt = make_tile<T, SMEM>(ks, stride, kb, k0, lk, d, 1.0f);
+        const tile_ref<T, SMEM> vt = make_tile<T, SMEM>(vs, stride, vb, k0, lk, d, 1.0f);
         const bool valid = k0 + lane < lk;
         float ds[RPW];
 #pragma unroll
@@ -260,8 +334,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             ds[r] = 0.0f;
             if (valid) {
                 const int qr = warp * RPW + r;
-                const float p = expf(dot_row(qs + qr * d, ks, stride, lane, d) - row_lse[r]);
-                const float dp = dot_row(dos + qr * d, vs, stride, lane, d);
+                const float p = expf(dot_row(qs + qr * d, kt, lane, d) - row_lse[r]);
+                const float dp = dot_row(dos + qr * d, vt, lane, d);
                 ds[r] = p * (dp - row_delta[r]);
             }
         }
@@ -273,7 +347,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             for (int i = 0; i < DPL; i++) {
                 const int c = lane + 32 * i;
                 if (c < d) {
-                    const float kv = ks[j * stride + c];
+                    const float kv = kt.at(j, c);
 #pragma unroll
                     for (int r = 0; r < RPW; r++) acc[r][i] += dsj[r] * kv;
                 }
@@ -295,9 +369,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 }
 
 /* dk, dv for a tile of key rows; lane i handles query i of each streamed query tile.
- * Shared memory: kr [rows][d], vr [rows][d], qs [32][padded] (pre-scaled q), dos [32][padded],
- * lse_s [32], delta_s [32]. */
-template <typename T, int DPL, int RPW>
+ * Shared memory: kr [rows][d], vr [rows][d], lse_s [32], delta_s [32], and with SMEM
+ * qs [32][padded] (pre-scaled q), dos [32][padded]. */
+template <typename T, int DPL, int RPW, bool SMEM>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_dkv_kernel(const T *q, const T *k, const T *v, const T *dout, const float *lse, const float *delta,
                          T *dk, T *dv, int64_t lq, int64_t lk, int d, float scale) {
@@ -306,10 +380,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     const int stride = padded_stride(d);
     float *kr = smem;
     float *vr = kr + ROWS * d;
-    float *qs = vr + ROWS * d;
-    float *dos = qs + ATT_BK * stride;
-    float *lse_s = dos + ATT_BK * stride;
+    float *lse_s = vr + ROWS * d;
     float *delta_s = lse_s + ATT_BK;
+    float *qs = delta_s + ATT_BK;
+    float *dos = qs + ATT_BK * stride;
 
     const int64_t k_tiles = (lk + ROWS - 1) / ROWS;
     const int64_t bh = blockIdx.x / k_tiles, k0 = (blockIdx.x % k_tiles) * ROWS;
@@ -327,8 +401,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 
     for (int64_t i0 = 0; i0 < lq; i0 += ATT_BK) {
         __syncthreads();
-        load_tile(qs, stride, qb, i0, ATT_BK, lq, d, scale);
-        load_tile(dos, stride, dob, i0, ATT_BK, lq, d, 1.0f);
+        if (SMEM) {
+            load_tile(qs, stride, qb, i0, ATT_BK, lq, d, scale);
+            load_tile(dos, stride, dob, i0, ATT_BK, lq, d, 1.0f);
+        }
+        const tile_ref<T, SMEM> qt = make_tile<T, SMEM>(qs, stride, qb, i0, lq, d, scale);
+        const tile_ref<T, SMEM> dot = make_tile<T, SMEM>(dos, stride, dob, i0, lq, d, 1.0f);
         if (threadIdx.x < ATT_BK) {
             const int64_t row = i0 + threadIdx.x;
             lse_s[threadIdx.x] = row < lq ? lse[bh * lq + row] : 0.0f;
@@ -343,8 +421,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             if (valid) {
                 const int kr_row = warp * RPW + r;
                 /* Broadcast key/value row against query row `lane` of the padded tiles. */
-                p[r] = expf(dot_row(kr + kr_row * d, qs, stride, lane, d) - lse_s[lane]);
-                const float dp = dot_row(vr + kr_row * d, dos, stride, lane, d);
+                p[r] = expf(dot_row(kr + kr_row * d, qt, lane, d) - lse_s[lane]);
+                const float dp = dot_row(vr + kr_row * d, dot, lane, d);
                 ds[r] = p[r] * (dp - delta_s[lane]);
             }
         }
@@ -359,7 +437,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
             for (int i = 0; i < DPL; i++) {
                 const int c = lane + 32 * i;
                 if (c < d) {
-                    const float qv = qs[j * stride + c], dov = dos[j * stride + c];
+                    const float qv = qt.at(j, c), dov = dot.at(j, c);
 #pragma unroll
                     for (int r = 0; r < RPW; r++) {
                         dv_acc[r][i] += pj[r] * dov;
@@ -386,6 +464,32 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
 }
 
+template <typename T, int DPL, int RPW, bool SMEM>
+static void run_dq(fl_cuda_state *s, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                   const fl_tensor *lse, const float *delta, fl_tensor *dq, float scale, size_t smem) {
+    const int64_t bh = q->shape[0] * q->shape[1], lq = q->shape[2], lk = k->shape[2];
+    const int d = (int)q->shape[3];
+    constexpr int ROWS = ATT_WARPS * RPW;
+    prepare_smem(s, (const void *)attention_dq_kernel<T, DPL, RPW, SMEM>, smem, d);
+    attention_dq_kernel<T, DPL, RPW, SMEM><<<attention_grid(bh, lq, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
+        (const T *)q->data, (const T *)k->data, (const T *)v->data, (const T *)dout->data, (const float *)lse->data,
+        delta, (T *)dq->data, lq, lk, d, scale);
+    CHECK_LAUNCH();
+}
+
+template <typename T, int DPL, int RPW, bool SMEM>
+static void run_dkv(fl_cuda_state *s, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                    const fl_tensor *lse, const float *delta, fl_tensor *dk, fl_tensor *dv, float scale, size_t smem) {
+    const int64_t bh = q->shape[0] * q->shape[1], lq = q->shape[2], lk = k->shape[2];
+    const int d = (int)q->shape[3];
+    constexpr int ROWS = ATT_WARPS * RPW;
+    prepare_smem(s, (const void *)attention_dkv_kernel<T, DPL, RPW, SMEM>, smem, d);
+    attention_dkv_kernel<T, DPL, RPW, SMEM><<<attention_grid(bh, lk, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
+        (const T *)q->data, (const T *)k->data, (const T *)v->data, (const T *)dout->data, (const float *)lse->data,
+        delta, (T *)dk->data, (T *)dv->data, lq, lk, d, scale);
+    CHECK_LAUNCH();
+}
+
 template <typename T, int DPL, int RPW>
 static void launch_backward(fl_cuda_state *s, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
                             const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse, fl_tensor *dq,
@@ -393,6 +497,7 @@ static void launch_backward(fl_cuda_state *s, const fl_tensor *dout, const fl_te
     const int64_t bh = q->shape[0] * q->shape[1], lq = q->shape[2], lk = k->shape[2];
     const int d = (int)q->shape[3];
     constexpr int ROWS = ATT_WARPS * RPW;
+    constexpr bool WIDE = has_global_variant<DPL>::value;
     const size_t stride = (size_t)padded_stride(d);
 
     float *delta = (float *)fl_cuda_scratch(s, (size_t)(bh * lq) * sizeof(float));
@@ -405,20 +510,24 @@ static void launch_backward(fl_cuda_state *s, const fl_tensor *dout, const fl_te
     }
 
     if (lq > 0) {
-        const size_t smem = sizeof(float) * (2 * (size_t)ROWS * d + 2 * (size_t)ATT_BK * stride);
-        prepare_smem(s, (const void *)attention_dq_kernel<T, DPL, RPW>, smem, d);
-        attention_dq_kernel<T, DPL, RPW><<<attention_grid(bh, lq, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
-            (const T *)q->data, (const T *)k->data, (const T *)v->data, (const T *)dout->data,
-            (const float *)lse->data, delta, (T *)dq->data, lq, lk, d, scale);
-        CHECK_LAUNCH();
+        const size_t own = sizeof(float) * 2 * (size_t)ROWS * d;
+        const size_t smem = own + sizeof(float) * 2 * (size_t)ATT_BK * stride;
+        if (WIDE && smem > s->smem_optin) {
+            note_global_variant("backward", d, smem, s->smem_optin);
+            run_dq<T, DPL, RPW, !WIDE>(s, dout, q, k, v, lse, delta, dq, scale, own);
+        } else {
+            run_dq<T, DPL, RPW, true>(s, dout, q, k, v, lse, delta, dq, scale, smem);
+        }
     }
     if (lk > 0) {
-        const size_t smem = sizeof(float) * (2 * (size_t)ROWS * d + 2 * (size_t)ATT_BK * stride + 2 * ATT_BK);
-        prepare_smem(s, (const void *)attention_dkv_kernel<T, DPL, RPW>, smem, d);
-        attention_dkv_kernel<T, DPL, RPW><<<attention_grid(bh, lk, ROWS), ATT_WARPS * 32, smem, s->stream>>>(
-            (const T *)q->data, (const T *)k->data, (const T *)v->data, (const T *)dout->data,
-            (const float *)lse->data, delta, (T *)dk->data, (T *)dv->data, lq, lk, d, scale);
-        CHECK_LAUNCH();
+        const size_t own = sizeof(float) * (2 * (size_t)ROWS * d + 2 * ATT_BK);
+        const size_t smem = own + sizeof(float) * 2 * (size_t)ATT_BK * stride;
+        if (WIDE && smem > s->smem_optin) {
+            note_global_variant("backward", d, smem, s->smem_optin);
+            run_dkv<T, DPL, RPW, !WIDE>(s, dout, q, k, v, lse, delta, dk, dv, scale, own);
+        } else {
+            run_dkv<T, DPL, RPW, true>(s, dout, q, k, v, lse, delta, dk, dv, scale, smem);
+        }
     }
 }
 
@@ -442,6 +551,11 @@ void fl_cuda_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, cons
     fl_cuda_state *s = fl_cuda_enter(ctx);
     const int64_t d = q->shape[3];
     if (fl_tensor_numel(q) == 0 && fl_tensor_numel(lse) == 0) return;
+    const fl_tensor *operands[4] = {q, k, v, out};
+    if (fl_cuda_flash_usable(s, operands, 4)) {
+        fl_cuda_flash_attention(s, q, k, v, out, lse, scale);
+        return;
+    }
     ATT_DISPATCH(launch_forward, q->dtype, d, s, q, k, v, out, lse, scale);
 }
 
@@ -451,5 +565,17 @@ void fl_cuda_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_ten
     fl_cuda_state *s = fl_cuda_enter(ctx);
     const int64_t d = q->shape[3];
     if (q->shape[0] * q->shape[1] == 0 || d == 0) return;
+    const fl_tensor *operands[7] = {q, k, v, dout, dq, dk, dv};
+    if (fl_cuda_flash_usable(s, operands, 7)) {
+        const int64_t rows = q->shape[0] * q->shape[1] * q->shape[2];
+        float *delta = (float *)fl_cuda_scratch(s, (size_t)rows * sizeof(float));
+        const int64_t blocks = (rows + 7) / 8;
+        FL_CHECKF(blocks <= 0x7fffffff, "attention backward: too many rows");
+        attention_delta_kernel<__nv_bfloat16><<<(unsigned)blocks, 256, 0, s->stream>>>(
+            (const __nv_bfloat16 *)dout->data, (const __nv_bfloat16 *)out->data, delta, rows, (int)d);
+        CHECK_LAUNCH();
+        fl_cuda_flash_attention_backward(s, dout, q, k, v, lse, delta, dq, dk, dv, scale);
+        return;
+    }
     ATT_DISPATCH(launch_backward, q->dtype, d, s, dout, q, k, v, out, lse, dq, dk, dv, scale);
 }

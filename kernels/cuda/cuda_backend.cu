@@ -59,6 +59,7 @@ fl_matrix fl_cuda_matrix(const fl_tensor *t) {
 static void release_state(fl_cuda_state *s) {
     /* Best effort: a context torn down after a failure must not abort here. */
     if (s->stream) (void)cudaStreamSynchronize(s->stream);
+    fl_cuda_gemm_cache_destroy(s);
     if (s->host_partials) (void)cudaFreeHost(s->host_partials);
     if (s->scratch) (void)cudaFree(s->scratch);
     if (s->workspace) (void)cudaFree(s->workspace);
@@ -105,10 +106,11 @@ static int cuda_init(fl_ctx *ctx, fl_error *err) {
     if (!s) return fl_fail(err, FL_ENOMEM, "cuda:%d: out of host memory", dev);
     s->device = dev;
     const char *what = NULL;
-    int sms = 0, optin = 0;
+    int sms = 0, optin = 0, major = 0;
     cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) {
+        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess) {
         what = "querying the device";
     } else if ((e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking)) != cudaSuccess) {
         what = "creating a stream";
@@ -131,6 +133,16 @@ static int cuda_init(fl_ctx *ctx, fl_error *err) {
     }
     s->sm_count = sms > 0 ? sms : 1;
     s->smem_optin = (size_t)(optin > 0 ? optin : 48 * 1024);
+    s->cc_major = major;
+    const char *attention = getenv("FLASHLORA_CUDA_ATTENTION");
+    s->attention_simt = attention && !strcmp(attention, "simt");
+    /* Tests and benchmarks take the code paths of GPUs with less shared memory by lowering it. */
+    const char *limit = getenv("FLASHLORA_CUDA_SMEM_LIMIT");
+    if (limit && *limit) {
+        char *end = NULL;
+        unsigned long long v = strtoull(limit, &end, 10);
+        if (end && !*end && v >= 48 * 1024 && v < s->smem_optin) s->smem_optin = (size_t)v;
+    }
     ctx->impl = s;
     return 0;
 }

@@ -49,16 +49,22 @@ extern "C" {
 #define FL_CUDA_MAX_PARTIALS 1024                    /* blocks (partial sums) of a full reduction */
 #define FL_CUDA_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLASLt workspace */
 
+typedef struct fl_cuda_gemm_cache fl_cuda_gemm_cache; /* defined in cuda_gemm.cu */
+
 typedef struct fl_cuda_state {
     int device;           /* CUDA ordinal */
     int sm_count;         /* multiprocessors, for sizing grid-stride launches */
     size_t smem_optin;    /* most dynamic shared memory a block may opt in to */
+    int cc_major;         /* compute capability (major) */
+    bool attention_simt;  /* FLASHLORA_CUDA_ATTENTION=simt: the CUDA-core attention kernels only */
     cudaStream_t stream;  /* every op of the context runs here, in order */
     cublasLtHandle_t lt;
     void *workspace;      /* cuBLASLt workspace, FL_CUDA_WORKSPACE_BYTES */
     void *scratch;        /* temporary device memory, see fl_cuda_scratch */
     size_t scratch_bytes;
     float *host_partials; /* pinned host buffer of FL_CUDA_MAX_PARTIALS floats */
+    fl_cuda_gemm_cache *gemm_cache; /* cuBLASLt plans per product shape (cuda_gemm.cu) */
+    uint64_t gemm_fallbacks;        /* products the tiled fallback kernel computed */
 } fl_cuda_state;
 
 /* Makes the context's device current on the calling thread and returns its state. */
@@ -204,6 +210,9 @@ void fl_cuda_colsum(fl_cuda_state *s, F f, int64_t groups, int64_t rows, int64_t
 /* ---- entry points (one backend table slot each) ---------------------------------------------- */
 
 /* cuda_gemm.cu */
+void fl_cuda_gemm_cache_destroy(fl_cuda_state *s);
+/* Lookups and misses of the plan cache (a miss builds a plan) and the plans held now. */
+void fl_cuda_gemm_cache_stats(const fl_cuda_state *s, uint64_t *lookups, uint64_t *misses, int *plans);
 void fl_cuda_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b, fl_tensor *c,
                   float alpha, float beta);
 void fl_cuda_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
@@ -255,6 +264,16 @@ double fl_cuda_mse_loss(fl_ctx *ctx, const fl_tensor *pred, const fl_tensor *tar
 double fl_cuda_sum_squares(fl_ctx *ctx, const fl_tensor *x);
 void fl_cuda_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
                    const fl_adamw_params *p);
+
+/* cuda_flash.cu: tensor-core attention (BF16, head dims 64 and 128, sm_80+). operands: q, k and
+ * every other operand of the call, whose base addresses must be 16-byte aligned. delta: rowsum of
+ * dout * out per query row (f32). */
+bool fl_cuda_flash_usable(const fl_cuda_state *s, const fl_tensor *const *operands, int n);
+void fl_cuda_flash_attention(fl_cuda_state *s, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
+                             fl_tensor *out, fl_tensor *lse, float scale);
+void fl_cuda_flash_attention_backward(fl_cuda_state *s, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+                                      const fl_tensor *v, const fl_tensor *lse, const float *delta, fl_tensor *dq,
+                                      fl_tensor *dk, fl_tensor *dv, float scale);
 
 /* cuda_text.cu (text encoders, forward only) */
 void fl_cuda_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, int64_t n, fl_tensor *out);

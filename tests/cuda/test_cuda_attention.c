@@ -2,7 +2,10 @@
  * test_cuda_attention.c — parity of the CUDA rotary embedding and attention (forward and
  * backward) with the CPU reference, in F32 and BF16 storage: head dims 16, 64, 80, 128, 256 and
  * 512, query and key lengths that are not multiples of the kernels' tiles, Lq != Lk, a single
- * key, and in-place rope. Exits 77 where no CUDA device is usable.
+ * key, in-place rope, logits of hundreds, the Flux head layout; BF16 head dims 64 and 128 on both
+ * the tensor-core kernels (cuda_flash.cu, the default) and the CUDA-core ones
+ * (FLASHLORA_CUDA_ATTENTION=simt); wide heads on a context limited to the shared memory of
+ * ~100 KiB GPUs. Exits 77 where no CUDA device is usable.
  */
 #include <math.h>
 #include <stdio.h>
@@ -61,11 +64,12 @@ typedef struct att_shape {
     int64_t b, h, lq, lk, d;
 } att_shape;
 
-static void attention_case(fl_dtype dt, att_shape sh, uint64_t seed) {
+/* amp: the standard deviation of q and k (large values make peaked rows and logits of hundreds). */
+static void attention_case_amp(fl_dtype dt, att_shape sh, float amp, uint64_t seed) {
     const int64_t *qs = SHAPE(sh.b, sh.h, sh.lq, sh.d), *ks = SHAPE(sh.b, sh.h, sh.lk, sh.d);
     const int64_t *ls = SHAPE(sh.b, sh.h, sh.lq);
     const float scale = 1.0f / sqrtf((float)sh.d);
-    pt_pair q = pt_randn(dt, 4, qs, seed, 1.0f), k = pt_randn(dt, 4, ks, seed + 1, 1.0f);
+    pt_pair q = pt_randn(dt, 4, qs, seed, amp), k = pt_randn(dt, 4, ks, seed + 1, amp);
     pt_pair v = pt_randn(dt, 4, ks, seed + 2, 1.0f);
     pt_pair out = pt_full(dt, 4, qs, NAN), lse = pt_full(FL_F32, 3, ls, NAN);
     for (int s = 0; s < 2; s++) fl_op_attention(pt_ctx(s), &q.t[s], &k.t[s], &v.t[s], &out.t[s], &lse.t[s], scale);
@@ -107,6 +111,10 @@ static void attention_case(fl_dtype dt, att_shape sh, uint64_t seed) {
     pt_free(&dv);
 }
 
+static void attention_case(fl_dtype dt, att_shape sh, uint64_t seed) {
+    attention_case_amp(dt, sh, 1.0f, seed);
+}
+
 static void test_attention_small_heads(void) {
     for (int di = 0; di < 2; di++) {
         attention_case(pt_dtypes[di], (att_shape){1, 2, 37, 45, 16}, 200);
@@ -138,6 +146,30 @@ static void test_attention_wide_heads(void) {
     }
 }
 
+/* Logits of a few hundred over many key tiles: the running maximum of the online softmax must
+ * never decrease (an overflow shows as Inf/NaN). */
+static void test_attention_large_logits(void) {
+    for (int di = 0; di < 2; di++) {
+        attention_case_amp(pt_dtypes[di], (att_shape){1, 2, 40, 300, 64}, 12.0f, 600);
+        attention_case_amp(pt_dtypes[di], (att_shape){1, 1, 70, 200, 128}, 8.0f, 610);
+    }
+}
+
+/* The Flux shape at a small sequence: 24 heads of 128 over 300 tokens, batch 2. */
+static void test_attention_flux_heads(void) {
+    for (int di = 0; di < 2; di++) attention_case(pt_dtypes[di], (att_shape){2, 24, 300, 300, 128}, 620);
+}
+
+/* The same on a context that may use only 99 KiB of shared memory per block, as on sm_86, sm_89
+ * and sm_120: head dims above 256 take the variant that streams tiles from global memory. */
+static void test_attention_wide_heads_small_smem(void) {
+    for (int di = 0; di < 2; di++) {
+        attention_case(pt_dtypes[di], (att_shape){1, 2, 40, 37, 256}, 520);
+        attention_case(pt_dtypes[di], (att_shape){1, 1, 9, 33, 512}, 530);
+        attention_case(pt_dtypes[di], (att_shape){1, 2, 70, 45, 384}, 540);
+    }
+}
+
 int main(void) {
     pt_setup();
     FL_RUN(test_rope);
@@ -145,6 +177,22 @@ int main(void) {
     FL_RUN(test_attention_d64);
     FL_RUN(test_attention_d128);
     FL_RUN(test_attention_wide_heads);
+    FL_RUN(test_attention_large_logits);
+    FL_RUN(test_attention_flux_heads);
+    pt_teardown();
+    /* BF16 head dims 64 and 128 ran on the tensor-core kernels above; the CUDA-core kernels take
+     * them where those do not apply, so they are checked too. */
+    setenv("FLASHLORA_CUDA_ATTENTION", "simt", 1); /* read when a CUDA context is created */
+    pt_setup();
+    FL_RUN(test_attention_d64);
+    FL_RUN(test_attention_d128);
+    FL_RUN(test_attention_large_logits);
+    pt_teardown();
+    unsetenv("FLASHLORA_CUDA_ATTENTION");
+    setenv("FLASHLORA_CUDA_SMEM_LIMIT", "101376", 1);
+    pt_setup();
+    FL_RUN(test_attention_wide_heads_small_smem);
+    FL_RUN(test_attention_d128); /* the tensor-core kernels fit in 99 KiB */
     pt_teardown();
     return fl_test_finish();
 }

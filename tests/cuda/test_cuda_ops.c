@@ -1,6 +1,7 @@
 /*
  * test_cuda_ops.c — parity of the CUDA backend with the CPU reference for the matrix products,
- * the elementwise ops, normalization/modulation and the training ops, in F32 and BF16 storage,
+ * the elementwise ops, normalization/modulation and the training ops, in F32 and BF16 storage
+ * (and the BF16-operand, F32-result product of the LoRA gradients; bitwise-repeatable products),
  * with strided (column-chunk) operands, misaligned views, in-place forms, accumulating and
  * overwriting gradients, and a few shapes large enough to exercise grid-stride loops and chunked
  * column sums. Exits 77 where no CUDA device is usable.
@@ -78,6 +79,66 @@ static void test_gemm(void) {
         pt_pair c = pt_randn(dt, 2, SHAPE(6, 4), seed += 3, 1.0f);
         for (int s = 0; s < 2; s++) fl_op_gemm(pt_ctx(s), &a.t[s], false, &b.t[s], false, &c.t[s], 0.0f, 0.5f);
         PT_CHECK("gemm alpha=0", &c, pt_tol_for(dt, 1e-6, 1e-6, 1e-2, 1e-2));
+        pt_free(&a);
+        pt_free(&b);
+        pt_free(&c);
+    }
+}
+
+/* The mixed form of the products of LoRA gradients: BF16 A and B, an F32 C accumulated in fp32.
+ * The reference multiplies the same bf16-rounded values in f32, so only summation order differs. */
+static void gemm_mixed_case(int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha, float beta, layout lay,
+                            uint64_t seed) {
+    const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    pt_pair a = pt_randn(FL_BF16, 2, SHAPE(ar, ac + lay.pad), seed, 1.0f);
+    pt_pair b = pt_randn(FL_BF16, 2, SHAPE(br, bc + lay.pad), seed + 1, 1.0f);
+    pt_pair c = beta == 0.0f && lay.pad == 0 ? pt_full(FL_F32, 2, SHAPE(m, n), NAN)
+                                              : pt_randn(FL_F32, 2, SHAPE(m, n + lay.pad), seed + 2, 1.0f);
+    fl_tensor av[2], bv[2], cv[2];
+    pt_slice(&a, 1, lay.off, ac, av);
+    pt_slice(&b, 1, lay.off, bc, bv);
+    pt_slice(&c, 1, lay.off, n, cv);
+    for (int s = 0; s < 2; s++) fl_op_gemm(pt_ctx(s), &av[s], ta, &bv[s], tb, &cv[s], alpha, beta);
+    char what[128];
+    PT_CHECK(label(what, sizeof what, "gemm bf16->f32 m=%lld n=%lld k=%lld ta=%d tb=%d alpha=%g beta=%g off=%lld",
+                   (long long)m, (long long)n, (long long)k, ta, tb, alpha, beta, (long long)lay.off),
+             &c, (pt_tol){5e-4, 2e-4});
+    pt_free(&a);
+    pt_free(&b);
+    pt_free(&c);
+}
+
+static void test_gemm_bf16_in_f32_out(void) {
+    const layout dense = {0, 0}, aligned = {8, 16}, odd = {1, 3};
+    uint64_t seed = 700;
+    for (int t = 0; t < 4; t++) {
+        bool ta = t & 1, tb = t & 2;
+        gemm_mixed_case(33, 17, 65, ta, tb, 1.0f, 0.0f, dense, seed += 3);
+        gemm_mixed_case(40, 24, 32, ta, tb, 0.5f, 1.0f, aligned, seed += 3);
+        gemm_mixed_case(19, 23, 29, ta, tb, -1.5f, 1.0f, odd, seed += 3);
+    }
+    /* The LoRA gradient shapes: grad_b [out, r] += s dy^T h, grad_a [r, in] += dh^T x. */
+    gemm_mixed_case(3072, 16, 1536, true, false, 0.25f, 1.0f, dense, seed += 3);
+    gemm_mixed_case(16, 3072, 1536, true, false, 1.0f, 1.0f, dense, seed += 3);
+    gemm_mixed_case(4, 5, 0, false, false, 1.0f, 0.5f, dense, seed += 3);
+}
+
+/* A product run twice on the same buffers gives the same bits: the plan (and so the algorithm)
+ * of a shape is pinned in the context. */
+static void test_gemm_repeatable(void) {
+    for (int di = 0; di < 2; di++) {
+        fl_dtype dt = pt_dtypes[di];
+        pt_pair a = pt_randn(dt, 2, SHAPE(300, 200), 900, 1.0f), b = pt_randn(dt, 2, SHAPE(500, 200), 901, 1.0f);
+        pt_pair c = pt_full(dt, 2, SHAPE(300, 500), NAN);
+        fl_ctx *gpu = pt_ctx(PT_GPU);
+        fl_op_gemm(gpu, &a.t[PT_GPU], false, &b.t[PT_GPU], true, &c.t[PT_GPU], 1.0f, 0.0f);
+        float *first = pt_get(&c, PT_GPU);
+        for (int r = 0; r < 3; r++) fl_op_gemm(gpu, &a.t[PT_GPU], false, &b.t[PT_GPU], true, &c.t[PT_GPU], 1.0f, 0.0f);
+        float *again = pt_get(&c, PT_GPU);
+        FL_EXPECTF(memcmp(first, again, c.n * sizeof(float)) == 0, "gemm [%s] differs between identical runs",
+                   fl_dtype_name(dt));
+        free(first);
+        free(again);
         pt_free(&a);
         pt_free(&b);
         pt_free(&c);
@@ -496,6 +557,8 @@ static void test_adamw(void) {
 int main(void) {
     pt_setup();
     FL_RUN(test_gemm);
+    FL_RUN(test_gemm_bf16_in_f32_out);
+    FL_RUN(test_gemm_repeatable);
     FL_RUN(test_linear);
     FL_RUN(test_bias_grad);
     FL_RUN(test_add_scale);
