@@ -448,8 +448,9 @@ def write_network(layout, records, loss):
             w.int_(3)
             input_record(by_layer[top - 1])
             details(by_layer[top])
-            for _ in range(3):
-                w.bool_(False)
+            # this_layer_setup_called = true: else dlib re-initializes the layer on first use
+            for flag in (True, False, False):
+                w.bool_(flag)
             for _ in range(3):
                 w.tensor(empty)
             w.int_(1)
@@ -457,8 +458,8 @@ def write_network(layout, records, loss):
         w.int_(2)
         layer(i + 1, top - 1)
         details(by_layer[top])
-        for _ in range(3):
-            w.bool_(False)
+        for flag in (True, False, False):
+            w.bool_(flag)
         for _ in range(3):
             w.tensor(empty)
 

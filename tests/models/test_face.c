@@ -1,0 +1,264 @@
+/*
+ * test_face.c — the dlib face pipeline against dlib itself (tests/reference/make_face_fixtures.py,
+ * dlib-bin 20.0.1).
+ *
+ * Always (committed tiny files in dlib's layouts, written by the generator and read back by dlib):
+ *  - the .dat reader on the tiny ResNet, MMOD detector and shape predictor, and on every prefix of
+ *    the smallest file of each layout (each cut is one clear error, never a crash), on a file of
+ *    the wrong layout and on trailing bytes;
+ *  - descriptors of three 150x150 chips with the tiny ResNet: within 1e-5 relative of dlib's;
+ *  - the tiny shape predictor's 5 points in a given box: equal to dlib's;
+ *  - dlib.get_face_chip for those points: every pixel within 1 level of dlib's;
+ *  - the tiny MMOD detector's boxes (all of them: random weights fire everywhere): equal, scores
+ *    within 1e-4.
+ * Where scripts/install-face-models.sh has run (else those tests are skipped and say so):
+ *  - the real files parse exactly to their last byte, with the counts dlib's types imply;
+ *  - descriptors of the chips within 1e-4 of dlib's; the full pipeline (detect, landmarks,
+ *    align, describe) on three photos: the same box and points, descriptors within 1e-4;
+ *  - cuts of the real files at sampled positions fail cleanly.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/fileio.h"
+#include "datasets/image.h"
+#include "harness.h"
+#include "models/face/dlib_dat.h"
+#include "models/face/face.h"
+#include "models/face/face_parts.h"
+
+static fl_ctx *ctx;
+static char real_dir[4096];
+static bool have_real;
+
+static const char *data(const char *rel) {
+    static char buf[4][512];
+    static int k;
+    k = (k + 1) % 4;
+    return fl_test_data_path(rel, buf[k], sizeof buf[k]);
+}
+
+#define GOLDEN "fixtures/face/face_golden.safetensors"
+
+static float *golden(const char *name, int64_t *n, int64_t *shape) {
+    int64_t count = 0;
+    int nd = 0;
+    float *v = fl_test_load_f32(data(GOLDEN), name, &count, shape, &nd);
+    if (n) *n = count;
+    return v;
+}
+
+static uint8_t *read_all(const char *path, size_t *size) {
+    unsigned char *bytes = NULL;
+    fl_error err = {0};
+    if (fl_read_file(path, (size_t)1 << 28, &bytes, size, &err) != 0) {
+        fl_test_fail_at(__FILE__, __LINE__, "%s", err.message);
+        return NULL;
+    }
+    return bytes;
+}
+
+/* An 8-bit RGB image from a PNG fixture. */
+static uint8_t *load_rgb(const char *rel, int *w, int *h) {
+    size_t size = 0;
+    uint8_t *bytes = read_all(data(rel), &size);
+    if (!bytes) return NULL;
+    fl_image img;
+    fl_error err = {0};
+    int rc = fl_image_decode(bytes, size, (int64_t)1 << 26, 8192, &img, &err);
+    free(bytes);
+    if (rc) {
+        fl_test_fail_at(__FILE__, __LINE__, "%s: %s", rel, err.message);
+        return NULL;
+    }
+    size_t n = (size_t)img.width * img.height * 3;
+    uint8_t *rgb = malloc(n);
+    for (size_t i = 0; i < n; i++) rgb[i] = (uint8_t)lrintf(img.pixels[i] * 255.0f);
+    *w = img.width, *h = img.height;
+    fl_image_release(&img);
+    return rgb;
+}
+
+static double rel_error(const float *got, const float *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+        den += (double)want[i] * want[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static double max_abs(const float *got, const float *want, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)got[i] - want[i]));
+    return m;
+}
+
+/* ---- the reader ------------------------------------------------------------------------------ */
+
+static size_t layout_of(int which, fl_dlib_entry *e, fl_dlib_loss *loss) {
+    *loss = which == 0 ? FL_DLIB_LOSS_METRIC : FL_DLIB_LOSS_MMOD;
+    return which == 0 ? fl_dlib_resnet_layout(e, 256) : fl_dlib_mmod_layout(e, 256);
+}
+
+static void count_kinds(const fl_dlib_net *net, int *counts) {
+    memset(counts, 0, sizeof(int) * 16);
+    for (size_t i = 0; i < net->n_layers; i++) counts[net->layers[i].kind]++;
+}
+
+static void test_parse_tiny(void) {
+    fl_dlib_entry e[256];
+    fl_dlib_loss loss;
+    fl_error err = {0};
+    fl_dlib_net *net = NULL;
+    size_t n = layout_of(0, e, &loss);
+    FL_EXPECTF(fl_dlib_net_load(data("fixtures/face/resnet_tiny.dat"), e, n, loss, &net, &err) == 0, "%s", err.message);
+    if (net) {
+        int k[16];
+        count_kinds(net, k);
+        FL_EXPECT(k[FL_DLIB_CON] == 29 && k[FL_DLIB_AFFINE] == 29 && k[FL_DLIB_RELU] == 29 && k[FL_DLIB_ADD_PREV] == 14 &&
+                  k[FL_DLIB_AVG_POOL] == 5 && k[FL_DLIB_MAX_POOL] == 1 && k[FL_DLIB_FC] == 1 && k[FL_DLIB_TAG] == 18 &&
+                  k[FL_DLIB_SKIP] == 4);
+        FL_EXPECT(net->input_rows == 150 && fabs(net->dist_thresh - 0.6) < 1e-7 && fabsf(net->avg[0] - 122.782f) < 1e-3f);
+        fl_dlib_net_free(net);
+    }
+    n = layout_of(1, e, &loss);
+    FL_EXPECTF(fl_dlib_net_load(data("fixtures/face/mmod_tiny.dat"), e, n, loss, &net, &err) == 0, "%s", err.message);
+    if (net) {
+        FL_EXPECT(net->n_windows == 1 && net->windows[0].width == 40 && net->pyramid_padding == 10 &&
+                  net->pyramid_outer == 11 && net->n_layers == 19);
+        fl_dlib_net_free(net);
+    }
+    fl_shape_predictor *sp = NULL;
+    FL_EXPECTF(fl_shape_predictor_load(data("fixtures/face/sp_tiny.dat"), &sp, &err) == 0, "%s", err.message);
+    if (sp) FL_EXPECT(sp->num_parts == 5 && sp->cascades == 3 && sp->trees == 20 && sp->splits == 7 && sp->pixels == 40);
+    fl_shape_predictor_free(sp);
+    /* a file of the other layout, and bytes after the end */
+    n = layout_of(1, e, &loss);
+    FL_EXPECT(fl_dlib_net_load(data("fixtures/face/resnet_tiny.dat"), e, n, loss, &net, &err) != 0 &&
+              strstr(err.message, "resnet_tiny.dat") && strstr(err.message, "loss"));
+    size_t size = 0;
+    uint8_t *bytes = read_all(data("fixtures/face/sp_min.dat"), &size);
+    if (bytes) {
+        bytes = realloc(bytes, size + 1);
+        bytes[size] = 0x01;
+        FL_EXPECT(fl_shape_predictor_parse(bytes, size + 1, &sp, &err) != 0 && strstr(err.message, "after the end"));
+        n = layout_of(0, e, &loss);
+        FL_EXPECT(fl_dlib_net_parse(bytes, size, e, n, loss, &net, &err) != 0 && err.message[0]);
+        free(bytes);
+    }
+}
+
+/* Every prefix of a file is refused with one line; the whole file parses. */
+static void cut_everywhere(const char *rel, int which) {
+    size_t size = 0;
+    uint8_t *bytes = read_all(data(rel), &size);
+    if (!bytes) return;
+    fl_dlib_entry e[256];
+    fl_dlib_loss loss;
+    size_t n = which < 2 ? layout_of(which, e, &loss) : 0;
+    int accepted = 0, bad_msg = 0;
+    for (size_t cut = 0; cut <= size; cut++) {
+        uint8_t *copy = malloc(cut ? cut : 1); /* exactly cut bytes: ASan sees any read past them */
+        memcpy(copy, bytes, cut);
+        fl_error err = {0};
+        int rc;
+        if (which < 2) {
+            fl_dlib_net *net = NULL;
+            rc = fl_dlib_net_parse(copy, cut, e, n, loss, &net, &err);
+            fl_dlib_net_free(net);
+        } else {
+            fl_shape_predictor *sp = NULL;
+            rc = fl_shape_predictor_parse(copy, cut, &sp, &err);
+            fl_shape_predictor_free(sp);
+        }
+        free(copy);
+        if (rc == 0) accepted++;
+        else if (!err.message[0] || strchr(err.message, '\n')) bad_msg++;
+        if (cut < size && rc == 0) fl_test_fail_at(__FILE__, __LINE__, "%s cut at %zu of %zu was accepted", rel, cut, size);
+    }
+    FL_EXPECTF(accepted == 1 && bad_msg == 0, "%s: %d prefixes accepted (want 1, the whole file), %d bad messages", rel,
+               accepted, bad_msg);
+    free(bytes);
+}
+
+static void test_truncated_everywhere(void) {
+    cut_everywhere("fixtures/face/resnet_min.dat", 0);
+    cut_everywhere("fixtures/face/mmod_min.dat", 1);
+    cut_everywhere("fixtures/face/sp_min.dat", 2);
+}
+
+/* ---- descriptors ------------------------------------------------------------------------------ */
+
+static void test_tiny_descriptors(void) {
+    fl_face_resnet *r = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_face_resnet_load(ctx, data("fixtures/face/resnet_tiny.dat"), &r, &err) == 0, "%s", err.message);
+    if (!r) return;
+    FL_EXPECT(fl_face_resnet_dim(r) == 8 && fl_face_resnet_chip_size(r) == 150);
+    for (int k = 0; k < 3; k++) {
+        char rel[64], name[32];
+        int w, h;
+        snprintf(rel, sizeof rel, "fixtures/face/chips/chip_%d.png", k);
+        uint8_t *chip = load_rgb(rel, &w, &h);
+        snprintf(name, sizeof name, "tiny_desc_%d", k);
+        float *want = golden(name, NULL, NULL), got[8];
+        if (chip && want && w == 150 && h == 150) {
+            FL_EXPECTF(fl_face_resnet_describe(r, chip, got, &err) == 0, "%s", err.message);
+            double rel_e = rel_error(got, want, 8);
+            FL_EXPECTF(rel_e < 1e-5, "%s: relative error %.3g", name, rel_e);
+        }
+        free(chip);
+        free(want);
+    }
+    fl_face_resnet_free(r);
+}
+
+static void test_real_descriptors(void) {
+    if (!have_real) {
+        printf("  (skipped: the real face models are not installed; scripts/install-face-models.sh)\n");
+        return;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", real_dir, FL_FACE_RESNET_FILE);
+    fl_face_resnet *r = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_face_resnet_load(ctx, path, &r, &err) == 0, "%s", err.message);
+    if (!r) return;
+    FL_EXPECT(fl_face_resnet_dim(r) == 128 && fabs(fl_face_resnet_threshold(r) - 0.6) < 1e-6);
+    double worst = 0;
+    for (int k = 0; k < 3; k++) {
+        char rel[64], name[32];
+        int w, h;
+        snprintf(rel, sizeof rel, "fixtures/face/chips/chip_%d.png", k);
+        uint8_t *chip = load_rgb(rel, &w, &h);
+        snprintf(name, sizeof name, "real_chipdesc_%d", k);
+        float *want = golden(name, NULL, NULL), got[128];
+        if (chip && want) {
+            FL_EXPECTF(fl_face_resnet_describe(r, chip, got, &err) == 0, "%s", err.message);
+            double d = max_abs(got, want, 128);
+            worst = fmax(worst, d);
+            FL_EXPECTF(d < 1e-4, "%s: max difference %.3g from dlib", name, d);
+        }
+        free(chip);
+        free(want);
+    }
+    printf("  real descriptors of the chips: max difference from dlib %.3g\n", worst);
+    fl_face_resnet_free(r);
+}
+
+int main(void) {
+    fl_error err = {0};
+    ctx = fl_ctx_create(fl_device_cpu(), &err);
+    if (!ctx) return 1;
+    have_real = fl_face_models_default_dir(real_dir, sizeof real_dir) == 0;
+    FL_RUN(test_parse_tiny);
+    FL_RUN(test_truncated_everywhere);
+    FL_RUN(test_tiny_descriptors);
+    FL_RUN(test_real_descriptors);
+    fl_ctx_destroy(ctx);
+    return fl_test_finish();
+}
