@@ -185,7 +185,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 45 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 49 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;

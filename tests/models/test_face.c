@@ -250,6 +250,159 @@ static void test_real_descriptors(void) {
     fl_face_resnet_free(r);
 }
 
+
+/* ---- landmarks, chips, detections --------------------------------------------------------------- */
+
+#define PHOTOS 3
+
+static void test_tiny_landmarks_and_chips(void) {
+    fl_shape_predictor *sp = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_shape_predictor_load(data("fixtures/face/sp_tiny.dat"), &sp, &err) == 0, "%s", err.message);
+    if (!sp) return;
+    for (int k = 0; k < PHOTOS; k++) {
+        char rel[64], name[32];
+        int w, h, cw, ch;
+        snprintf(rel, sizeof rel, "fixtures/face/photos/photo_%d.png", k);
+        uint8_t *img = load_rgb(rel, &w, &h);
+        snprintf(name, sizeof name, "tiny_box_%d", k);
+        float *box = golden(name, NULL, NULL);
+        snprintf(name, sizeof name, "tiny_shape_%d", k);
+        float *want = golden(name, NULL, NULL);
+        snprintf(rel, sizeof rel, "fixtures/face/dlib_chips/tiny_%d.png", k);
+        uint8_t *want_chip = load_rgb(rel, &cw, &ch);
+        if (!img || !box || !want || !want_chip) goto next;
+        fl_face_rect r = {(long)box[0], (long)box[1], (long)box[2], (long)box[3]};
+        long parts[10];
+        fl_shape_predict(sp, img, w, h, r, parts);
+        int off = 0;
+        for (int i = 0; i < 10; i++) off += parts[i] != (long)want[i];
+        FL_EXPECTF(off == 0, "photo %d: %d landmark coordinates differ from dlib's", k, off);
+        uint8_t chip[150 * 150 * 3];
+        fl_face_chip(img, w, h, parts, 150, 0.25, chip);
+        int worst = 0, diff = 0;
+        for (int i = 0; i < 150 * 150 * 3; i++) {
+            int d = abs((int)chip[i] - (int)want_chip[i]);
+            worst = d > worst ? d : worst;
+            diff += d != 0;
+        }
+        FL_EXPECTF(worst <= 1, "photo %d: chip differs from dlib.get_face_chip by up to %d (%d values)", k, worst, diff);
+        if (diff) printf("  photo %d: %d of %d chip values differ by 1 from dlib's\n", k, diff, 150 * 150 * 3);
+    next:
+        free(img), free(box), free(want), free(want_chip);
+    }
+    fl_shape_predictor_free(sp);
+}
+
+static int compare_detections(const char *what, const fl_face_detection *got, int n, const float *want, int64_t rows) {
+    int mismatched = 0;
+    if (n != rows) {
+        fl_test_fail_at(__FILE__, __LINE__, "%s: %d detections, dlib has %lld", what, n, (long long)rows);
+        return 1;
+    }
+    for (int i = 0; i < n; i++) {
+        const float *w = want + 5 * i;
+        bool same = got[i].rect.left == (long)w[0] && got[i].rect.top == (long)w[1] && got[i].rect.right == (long)w[2] &&
+                    got[i].rect.bottom == (long)w[3] && fabs(got[i].score - w[4]) < 1e-4;
+        if (!same && mismatched++ < 3)
+            fl_test_fail_at(__FILE__, __LINE__, "%s #%d: (%ld %ld %ld %ld) %.6f, dlib (%g %g %g %g) %.6f", what, i,
+                            got[i].rect.left, got[i].rect.top, got[i].rect.right, got[i].rect.bottom, got[i].score,
+                            w[0], w[1], w[2], w[3], w[4]);
+    }
+    return mismatched;
+}
+
+static void test_tiny_detector(void) {
+    fl_face_detector *d = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_face_detector_load(ctx, data("fixtures/face/mmod_tiny.dat"), &d, &err) == 0, "%s", err.message);
+    if (!d) return;
+    fl_face_detection *dets = malloc(4096 * sizeof *dets);
+    for (int k = 0; k < PHOTOS; k++) {
+        char rel[64], name[32];
+        int w, h, n = 0;
+        snprintf(rel, sizeof rel, "fixtures/face/photos/photo_%d.png", k);
+        uint8_t *img = load_rgb(rel, &w, &h);
+        int64_t shape[8] = {0};
+        snprintf(name, sizeof name, "tiny_det_%d", k);
+        float *want = golden(name, NULL, shape);
+        if (img && want) {
+            FL_EXPECTF(fl_face_detect(d, img, w, h, 0.0, dets, 4096, &n, &err) == 0, "%s", err.message);
+            compare_detections(name, dets, n, want, shape[0]);
+        }
+        free(img), free(want);
+    }
+    free(dets);
+    fl_face_detector_free(d);
+}
+
+/* The whole pipeline with the real models: box, points, chip and descriptor, as dlib's API gives them. */
+static void test_real_pipeline(void) {
+    if (!have_real) {
+        printf("  (skipped: the real face models are not installed; scripts/install-face-models.sh)\n");
+        return;
+    }
+    char p1[4200], p2[4200], p3[4200];
+    snprintf(p1, sizeof p1, "%s/%s", real_dir, FL_FACE_DETECTOR_FILE);
+    snprintf(p2, sizeof p2, "%s/%s", real_dir, FL_FACE_LANDMARKS_FILE);
+    snprintf(p3, sizeof p3, "%s/%s", real_dir, FL_FACE_RESNET_FILE);
+    fl_face_detector *det = NULL;
+    fl_shape_predictor *sp = NULL;
+    fl_face_resnet *net = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_face_detector_load(ctx, p1, &det, &err) == 0, "%s", err.message);
+    FL_EXPECTF(fl_shape_predictor_load(p2, &sp, &err) == 0, "%s", err.message);
+    FL_EXPECTF(fl_face_resnet_load(ctx, p3, &net, &err) == 0, "%s", err.message);
+    if (sp) FL_EXPECT(sp->num_parts == 5 && sp->cascades == 15 && sp->trees == 500 && sp->splits == 15 && sp->pixels == 800);
+    double worst = 0;
+    for (int k = 0; det && sp && net && k < PHOTOS; k++) {
+        char rel[64], name[32];
+        int w, h, n = 0, cw, ch;
+        snprintf(rel, sizeof rel, "fixtures/face/photos/photo_%d.png", k);
+        uint8_t *img = load_rgb(rel, &w, &h);
+        int64_t shape[8] = {0};
+        snprintf(name, sizeof name, "real_det_%d", k);
+        float *want = golden(name, NULL, shape);
+        fl_face_detection dets[16];
+        if (!img || !want) goto next;
+        FL_EXPECTF(fl_face_detect(det, img, w, h, 0.0, dets, 16, &n, &err) == 0, "%s", err.message);
+        if (compare_detections(name, dets, n, want, shape[0]) || n < 1) goto next;
+        long parts[10];
+        fl_shape_predict(sp, img, w, h, dets[0].rect, parts);
+        snprintf(name, sizeof name, "real_shape_%d", k);
+        float *want_shape = golden(name, NULL, NULL);
+        int off = 0;
+        for (int i = 0; want_shape && i < 10; i++) off += parts[i] != (long)want_shape[i];
+        FL_EXPECTF(want_shape && off == 0, "photo %d: %d landmark coordinates differ from dlib's", k, off);
+        free(want_shape);
+        uint8_t chip[150 * 150 * 3];
+        fl_face_chip(img, w, h, parts, 150, 0.25, chip);
+        snprintf(rel, sizeof rel, "fixtures/face/dlib_chips/real_%d.png", k);
+        uint8_t *want_chip = load_rgb(rel, &cw, &ch);
+        int worst_px = 0;
+        for (int i = 0; want_chip && i < 150 * 150 * 3; i++) worst_px = abs((int)chip[i] - want_chip[i]) > worst_px ?
+                                                                  abs((int)chip[i] - want_chip[i]) : worst_px;
+        FL_EXPECTF(want_chip && worst_px <= 1, "photo %d: chip differs from dlib's by up to %d", k, worst_px);
+        free(want_chip);
+        float desc[128];
+        snprintf(name, sizeof name, "real_desc_%d", k);
+        float *want_desc = golden(name, NULL, NULL);
+        FL_EXPECTF(fl_face_resnet_describe(net, chip, desc, &err) == 0, "%s", err.message);
+        if (want_desc) {
+            double dmax = max_abs(desc, want_desc, 128);
+            worst = fmax(worst, dmax);
+            FL_EXPECTF(dmax < 1e-4, "photo %d: descriptor differs from dlib's by %.3g", k, dmax);
+        }
+        free(want_desc);
+    next:
+        free(img), free(want);
+    }
+    printf("  real pipeline on %d photos: descriptors within %.3g of dlib's\n", PHOTOS, worst);
+    fl_face_detector_free(det);
+    fl_shape_predictor_free(sp);
+    fl_face_resnet_free(net);
+}
+
 int main(void) {
     fl_error err = {0};
     ctx = fl_ctx_create(fl_device_cpu(), &err);
@@ -259,6 +412,9 @@ int main(void) {
     FL_RUN(test_truncated_everywhere);
     FL_RUN(test_tiny_descriptors);
     FL_RUN(test_real_descriptors);
+    FL_RUN(test_tiny_landmarks_and_chips);
+    FL_RUN(test_tiny_detector);
+    FL_RUN(test_real_pipeline);
     fl_ctx_destroy(ctx);
     return fl_test_finish();
 }
