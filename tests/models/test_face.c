@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/fileio.h"
 #include "datasets/image.h"
@@ -29,6 +30,7 @@
 #include "models/face/dlib_dat.h"
 #include "models/face/face.h"
 #include "models/face/face_parts.h"
+#include "models/image_encoder.h"
 
 static fl_ctx *ctx;
 static char real_dir[4096];
@@ -403,6 +405,140 @@ static void test_real_pipeline(void) {
     fl_face_resnet_free(net);
 }
 
+/* ---- the face encoder (models/image_encoder.h) --------------------------------------------------- */
+
+static int decode_image(const char *rel, fl_image *img) {
+    size_t size = 0;
+    uint8_t *bytes = read_all(data(rel), &size);
+    fl_error err = {0};
+    memset(img, 0, sizeof *img);
+    int rc = bytes ? fl_image_decode(bytes, size, (int64_t)1 << 26, 8192, img, &err) : -1;
+    free(bytes);
+    return rc;
+}
+
+static void copy_file(const char *from, const char *to, size_t keep) {
+    size_t size = 0;
+    uint8_t *bytes = read_all(from, &size);
+    FILE *f = fopen(to, "wb");
+    if (bytes && f) fwrite(bytes, 1, keep && keep < size ? keep : size, f);
+    if (f) fclose(f);
+    free(bytes);
+}
+
+/* A face-models folder of the three tiny networks under the real files' names. */
+static void make_tiny_dir(char *dir, size_t size, size_t cut_detector) {
+    snprintf(dir, size, "/tmp/fl_face_tinyXXXXXX");
+    if (!mkdtemp(dir)) return;
+    char p[4300];
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_RESNET_FILE);
+    copy_file(data("fixtures/face/resnet_tiny.dat"), p, 0);
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_DETECTOR_FILE);
+    copy_file(data("fixtures/face/mmod_tiny.dat"), p, cut_detector);
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_LANDMARKS_FILE);
+    copy_file(data("fixtures/face/sp_tiny.dat"), p, 0);
+}
+
+static void remove_dir(const char *dir) {
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+static void check_encoder(const char *dir, const char *prefix, int dim) {
+    char spec[4400];
+    snprintf(spec, sizeof spec, "face:%s", dir);
+    fl_image_encoder *enc = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_image_encoder_open(ctx, spec, &enc, &err) == 0, "%s", err.message);
+    if (!enc) return;
+    const fl_image_encoder_info *info = fl_image_encoder_get_info(enc);
+    FL_EXPECT(info->dim == dim && info->input_size == 150 && fabsf(info->match_distance - 0.6f) < 1e-6f &&
+              !strcmp(info->kind, "face") && strlen(info->fingerprint) == 64 && !fl_image_encoder_has_text(enc));
+    fl_image imgs[PHOTOS + 1];
+    char rel[64];
+    for (int k = 0; k < PHOTOS; k++) {
+        snprintf(rel, sizeof rel, "fixtures/face/photos/photo_%d.png", k);
+        FL_EXPECT(decode_image(rel, &imgs[k]) == 0);
+    }
+    FL_EXPECT(decode_image("fixtures/vision/images/b_coffee_150x100.png", &imgs[PHOTOS]) == 0);
+    float *emb = calloc((size_t)(PHOTOS + 1) * dim, sizeof(float));
+    fl_embed_info inf[PHOTOS + 1];
+    FL_EXPECTF(fl_image_encoder_embed(enc, imgs, PHOTOS + 1, emb, inf, &err) == 0, "%s", err.message);
+    for (int k = 0; k < PHOTOS; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "%s_%d", prefix, k);
+        float *want = golden(name, NULL, NULL);
+        if (!want) continue;
+        double n2 = 0;
+        for (int i = 0; i < dim; i++) n2 += (double)want[i] * want[i];
+        float raw[128];
+        for (int i = 0; i < dim; i++) raw[i] = emb[k * dim + i] * inf[k].norm;
+        FL_EXPECTF(inf[k].face_found && inf[k].faces >= 1 && fabs(inf[k].norm - sqrt(n2)) < 1e-4 * sqrt(n2) &&
+                       max_abs(raw, want, (size_t)dim) < 1e-4 * fmax(1.0, sqrt(n2)),
+                   "%s: found %d, norm %.6g (dlib %.6g), max difference %.3g", name, inf[k].face_found, inf[k].norm,
+                   sqrt(n2), max_abs(raw, want, (size_t)dim));
+        free(want);
+    }
+    if (!strcmp(prefix, "real_desc")) {
+        /* a photo of coffee has no face: a zero row, face_found false */
+        bool zero = true;
+        for (int i = 0; i < dim; i++) zero = zero && emb[PHOTOS * dim + i] == 0.0f;
+        FL_EXPECT(!inf[PHOTOS].face_found && inf[PHOTOS].norm == 0.0f && zero);
+        /* the same person in all three photos: descriptors closer than 0.6 */
+        for (int a = 0; a < PHOTOS; a++)
+            for (int b = a + 1; b < PHOTOS; b++) {
+                double d2 = 0;
+                for (int i = 0; i < dim; i++) {
+                    double x = emb[a * dim + i] * inf[a].norm - emb[b * dim + i] * inf[b].norm;
+                    d2 += x * x;
+                }
+                FL_EXPECTF(sqrt(d2) < 0.6, "photos %d and %d: distance %.3f", a, b, sqrt(d2));
+            }
+    }
+    for (int k = 0; k <= PHOTOS; k++) fl_image_release(&imgs[k]);
+    free(emb);
+    fl_image_encoder_close(enc);
+}
+
+static void test_encoder_tiny(void) {
+    char dir[64];
+    make_tiny_dir(dir, sizeof dir, 0);
+    check_encoder(dir, "tinypipe_desc", 8);
+    remove_dir(dir);
+}
+
+static void test_encoder_real(void) {
+    if (!have_real) {
+        printf("  (skipped: the real face models are not installed; scripts/install-face-models.sh)\n");
+        return;
+    }
+    check_encoder(real_dir, "real_desc", 128);
+}
+
+static void test_encoder_bad_input(void) {
+    char dir[64], spec[200], p[300];
+    fl_error err = {0};
+    fl_image_encoder *enc = NULL;
+    /* a truncated detector: one line naming the file */
+    make_tiny_dir(dir, sizeof dir, 5000);
+    snprintf(spec, sizeof spec, "face:%s", dir);
+    FL_EXPECT(fl_image_encoder_open(ctx, spec, &enc, &err) != 0 && !enc && strstr(err.message, FL_FACE_DETECTOR_FILE) &&
+              strstr(err.message, "truncated") && !strchr(err.message, '\n'));
+    /* a missing file */
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_LANDMARKS_FILE);
+    unlink(p);
+    FL_EXPECT(fl_image_encoder_open(ctx, spec, &enc, &err) != 0 && strstr(err.message, FL_FACE_LANDMARKS_FILE));
+    /* files swapped: the shape predictor where the ResNet belongs */
+    copy_file(data("fixtures/face/sp_tiny.dat"), p, 0);
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_DETECTOR_FILE);
+    copy_file(data("fixtures/face/mmod_tiny.dat"), p, 0);
+    snprintf(p, sizeof p, "%s/%s", dir, FL_FACE_RESNET_FILE);
+    copy_file(data("fixtures/face/sp_tiny.dat"), p, 0);
+    FL_EXPECT(fl_image_encoder_open(ctx, spec, &enc, &err) != 0 && strstr(err.message, FL_FACE_RESNET_FILE));
+    remove_dir(dir);
+}
+
 int main(void) {
     fl_error err = {0};
     ctx = fl_ctx_create(fl_device_cpu(), &err);
@@ -415,6 +551,9 @@ int main(void) {
     FL_RUN(test_tiny_landmarks_and_chips);
     FL_RUN(test_tiny_detector);
     FL_RUN(test_real_pipeline);
+    FL_RUN(test_encoder_tiny);
+    FL_RUN(test_encoder_real);
+    FL_RUN(test_encoder_bad_input);
     fl_ctx_destroy(ctx);
     return fl_test_finish();
 }

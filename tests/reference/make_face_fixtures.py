@@ -16,6 +16,8 @@ the reference:
       tiny_desc_K          dlib's descriptors of chip K with resnet_tiny.dat
       tiny_det_K           dlib's detections with mmod_tiny.dat on photo K (rows: left, top, right,
                            bottom, score; adjust threshold -0.5 so random weights give some)
+      tinypipe_desc_K      the three tiny networks end to end on photo K (best detection, its points,
+                           compute_face_descriptor(img, shape))
       tiny_shape_K         dlib's 5 points with sp_tiny.dat on photo K in the box of tiny_box_K
       dlib_chips/tiny_K.png  dlib.get_face_chip of photo K for the shape of tiny_shape_K (150x150)
       and, when the real models are installed (scripts/install-face-models.sh):
@@ -199,6 +201,11 @@ def main():
         out[f"tiny_shape_{k}"] = torch.tensor([[p.x, p.y] for p in shape.parts()], dtype=torch.float32)
         chip = dlib.get_face_chip(img, shape, 150, 0.25)
         Image.fromarray(np.asarray(chip)).save(os.path.join(OUT, "dlib_chips", f"tiny_{k}.png"))
+        # the whole pipeline with the three tiny networks: best detection, its points, descriptor
+        best = max(dets, key=lambda d: d.confidence)
+        pshape = sp(img, best.rect)
+        out[f"tinypipe_desc_{k}"] = torch.tensor(np.array(net.compute_face_descriptor(img, pshape)),
+                                                 dtype=torch.float32)
     if os.path.exists(os.path.join(models, "mmod_human_face_detector.dat")):
         rdet = dlib.cnn_face_detection_model_v1(os.path.join(models, "mmod_human_face_detector.dat"))
         rsp = dlib.shape_predictor(real_sp)
