@@ -160,6 +160,47 @@ def images():
         p.save(os.path.join(OUT, "photos", f"photo_{k}.png"))
 
 
+def fuzz_corpus():
+    """tests/fuzz/corpus/dlib_dat: a selector byte (0 ResNet, 1 MMOD, 2 shape predictor) + a file."""
+    folder = os.path.join(HERE, "..", "fuzz", "corpus", "dlib_dat")
+    os.makedirs(folder, exist_ok=True)
+    files = {0: open(os.path.join(OUT, "resnet_min.dat"), "rb").read(),
+             1: open(os.path.join(OUT, "mmod_min.dat"), "rb").read(),
+             2: open(os.path.join(OUT, "sp_min.dat"), "rb").read()}
+    names = {0: "resnet", 1: "mmod", 2: "sp"}
+
+    def put(name, sel, data):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(bytes([sel]) + data)
+
+    for sel, data in files.items():
+        base = names[sel]
+        put(f"{base}_valid", sel, data)
+        put(f"{base}_cut_half", sel, data[:len(data) // 2])
+        put(f"{base}_empty", sel, b"")
+        # the first count-like control byte after the start made 8 bytes of 0xff (a huge count)
+        huge = bytearray(data)
+        i = 20
+        huge[i] = 0x08
+        huge[i + 1:i + 1] = b"\xff" * 8
+        put(f"{base}_huge_count", sel, bytes(huge))
+        neg = bytearray(data)
+        neg[20] |= 0x80
+        put(f"{base}_negative", sel, bytes(neg))
+        text = bytearray(data)
+        text[len(text) // 3] = ord("7")
+        put(f"{base}_text_float", sel, bytes(text))
+        put(f"{base}_trailing", sel, data + b"\x01\x00")
+    put("resnet_as_mmod", 1, files[0])
+    put("mmod_as_sp", 2, files[1])
+    put("sp_as_resnet", 0, files[2])
+    # a convolution of another kernel size: 7x7 stored as 5x5 in the ResNet's stem
+    bad = files[0].replace(b"\x01\x07\x01\x07", b"\x01\x05\x01\x05", 1)
+    put("resnet_wrong_kernel", 0, bad)
+    bad = files[0].replace(b"con_4", b"con_9", 1)
+    put("resnet_wrong_tag", 0, bad)
+
+
 def load_png(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -179,6 +220,7 @@ def main():
     tiny_resnet(rng, widths=(1, 1, 1, 1), fc=2, name="resnet_min.dat")
     tiny_mmod(rng, widths=(1, 1, 1, 1), name="mmod_min.dat")
     tiny_shape_predictor(rng, None, cascades=2, ntrees=2, pixels=4, depth=1, name="sp_min.dat")
+    fuzz_corpus()
     out = {}
     chips = sorted(os.listdir(os.path.join(OUT, "chips")))
     photos = sorted(os.listdir(os.path.join(OUT, "photos")))
