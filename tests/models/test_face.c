@@ -296,6 +296,36 @@ static void test_tiny_landmarks_and_chips(void) {
     fl_shape_predictor_free(sp);
 }
 
+/* A face much larger than the chip: dlib samples it from its 2x pyramid. */
+static void test_big_face_chip(void) {
+    int w, h;
+    uint8_t *img = load_rgb("fixtures/face/photos/big_synthetic.png", &w, &h);
+    for (int k = 0; img && k < 2; k++) {
+        char name[32], rel[64];
+        int cw, ch;
+        snprintf(name, sizeof name, "big_parts_%d", k);
+        float *pts = golden(name, NULL, NULL);
+        snprintf(rel, sizeof rel, "fixtures/face/dlib_chips/big_%d.png", k);
+        uint8_t *want = load_rgb(rel, &cw, &ch);
+        if (pts && want) {
+            long parts[10];
+            for (int i = 0; i < 10; i++) parts[i] = (long)pts[i];
+            uint8_t chip[150 * 150 * 3];
+            fl_face_chip(img, w, h, parts, 150, 0.25, chip);
+            int worst = 0, diff = 0;
+            for (int i = 0; i < 150 * 150 * 3; i++) {
+                int d = abs((int)chip[i] - (int)want[i]);
+                worst = d > worst ? d : worst;
+                diff += d != 0;
+            }
+            FL_EXPECTF(worst <= 1, "big chip %d differs from dlib's by up to %d (%d values)", k, worst, diff);
+        }
+        free(pts);
+        free(want);
+    }
+    free(img);
+}
+
 static int compare_detections(const char *what, const fl_face_detection *got, int n, const float *want, int64_t rows) {
     int mismatched = 0;
     if (n != rows) {
@@ -549,6 +579,7 @@ int main(void) {
     FL_RUN(test_tiny_descriptors);
     FL_RUN(test_real_descriptors);
     FL_RUN(test_tiny_landmarks_and_chips);
+    FL_RUN(test_big_face_chip);
     FL_RUN(test_tiny_detector);
     FL_RUN(test_real_pipeline);
     FL_RUN(test_encoder_tiny);

@@ -19,7 +19,9 @@ the reference:
       tinypipe_desc_K      the three tiny networks end to end on photo K (best detection, its points,
                            compute_face_descriptor(img, shape))
       tiny_shape_K         dlib's 5 points with sp_tiny.dat on photo K in the box of tiny_box_K
-      dlib_chips/tiny_K.png  dlib.get_face_chip of photo K for the shape of tiny_shape_K (150x150)
+      photos/big_synthetic.png, dlib_chips/big_K.png, big_parts_K: chips of a 640x700 synthetic image
+                           for landmarks 250-400 px apart (dlib's 2x pyramid path)
+  dlib_chips/tiny_K.png  dlib.get_face_chip of photo K for the shape of tiny_shape_K (150x150)
       and, when the real models are installed (scripts/install-face-models.sh):
       real_det_K, real_shape_K, dlib_chips/real_K.png, real_desc_K: the full pipeline of dlib's Python API
       (cnn_face_detection_model_v1(img, 0), shape_predictor(img, box),
@@ -223,7 +225,7 @@ def main():
     fuzz_corpus()
     out = {}
     chips = sorted(os.listdir(os.path.join(OUT, "chips")))
-    photos = sorted(os.listdir(os.path.join(OUT, "photos")))
+    photos = sorted(n for n in os.listdir(os.path.join(OUT, "photos")) if n.startswith("photo_"))
     net = dlib.face_recognition_model_v1(os.path.join(OUT, "resnet_tiny.dat"))
     for k, name in enumerate(chips):
         img = load_png(os.path.join(OUT, "chips", name))
@@ -248,6 +250,19 @@ def main():
         pshape = sp(img, best.rect)
         out[f"tinypipe_desc_{k}"] = torch.tensor(np.array(net.compute_face_descriptor(img, pshape)),
                                                  dtype=torch.float32)
+    # a face much larger than the chip: extract_image_chip goes through its 2x pyramid
+    yy, xx = np.mgrid[0:700, 0:640]
+    big = np.stack([(xx * 0.37 + yy * 0.11) % 256, (yy * 0.29) % 256, (xx * 0.05 + 40 * ((xx // 80 + yy // 90) % 2))],
+                   axis=-1).astype(np.uint8)
+    for cx, cy, r, col in ((200, 300, 60, (250, 240, 40)), (450, 310, 70, (20, 90, 200)), (330, 520, 90, (200, 30, 60))):
+        big[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = col
+    Image.fromarray(big).save(os.path.join(OUT, "photos", "big_synthetic.png"))
+    for k, pts in enumerate(([(520, 300), (420, 305), (170, 310), (270, 312), (350, 490)],
+                             [(560, 250), (450, 280), (180, 340), (290, 330), (400, 520)])):
+        det = dlib.full_object_detection(dlib.rectangle(100, 150, 600, 650), [dlib.point(x, y) for x, y in pts])
+        chip = dlib.get_face_chip(big, det, 150, 0.25)
+        Image.fromarray(np.asarray(chip)).save(os.path.join(OUT, "dlib_chips", f"big_{k}.png"))
+        out[f"big_parts_{k}"] = torch.tensor(pts, dtype=torch.float32)
     if os.path.exists(os.path.join(models, "mmod_human_face_detector.dat")):
         rdet = dlib.cnn_face_detection_model_v1(os.path.join(models, "mmod_human_face_detector.dat"))
         rsp = dlib.shape_predictor(real_sp)
