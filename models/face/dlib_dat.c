@@ -121,6 +121,9 @@ static int rd_string(rd *r, char *buf, size_t cap) {
     if (rd_count(r, INT32_MAX, &len)) return -1;
     if ((size_t)len >= cap) return bad(r, "a string of %lld bytes where a short tag was expected", (long long)len);
     if (left(r) < (size_t)len) return truncated(r);
+    for (int64_t i = 0; i < len; i++) /* tags are identifiers: anything else is not dlib's */
+        if (r->d[r->p + (size_t)i] < 0x20 || r->d[r->p + (size_t)i] > 0x7e)
+            return bad(r, "a tag with a non-text byte (0x%02x)", r->d[r->p + (size_t)i]);
     memcpy(buf, r->d + r->p, (size_t)len);
     buf[len] = 0;
     r->p += (size_t)len;
