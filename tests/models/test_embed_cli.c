@@ -201,6 +201,54 @@ static void test_bad_input(void) {
     FL_EXPECT(access(out, F_OK) != 0);
 }
 
+
+/* The face encoder over the three tiny networks (named as the real files): a face_found column,
+ * boxes and scores; the coffee photo has no face under dlib's threshold... with random weights
+ * every photo may, so only the columns and their agreement are checked. */
+static void test_face(void) {
+    char dir[400], p[600], out[400], args[1500], first[1024] = "";
+    snprintf(dir, sizeof dir, "%s/face-models", tmpdir);
+    mkdir(dir, 0755);
+    snprintf(p, sizeof p, "%s/dlib_face_recognition_resnet_model_v1.dat", dir);
+    copy_file(data("fixtures/face/resnet_tiny.dat"), p, 0);
+    snprintf(p, sizeof p, "%s/mmod_human_face_detector.dat", dir);
+    copy_file(data("fixtures/face/mmod_tiny.dat"), p, 0);
+    snprintf(p, sizeof p, "%s/shape_predictor_5_face_landmarks.dat", dir);
+    copy_file(data("fixtures/face/sp_tiny.dat"), p, 0);
+    char faces[400];
+    snprintf(faces, sizeof faces, "%s/faces", tmpdir);
+    mkdir(faces, 0755);
+    for (int k = 0; k < 3; k++) {
+        char rel[64];
+        snprintf(rel, sizeof rel, "fixtures/face/photos/photo_%d.png", k);
+        snprintf(p, sizeof p, "%s/photo_%d.png", faces, k);
+        copy_file(data(rel), p, 0);
+    }
+    snprintf(out, sizeof out, "%s/faces.safetensors", tmpdir);
+    snprintf(args, sizeof args, "--encoder 'face:%s' --images '%s' --out '%s'", dir, faces, out);
+    int lines = 0;
+    FL_EXPECTF(run(args, &lines, first, sizeof first) == 0, "embed --encoder face failed: %s", first);
+    int64_t n = 0, shape[8];
+    int nd = 0;
+    float *emb = fl_test_load_f32(out, "embeddings", &n, shape, &nd);
+    float *found = fl_test_load_f32(out, "face_found", &n, NULL, NULL);
+    float *boxes = fl_test_load_f32(out, "face_boxes", &n, NULL, NULL);
+    float *norms = fl_test_load_f32(out, "norms", &n, NULL, NULL);
+    FL_EXPECT(emb && nd == 2 && shape[0] == 3 && shape[1] == 8 && found && boxes && norms);
+    for (int i = 0; emb && found && norms && i < 3; i++) {
+        double s = 0;
+        for (int k = 0; k < 8; k++) s += (double)emb[i * 8 + k] * emb[i * 8 + k];
+        FL_EXPECTF(found[i] == 1.0f ? fabs(s - 1.0) < 1e-5 && norms[i] > 0 : s == 0.0 && norms[i] == 0.0f,
+                   "row %d: found %g, squared norm %g", i, found[i], s);
+    }
+    free(emb), free(found), free(boxes), free(norms);
+    /* a folder without one of the files: one line naming it */
+    snprintf(p, sizeof p, "%s/shape_predictor_5_face_landmarks.dat", dir);
+    unlink(p);
+    snprintf(args, sizeof args, "--encoder 'face:%s' --images '%s' --out '%s/never2.safetensors'", dir, faces, tmpdir);
+    expect_fails(args, 1, "shape_predictor_5_face_landmarks.dat");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: test_embed_cli FLASHLORA_BINARY\n");
@@ -213,6 +261,7 @@ int main(int argc, char **argv) {
     FL_RUN(test_clip);
     FL_RUN(test_json_events);
     FL_RUN(test_bad_input);
+    FL_RUN(test_face);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
