@@ -19,6 +19,8 @@ static const command commands[] = {
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
+    /* identity evaluation: image encoders */
+    {"embed", fl_cmd_embed, "embed a folder of images with an image encoder (DINOv2, CLIP, face, built-in)"},
 #if FL_HAVE_SERVICE
     {"serve", fl_cmd_serve, "run the HTTP API with in-process workers (private Redis unless --redis)"},
     {"worker", fl_cmd_worker, "run training and generation jobs from the shared Redis"},

@@ -83,6 +83,14 @@ struct fl_backend {
     void (*group_norm)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
                        fl_tensor *y, int groups, float eps, bool silu);
     void (*upsample_nearest2x)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
+    /* face networks (dlib): pooling, per-channel affine, relu, padded residual add */
+    void (*pool2d)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, int kh, int kw, int stride_y, int stride_x,
+                   int pad_y, int pad_x, bool max);
+    void (*channel_affine)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scale, const fl_tensor *shift,
+                           fl_tensor *y, bool relu);
+    void (*relu)(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+    void (*add_padded)(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
 };
 
 const fl_backend *fl_cpu_backend(void);

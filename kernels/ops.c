@@ -760,3 +760,78 @@ void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     if (ctx->planning) return;
     ctx->backend->upsample_nearest2x(ctx, x, y);
 }
+
+/* ---- face networks (dlib) ---------------------------------------------------------------------- */
+
+void fl_op_pool2d(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, int kh, int kw, int stride_y, int stride_x,
+                  int pad_y, int pad_x, bool max) {
+    static const char op[] = "pool2d";
+    need_nchw(op, ctx, x, "x");
+    need_nchw(op, ctx, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    const int64_t H = x->shape[2], W = x->shape[3];
+    int64_t want[4] = {x->shape[0], x->shape[1], 1, 1};
+    if (kh == 0 && kw == 0) {
+        if (H < 1 || W < 1) OP_FAIL(op, "global pooling of an empty %lldx%lld plane", (long long)H, (long long)W);
+    } else {
+        if (kh < 1 || kw < 1 || stride_y < 1 || stride_x < 1 || pad_y < 0 || pad_x < 0 || pad_y >= kh || pad_x >= kw)
+            OP_FAIL(op, "kernel %dx%d, stride %d,%d, padding %d,%d", kh, kw, stride_y, stride_x, pad_y, pad_x);
+        if (kh > H + 2 * pad_y || kw > W + 2 * pad_x)
+            OP_FAIL(op, "a %dx%d window does not fit the padded %lldx%lld image", kh, kw, (long long)H, (long long)W);
+        want[2] = 1 + (H + 2 * pad_y - kh) / stride_y;
+        want[3] = 1 + (W + 2 * pad_x - kw) / stride_x;
+    }
+    need_shape(op, y, "y", 4, want);
+    if (x->data && x->data == y->data) OP_FAIL(op, "y may not alias x");
+    if (ctx->planning) return;
+    ctx->backend->pool2d(ctx, x, y, kh, kw, stride_y, stride_x, pad_y, pad_x, max);
+}
+
+void fl_op_channel_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scale, const fl_tensor *shift,
+                          fl_tensor *y, bool relu) {
+    static const char op[] = "channel_affine";
+    need_storage(op, ctx, x, "x");
+    need_contiguous(op, x, "x");
+    need_storage(op, ctx, y, "y");
+    need_contiguous(op, y, "y");
+    need_same_dtype(op, x, y, "x, y");
+    if (x->ndim < 2) OP_FAIL(op, "operand x must be [B, C, ...], has %d dims", x->ndim);
+    need_same_shape(op, x, y, "y");
+    const fl_tensor *v[2] = {scale, shift};
+    const char *names[2] = {"scale", "shift"};
+    for (int i = 0; i < 2; i++) {
+        need_storage(op, ctx, v[i], names[i]);
+        need_contiguous(op, v[i], names[i]);
+        need_same_dtype(op, x, v[i], names[i]);
+        if (fl_tensor_numel(v[i]) != x->shape[1])
+            OP_FAIL(op, "%s has %lld elements, expected the %lld channels", names[i],
+                    (long long)fl_tensor_numel(v[i]), (long long)x->shape[1]);
+    }
+    if (ctx->planning) return;
+    ctx->backend->channel_affine(ctx, x, scale, shift, y, relu);
+}
+
+void fl_op_relu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
+    need_elementwise("relu", ctx, x, "x", y, "y");
+    if (ctx->planning) return;
+    ctx->backend->relu(ctx, x, y);
+}
+
+void fl_op_add_padded(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out) {
+    static const char op[] = "add_padded";
+    need_nchw(op, ctx, a, "a");
+    need_nchw(op, ctx, b, "b");
+    need_nchw(op, ctx, out, "out");
+    need_same_dtype(op, a, b, "a, b");
+    need_same_dtype(op, a, out, "a, out");
+    if (a->shape[0] != b->shape[0])
+        OP_FAIL(op, "batch sizes differ (%lld vs %lld)", (long long)a->shape[0], (long long)b->shape[0]);
+    int64_t want[4] = {a->shape[0], 0, 0, 0};
+    for (int d = 1; d < 4; d++) want[d] = a->shape[d] > b->shape[d] ? a->shape[d] : b->shape[d];
+    need_shape(op, out, "out", 4, want);
+    if (out->data && ((out->data == b->data && !fl_tensor_same_shape(b, out)) ||
+                      (out->data == a->data && !fl_tensor_same_shape(a, out))))
+        OP_FAIL(op, "out may only alias an operand of its own shape");
+    if (ctx->planning) return;
+    ctx->backend->add_padded(ctx, a, b, out);
+}

@@ -261,4 +261,32 @@ void fl_op_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, 
  *   y[b, c, i, j] = x[b, c, i / 2, j / 2]. x: [B, C, H, W]; y: [B, C, 2H, 2W]; contiguous. */
 void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 
+/* ---- face networks (dlib's ResNet and MMOD detector): pooling, per-channel affine, residual
+ *      add of tensors of different shapes ------------------------------------------------------- */
+
+/* Max or average pooling over NCHW images as dlib computes it: x [B, C, H, W] ->
+ * y [B, C, Ho, Wo] with Ho = 1 + (H + 2 * pad_y - kh) / stride_y and Wo likewise; output (i, j)
+ * reads the window of rows i * stride_y - pad_y .. + kh - 1 and columns j * stride_x - pad_x ..
+ * + kw - 1 clipped to the image (the padding is never read): its maximum, or the mean of the
+ * elements inside (summed in fp32 in row order, then divided by their count). kh = kw = 0 pools
+ * each whole plane (y [B, C, 1, 1]). Requires 0 <= pad < kernel and a kernel that fits the padded
+ * image. Contiguous; y may not alias x. */
+void fl_op_pool2d(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, int kh, int kw, int stride_y, int stride_x,
+                  int pad_y, int pad_x, bool max);
+
+/* y[b, c, ...] = x[b, c, ...] * scale[c] + shift[c], then max(0, y) when relu is set (dlib's
+ * affine layer in its per-channel mode, batch norm folded into one). x, y: [B, C, ...]
+ * contiguous, same shape, y may alias x; scale, shift: [C]. */
+void fl_op_channel_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scale, const fl_tensor *shift,
+                          fl_tensor *y, bool relu);
+
+/* y = max(0, x) on matrix views of equal shape; y may alias x. */
+void fl_op_relu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+
+/* dlib's add_prev: out = a + b for NCHW tensors of different channel counts and sizes. a, b:
+ * [B, Ca, Ha, Wa] and [B, Cb, Hb, Wb]; out: [B, max C, max H, max W]; an element missing from an
+ * operand counts as 0 (indices aligned at 0, so the padding is the high channels and the
+ * bottom/right). Contiguous; out may alias an operand of its own shape. */
+void fl_op_add_padded(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
 #endif

@@ -110,6 +110,49 @@ int fl_image_preprocess_run(const fl_image_preprocess *pp, const fl_image *src, 
 /* PIL's bicubic resize of an 8-bit RGB image (src [h][w][3]) to dst [dh][dw][3]. */
 int fl_resize_bicubic_u8(const uint8_t *src, int w, int h, uint8_t *dst, int dw, int dh, fl_error *err);
 
+/* ---- folders of images ---------------------------------------------------------------------- */
+
+/* Limits on a folder of images to embed; fl_embed_folder_limits_default gives the defaults. */
+typedef struct fl_embed_folder_limits {
+    size_t max_images;     /* usable images (default 100000) */
+    size_t max_entries;    /* files and folders walked (default 200000) */
+    size_t max_file_bytes; /* per image file (default 64 MiB) */
+    int64_t max_pixels;    /* per image (default 50 MP) */
+    int max_side;          /* per image side (default 12000) */
+} fl_embed_folder_limits;
+
+fl_embed_folder_limits fl_embed_folder_limits_default(void);
+
+/* A folder's embeddings, rows in file order: names sorted by byte order of the path relative to
+ * the folder ('/'-separated; hidden files and folders skipped, subfolders walked). */
+typedef struct fl_embedded_set {
+    size_t count;
+    int dim;
+    char **names;         /* [count] */
+    float *embeddings;    /* [count, dim], L2-normalized (zero rows: no face found) */
+    fl_embed_info *info;  /* [count] */
+    size_t rejected_count;
+    char **rejected_names;   /* image files that could not be used, with the reason */
+    char **rejected_reasons;
+} fl_embedded_set;
+
+/* Called after each image (done of total), and for each file refused (reason not NULL). */
+typedef void (*fl_embed_progress_fn)(void *arg, size_t done, size_t total, const char *name, const char *reason);
+
+/* Embeds every image of dir, decoding one at a time. Files that are not images (by their first
+ * bytes) are skipped silently; an image that cannot be decoded is listed in rejected and skipped.
+ * Fails with one line when dir cannot be read, a limit is crossed, or no usable image remains. */
+int fl_image_encoder_embed_folder(fl_image_encoder *enc, const char *dir, const fl_embed_folder_limits *limits,
+                                  fl_embed_progress_fn progress, void *arg, fl_embedded_set **out, fl_error *err);
+void fl_embedded_set_free(fl_embedded_set *set); /* NULL is fine */
+
+/* Writes set to path (atomically): tensors embeddings [N, D], norms [N] (raw lengths) and, for the
+ * face encoder, face_found [N] (1 or 0), face_boxes [N, 4] and face_scores [N]; metadata
+ * format = "flashlora-embeddings", encoder, encoder_description, encoder_fingerprint, dim, count,
+ * order, names (a JSON array in row order) and rejected (a JSON array of {name, reason}). */
+int fl_embedded_set_write(const fl_embedded_set *set, const fl_image_encoder_info *info, const char *path,
+                          fl_error *err);
+
 /* ---- encoders implemented elsewhere -------------------------------------------------------- */
 
 /* What an encoder implementation provides: embed writes raw (unnormalized) rows and fills info's

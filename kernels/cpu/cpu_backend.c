@@ -93,6 +93,11 @@ static const fl_backend cpu_backend = {
     .conv2d = fl_cpu_conv2d,
     .group_norm = fl_cpu_group_norm,
     .upsample_nearest2x = fl_cpu_upsample_nearest2x,
+    /* face networks (dlib) */
+    .pool2d = fl_cpu_pool2d,
+    .channel_affine = fl_cpu_channel_affine,
+    .relu = fl_cpu_relu,
+    .add_padded = fl_cpu_add_padded,
 };
 
 const fl_backend *fl_cpu_backend(void) {

@@ -127,4 +127,12 @@ void fl_cpu_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight,
                        int groups, float eps, bool silu);
 void fl_cpu_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
 
+/* cpu_face.c (dlib's face networks) */
+void fl_cpu_pool2d(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, int kh, int kw, int stride_y, int stride_x,
+                   int pad_y, int pad_x, bool max);
+void fl_cpu_channel_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scale, const fl_tensor *shift,
+                           fl_tensor *y, bool relu);
+void fl_cpu_relu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y);
+void fl_cpu_add_padded(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out);
+
 #endif

@@ -197,7 +197,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 45 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 49 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;
@@ -250,6 +250,11 @@ static fl_backend make_table(void) {
     b.conv2d = fl_cuda_conv2d;
     b.group_norm = fl_cuda_group_norm;
     b.upsample_nearest2x = fl_cuda_upsample_nearest2x;
+    /* face networks (dlib) */
+    b.pool2d = fl_cuda_pool2d;
+    b.channel_affine = fl_cuda_channel_affine;
+    b.relu = fl_cuda_relu;
+    b.add_padded = fl_cuda_add_padded;
     return b;
 }
 
