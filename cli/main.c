@@ -19,6 +19,9 @@ static const command commands[] = {
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
+    /* identity evaluation */
+    {"pretrain-encoder", fl_cmd_pretrain_encoder, "train the built-in image encoder on the packaged clip art"},
+    {"retrieval", fl_cmd_retrieval, "cross-style emoji retrieval of an image encoder beside a colour-histogram baseline"},
 #if FL_HAVE_SERVICE
     {"serve", fl_cmd_serve, "run the HTTP API with in-process workers (private Redis unless --redis)"},
     {"worker", fl_cmd_worker, "run training and generation jobs from the shared Redis"},
