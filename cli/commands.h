@@ -11,6 +11,7 @@ int fl_cmd_forward(int argc, char **argv);
 int fl_cmd_train(int argc, char **argv);
 int fl_cmd_generate(int argc, char **argv);
 /* Identity evaluation. */
+int fl_cmd_eval(int argc, char **argv);
 int fl_cmd_pretrain_encoder(int argc, char **argv);
 int fl_cmd_retrieval(int argc, char **argv);
 /* The service (built with hiredis and libmicrohttpd: FL_HAVE_SERVICE). */

@@ -20,6 +20,7 @@ static const command commands[] = {
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
     /* identity evaluation */
+    {"eval", fl_cmd_eval, "identity evaluation of adapters against the base model: JSON and an HTML report"},
     {"pretrain-encoder", fl_cmd_pretrain_encoder, "train the built-in image encoder on the packaged clip art"},
     {"retrieval", fl_cmd_retrieval, "cross-style emoji retrieval of an image encoder beside a colour-histogram baseline"},
 #if FL_HAVE_SERVICE
