@@ -418,14 +418,14 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
                                                        "similarity", num(s->base_sim[i])));
         }
         json_t *aj = json_pack(
-            "{s:s, s:s, s:f, s:i, s:i, s:i, s:i, s:b, s:s,"
+            "{s:s, s:s, s:f, s:i, s:i, s:i, s:i, s:b, s:s, s:s,"
             " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
             " s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:n, s:{s:b},"
             " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
             " s:o, s:o, s:o}",
             "adapter", ad->label, "trigger", ad->trigger, "scale", (double)ad->scale, "n_gen", s->n_gen, "n_base",
             s->n_base, "n_refs", s->n_refs, "n_distractors", n_subj - 1, "refs_in_training", ad->refs_in_training,
-            "references", subj[a]->source,
+            "references", subj[a]->source, "subject", subj[a]->name,
             "identity_accuracy", "retrieval", num(s->retrieval), "retrieval_ci", ci(s->ci_retrieval), "verification",
             num(s->verification), "verification_ci", ci(s->ci_verification), "tau", num(s->tau), "auc", num(s->auc),
             "auc_ci", ci(s->ci_auc),

@@ -81,28 +81,33 @@ void fl_strbuf_add_base64(fl_strbuf *b, const unsigned char *d, size_t n) {
     fl_strbuf_add(b, chunk);
 }
 
-/* <img> of an image in the sampler's layout ([-1, 1]), shown at scale x its size. */
-static int add_png(fl_strbuf *b, const float *img, int w, int h, int shown, const char *cls, fl_error *err) {
-    unsigned char *png = NULL;
-    size_t n = 0;
-    if (fl_png_encode(img, w, h, &png, &n, err) != 0) return -1;
-    fl_strbuf_addf(b, "<img class=\"%s\" width=\"%d\" height=\"%d\" src=\"data:image/png;base64,", cls, shown,
-                   shown * h / (w ? w : 1));
+/* <img> of PNG bytes, shown `shown` pixels wide (height from the PNG's header). */
+static void add_png_bytes(fl_strbuf *b, const unsigned char *png, size_t n, int shown, const char *cls) {
+    int w = 0, h = 0;
+    if (n >= 24 && !memcmp(png + 12, "IHDR", 4)) {
+        w = (int)((unsigned)png[16] << 24 | (unsigned)png[17] << 16 | (unsigned)png[18] << 8 | png[19]);
+        h = (int)((unsigned)png[20] << 24 | (unsigned)png[21] << 16 | (unsigned)png[22] << 8 | png[23]);
+    }
+    int sh = w > 0 && h > 0 ? (int)((long)shown * h / w) : shown;
+    fl_strbuf_addf(b, "<img class=\"%s\" width=\"%d\" height=\"%d\" src=\"data:image/png;base64,", cls, shown, sh);
     fl_strbuf_add_base64(b, png, n);
     fl_strbuf_add(b, "\">");
-    free(png);
-    return 0;
 }
 
-/* A reference image ([0, 1] fl_image) as <img>. */
-static int add_ref_png(fl_strbuf *b, const fl_image *im, int shown, fl_error *err) {
-    size_t np = (size_t)im->width * im->height * 3;
-    float *v = fl_xmalloc(np * sizeof(float));
-    for (size_t k = 0; k < np; k++) v[k] = im->pixels[k] * 2.0f - 1.0f;
-    int longer = im->width > im->height ? im->width : im->height;
-    int rc = add_png(b, v, im->width, im->height, shown * im->width / (longer ? longer : 1), "ref", err);
-    free(v);
-    return rc;
+/* The image (adapter, kind, index) from the provider; a missing one shows as a note. */
+static int add_image(fl_strbuf *b, fl_eval_png_fn png, void *arg, int adapter, fl_eval_image_kind kind, int index,
+                     int shown, const char *cls, fl_error *err) {
+    unsigned char *data = NULL;
+    size_t n = 0;
+    int rc = png(arg, adapter, kind, index, &data, &n, err);
+    if (rc < 0) return -1;
+    if (rc > 0 || !data) {
+        fl_strbuf_addf(b, "<span class=\"small\">(image no longer stored)</span>");
+        return 0;
+    }
+    add_png_bytes(b, data, n, shown, cls);
+    free(data);
+    return 0;
 }
 
 static void fmt_num(char *out, size_t cap, json_t *v, const char *fmt) {
@@ -204,8 +209,7 @@ static const char style[] =
     "img.base{outline:1px solid #999}.cap{font-size:10px;color:#555;max-width:150px}h2{margin-top:32px}"
     ".small{font-size:12px;color:#555}</style>";
 
-char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl_error *err) {
-    json_t *j = r->json;
+char *fl_eval_report_render(json_t *j, fl_eval_png_fn png, void *arg, fl_error *err) {
     fl_strbuf b = {0};
     fl_strbuf_add(&b, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>flashlora identity evaluation</title>");
     fl_strbuf_add(&b, style);
@@ -218,11 +222,12 @@ char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl
     fl_strbuf_add_escaped(&b, json_string_value(json_object_get(enc, "sha256")));
     fl_strbuf_add(&b, ")<br>model: ");
     fl_strbuf_add_escaped(&b, json_string_value(json_object_get(json_object_get(j, "model"), "file")));
-    fl_strbuf_addf(&b, "<br>sampler: %lldx%lld, %lld steps, guidance %.3g; %d prompts x %d seeds; %lld bootstrap resamples over prompts</p>",
+    fl_strbuf_addf(&b, "<br>sampler: %lldx%lld, %lld steps, guidance %.3g; %zu prompts x %zu seeds; %lld bootstrap resamples over prompts</p>",
                    (long long)json_integer_value(json_object_get(smp, "width")),
                    (long long)json_integer_value(json_object_get(smp, "height")),
                    (long long)json_integer_value(json_object_get(smp, "steps")),
-                   json_number_value(json_object_get(smp, "guidance")), cfg->n_prompts, cfg->n_seeds,
+                   json_number_value(json_object_get(smp, "guidance")), json_array_size(json_object_get(j, "prompts")),
+                   json_array_size(json_object_get(j, "seeds")),
                    (long long)json_integer_value(json_object_get(j, "bootstrap")));
     json_t *adapters = json_object_get(j, "adapters");
     /* the scores table */
@@ -264,39 +269,42 @@ char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl
                   "to a training image.</p>");
     chart(&b, adapters);
     /* per adapter: references and the grid */
-    for (int a = 0; a < r->n_adapters; a++) {
-        json_t *aj = json_array_get(adapters, (size_t)a);
-        const fl_eval_adapter *ad = &cfg->adapters[a];
-        const fl_eval_adapter_result *ar = &r->adapters[a];
+    json_t *prompts = json_object_get(j, "prompts"), *seeds = json_object_get(j, "seeds");
+    const int P = (int)json_array_size(prompts), S = (int)json_array_size(seeds);
+    const int W = (int)json_integer_value(json_object_get(smp, "width"));
+    const int shown = W <= 96 ? 2 * W : W <= 256 ? W : 256;
+    for (size_t a = 0; a < json_array_size(adapters); a++) {
+        json_t *aj = json_array_get(adapters, a);
         fl_strbuf_add(&b, "<h2>");
-        fl_strbuf_add_escaped(&b, ad->label);
+        fl_strbuf_add_escaped(&b, json_string_value(json_object_get(aj, "adapter")));
         fl_strbuf_add(&b, "</h2><p class=\"small\">trigger &ldquo;");
-        fl_strbuf_add_escaped(&b, ad->trigger);
-        fl_strbuf_addf(&b, "&rdquo;, scale %.3g; references (%d, ", (double)ad->scale, ad->refs->n);
-        fl_strbuf_add_escaped(&b, ad->refs->source);
+        fl_strbuf_add_escaped(&b, json_string_value(json_object_get(aj, "trigger")));
+        int n_refs = (int)json_integer_value(json_object_get(aj, "n_refs"));
+        fl_strbuf_addf(&b, "&rdquo;, scale %.3g; references (%d, ", json_number_value(json_object_get(aj, "scale")), n_refs);
+        fl_strbuf_add_escaped(&b, json_string_value(json_object_get(aj, "references")));
         fl_strbuf_add(&b, "):</p><div>");
-        for (int i = 0; i < ad->refs->n && i < 24; i++)
-            if (add_ref_png(&b, &ad->refs->images[i], 64, err) != 0) goto fail;
+        for (int i = 0; i < n_refs && i < FL_EVAL_REPORT_MAX_REFS; i++)
+            if (add_image(&b, png, arg, (int)a, FL_EVAL_IMAGE_REF, i, 64, "ref", err) != 0) goto fail;
         fl_strbuf_add(&b, "</div><table class=\"grid\"><tr><th class=\"l\">prompt</th>");
-        for (int s = 0; s < cfg->n_seeds; s++)
-            fl_strbuf_addf(&b, "<th>seed %llu<br><span class=\"small\">adapter | base</span></th>",
-                           (unsigned long long)cfg->seeds[s]);
+        for (int s = 0; s < S; s++)
+            fl_strbuf_addf(&b, "<th>seed %lld<br><span class=\"small\">adapter | base</span></th>",
+                           (long long)json_integer_value(json_array_get(seeds, (size_t)s)));
         fl_strbuf_add(&b, "</tr>");
         json_t *imgs = json_object_get(aj, "images"), *bimgs = json_object_get(aj, "base_images");
-        const int shown = r->width <= 96 ? 2 * r->width : r->width <= 256 ? r->width : 256;
-        for (int p = 0; p < cfg->n_prompts; p++) {
+        for (int p = 0; p < P; p++) {
             fl_strbuf_add(&b, "<tr><td class=\"l\">");
-            fl_strbuf_add_escaped(&b, cfg->prompts[p]);
+            fl_strbuf_add_escaped(&b, json_string_value(json_array_get(prompts, (size_t)p)));
             fl_strbuf_add(&b, "</td>");
-            for (int s = 0; s < cfg->n_seeds; s++) {
-                int i = p * cfg->n_seeds + s;
+            for (int s = 0; s < S; s++) {
+                int i = p * S + s;
                 json_t *ij = json_array_get(imgs, (size_t)i), *bj = json_array_get(bimgs, (size_t)i);
+                const char *nearest = json_string_value(json_object_get(ij, "nearest"));
+                bool hit = nearest && !strcmp(nearest, json_string_value(json_object_get(aj, "subject")));
                 fl_strbuf_add(&b, "<td>");
-                if (add_png(&b, ar->gen[i], r->width, r->height, shown, ar->scores.gen_nearest[i] == 0 ? "hit" : "miss", err) != 0)
-                    goto fail;
-                if (ar->base && add_png(&b, ar->base[i], r->width, r->height, shown, "base", err) != 0) goto fail;
+                if (add_image(&b, png, arg, (int)a, FL_EVAL_IMAGE_GEN, i, shown, hit ? "hit" : "miss", err) != 0) goto fail;
+                if (bj && add_image(&b, png, arg, (int)a, FL_EVAL_IMAGE_BASE, i, shown, "base", err) != 0) goto fail;
                 fl_strbuf_add(&b, "<div class=\"cap\">nearest: ");
-                fl_strbuf_add_escaped(&b, json_string_value(json_object_get(ij, "nearest")));
+                fl_strbuf_add_escaped(&b, nearest ? nearest : "?");
                 fl_strbuf_addf(&b, ", s=%.2f", json_number_value(json_object_get(ij, "similarity")));
                 if (bj) {
                     fl_strbuf_add(&b, " | base: ");
@@ -314,6 +322,37 @@ char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl
 fail:
     free(b.data);
     return NULL;
+}
+
+/* The CLI's provider: images from the run in memory. */
+typedef struct run_images {
+    const fl_eval_result *r;
+    const fl_eval_config *cfg;
+} run_images;
+
+static int run_png(void *arg, int adapter, fl_eval_image_kind kind, int index, unsigned char **png, size_t *n,
+                   fl_error *err) {
+    const run_images *ri = arg;
+    const fl_eval_adapter_result *ar = &ri->r->adapters[adapter];
+    if (kind == FL_EVAL_IMAGE_REF) {
+        const fl_eval_refs *refs = ri->cfg->adapters[adapter].refs;
+        if (index >= refs->n) return 1;
+        const fl_image *im = &refs->images[index];
+        size_t np = (size_t)im->width * im->height * 3;
+        float *v = fl_xmalloc(np * sizeof(float));
+        for (size_t k = 0; k < np; k++) v[k] = im->pixels[k] * 2.0f - 1.0f;
+        int rc = fl_png_encode(v, im->width, im->height, png, n, err);
+        free(v);
+        return rc;
+    }
+    float **set = kind == FL_EVAL_IMAGE_GEN ? ar->gen : ar->base;
+    if (!set || index >= ar->n_images) return 1;
+    return fl_png_encode(set[index], ri->r->width, ri->r->height, png, n, err);
+}
+
+char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl_error *err) {
+    run_images ri = {r, cfg};
+    return fl_eval_report_render(r->json, run_png, &ri, err);
 }
 
 int fl_eval_report_write(const fl_eval_result *r, const fl_eval_config *cfg, const char *path, fl_error *err) {

@@ -12,10 +12,26 @@
 #ifndef FL_EVAL_REPORT_H
 #define FL_EVAL_REPORT_H
 
+#include <jansson.h>
+
 #include "core/error.h"
 #include "eval/evaluate.h"
 
-/* The page as a malloc'ed NUL-terminated string. */
+#define FL_EVAL_REPORT_MAX_REFS 24 /* reference thumbnails shown per adapter */
+
+typedef enum fl_eval_image_kind { FL_EVAL_IMAGE_GEN = 0, FL_EVAL_IMAGE_BASE = 1, FL_EVAL_IMAGE_REF = 2 } fl_eval_image_kind;
+
+/* Gives the PNG bytes of image `index` of an adapter (its generations and base images in the
+ * evaluation JSON's order, or its references): *png malloc'ed. Returns 0, 1 when the image is
+ * gone (the page says so), -1 with err on failure. */
+typedef int (*fl_eval_png_fn)(void *arg, int adapter, fl_eval_image_kind kind, int index, unsigned char **png,
+                              size_t *n, fl_error *err);
+
+/* The page of an evaluation JSON (eval/evaluate.h) with its images from png, as a malloc'ed
+ * NUL-terminated string; NULL with err when an image cannot be had. */
+char *fl_eval_report_render(json_t *evaluation, fl_eval_png_fn png, void *arg, fl_error *err);
+
+/* The page of a run in memory. */
 char *fl_eval_report_html(const fl_eval_result *r, const fl_eval_config *cfg, fl_error *err);
 /* Writes the page atomically to path. */
 int fl_eval_report_write(const fl_eval_result *r, const fl_eval_config *cfg, const char *path, fl_error *err);
