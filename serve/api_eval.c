@@ -100,16 +100,16 @@ void fl_api_evaluations_create(fl_api *api, fl_redis *r, const char *tenant, con
     fl_req_source source;
     json_t *o = fl_api_request_object(req, "references", &source, &err);
     if (!o) { fl_api_reply_err(res, &err); return; }
-    fl_eval_request er;
-    int rc = fl_eval_request_decode(o, source, &api->limits, &er, &err);
+    fl_eval_request *er = fl_xcalloc(1, sizeof *er); /* ~150 KB: not on a connection thread's stack */
+    int rc = fl_eval_request_decode(o, source, &api->limits, er, &err);
     json_decref(o);
     const fl_http_part *upload = fl_http_part_get(req, "references");
-    if (rc == 0 && upload && er.n_adapters != 1)
-        rc = fl_fail(&err, FL_EINVAL, "a 'references' upload holds the references of one adapter; %d are named", er.n_adapters);
-    for (int i = 0; rc == 0 && i < er.n_adapters; i++)
-        rc = resolve_subject(api, r, tenant, &er.adapters[i], "adapters", i, !upload, &err);
-    for (int i = 0; rc == 0 && i < er.n_distractors; i++)
-        rc = resolve_subject(api, r, tenant, &er.distractors[i], "distractors", i, true, &err);
+    if (rc == 0 && upload && er->n_adapters != 1)
+        rc = fl_fail(&err, FL_EINVAL, "a 'references' upload holds the references of one adapter; %d are named", er->n_adapters);
+    for (int i = 0; rc == 0 && i < er->n_adapters; i++)
+        rc = resolve_subject(api, r, tenant, &er->adapters[i], "adapters", i, !upload, &err);
+    for (int i = 0; rc == 0 && i < er->n_distractors; i++)
+        rc = resolve_subject(api, r, tenant, &er->distractors[i], "distractors", i, true, &err);
     /* the upload: checked from its images' headers now (a set without a usable image is a 400) */
     char job_id[FL_ID_MAX];
     fl_jobs_new_id("job", job_id);
@@ -129,7 +129,7 @@ void fl_api_evaluations_create(fl_api *api, fl_redis *r, const char *tenant, con
     }
     bool refused = false;
     if (rc == 0) {
-        rc = admit(api, &er, &err);
+        rc = admit(api, er, &err);
         refused = rc != 0 && err.code == FL_ELIMIT;
     }
     if (rc == 0 && upload) {
@@ -140,18 +140,20 @@ void fl_api_evaluations_create(fl_api *api, fl_redis *r, const char *tenant, con
             else fl_fail(&err, FL_EIO, "the upload could not be stored; retry later");
             upload_path[0] = '\0';
         } else {
-            snprintf(er.adapters[0].refs, sizeof er.adapters[0].refs, "%s", upload_path);
-            er.adapters[0].refs_uploaded = true;
+            snprintf(er->adapters[0].refs, sizeof er->adapters[0].refs, "%s", upload_path);
+            er->adapters[0].refs_uploaded = true;
         }
     }
     if (rc != 0) {
-        fl_eval_request_clear(&er);
+        fl_eval_request_clear(er);
+        free(er);
         if (refused) fl_http_reply_error(res, 422, "limit_exceeded", "%s", err.message);
         else fl_api_reply_err(res, &err);
         return;
     }
-    json_t *job = fl_eval_request_to_json(&er);
-    fl_eval_request_clear(&er);
+    json_t *job = fl_eval_request_to_json(er);
+    fl_eval_request_clear(er);
+    free(er);
     rc = fl_api_submit_job(api, r, FL_JOB_EVAL, job_id, tenant, job, res);
     json_decref(job);
     if (rc != 0) {

@@ -121,7 +121,7 @@ static int take_seed(void *arg, int i, const char *text, fl_error *err) {
 static int take_subject(void *arg, int i, const char *text, fl_error *err) {
     take_ctx *t = arg;
     fl_eval_req_subject *s = t->distractor ? &t->r->distractors[i] : &t->r->adapters[i];
-    if (!*text || strlen(text) >= sizeof s->id || !chars_ok(text, FL_NAME_MAX))
+    if (!*text || strlen(text) >= sizeof s->id || !chars_ok(text, FL_NAME_MAX_CHARS))
         return fl_fail(err, FL_EINVAL, "field '%s[%d]': expected an adapter id or name", t->name, i);
     snprintf(s->id, sizeof s->id, "%s", text);
     return 0;

@@ -127,16 +127,17 @@ static json_t *store_result(worker_state *w, const fl_job *job, const fl_eval_re
 }
 
 void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job *job) {
-    fl_eval_request er;
+    fl_eval_request *er = fl_xcalloc(1, sizeof *er); /* ~150 KB: off the worker thread's stack */
     fl_error err = {0};
-    if (fl_eval_request_parse(job->request_json, &er, &err) != 0) {
+    if (fl_eval_request_parse(job->request_json, er, &err) != 0) {
         fl_worker_fail_job(w, FL_JOB_EVAL, item, "invalid_input", err.message);
-        fl_eval_request_clear(&er);
+        fl_eval_request_clear(er);
+        free(er);
         return;
     }
     snprintf(w->current_job, sizeof w->current_job, "%s", job->id);
     eval_watch ew = {w, item, job->id, fl_worker_keep_claim(w, FL_JOB_EVAL, item), fl_monotonic_ms(), 0, "", false};
-    const int A = er.n_adapters, Dn = er.n_distractors;
+    const int A = er->n_adapters, Dn = er->n_distractors;
     fl_eval_refs refs[FL_EVAL_REQ_MAX_ADAPTERS], distr[FL_EVAL_REQ_MAX_DISTRACTORS];
     fl_eval_adapter ads[FL_EVAL_REQ_MAX_ADAPTERS];
     memset(refs, 0, sizeof refs);
@@ -146,16 +147,16 @@ void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job
     int rc = 0;
     /* references first: a bad set fails the job before any adapter is attached */
     for (int a = 0; a < A && rc == 0; a++) {
-        rc = fl_eval_refs_load(er.adapters[a].name, er.adapters[a].refs, &refs[a], &err);
+        rc = fl_eval_refs_load(er->adapters[a].name, er->adapters[a].refs, &refs[a], &err);
         if (rc == 0)
             snprintf(refs[a].source, sizeof refs[a].source, "%s",
-                     er.adapters[a].refs_uploaded ? "uploaded references" : "training images");
+                     er->adapters[a].refs_uploaded ? "uploaded references" : "training images");
     }
     int n_distr = 0;
     for (int d = 0; d < Dn && rc == 0; d++) {
-        rc = fl_eval_refs_load(er.distractors[d].name, er.distractors[d].refs, &distr[d], &err);
+        rc = fl_eval_refs_load(er->distractors[d].name, er->distractors[d].refs, &distr[d], &err);
         if (rc == 0) {
-            snprintf(distr[d].source, sizeof distr[d].source, "training images of %s", er.distractors[d].id);
+            snprintf(distr[d].source, sizeof distr[d].source, "training images of %s", er->distractors[d].id);
             n_distr++;
         }
     }
@@ -164,30 +165,30 @@ void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job
     fl_adapter_cache_release_all(w->cache);
     for (int a = 0; a < A && rc == 0; a++) {
         int set_id = -1;
-        if (fl_adapter_cache_acquire(w->cache, er.adapters[a].sha256, &set_id, &err) != 0) {
-            rc = fl_fail_prefix(&err, "adapter %s", er.adapters[a].id);
+        if (fl_adapter_cache_acquire(w->cache, er->adapters[a].sha256, &set_id, &err) != 0) {
+            rc = fl_fail_prefix(&err, "adapter %s", er->adapters[a].id);
             code = "adapter_unavailable";
             break;
         }
         fl_eval_adapter *ad = &ads[a];
-        snprintf(ad->label, sizeof ad->label, "%s", er.adapters[a].name[0] ? er.adapters[a].name : er.adapters[a].id);
+        snprintf(ad->label, sizeof ad->label, "%s", er->adapters[a].name[0] ? er->adapters[a].name : er->adapters[a].id);
         ad->path = NULL;
         ad->set_id = set_id;
-        snprintf(ad->trigger, sizeof ad->trigger, "%s", er.adapters[a].trigger);
-        ad->scale = (float)er.scale;
+        snprintf(ad->trigger, sizeof ad->trigger, "%s", er->adapters[a].trigger);
+        ad->scale = (float)er->scale;
         ad->refs = &refs[a];
-        ad->refs_in_training = !er.adapters[a].refs_uploaded;
+        ad->refs_in_training = !er->adapters[a].refs_uploaded;
     }
     int n_prompts = 0;
     const char *const *prompts = NULL;
-    if (er.n_prompts > 0) {
-        prompts = (const char *const *)er.prompts;
-        n_prompts = er.n_prompts;
+    if (er->n_prompts > 0) {
+        prompts = (const char *const *)er->prompts;
+        n_prompts = er->n_prompts;
     } else {
         prompts = fl_eval_default_prompts(&n_prompts);
     }
     uint64_t seeds[FL_EVAL_REQ_MAX_SEEDS];
-    for (int i = 0; i < er.n_seeds; i++) seeds[i] = (uint64_t)er.seeds[i];
+    for (int i = 0; i < er->n_seeds; i++) seeds[i] = (uint64_t)er->seeds[i];
     fl_eval_config cfg = fl_eval_config_default();
     cfg.adapters = ads;
     cfg.n_adapters = A;
@@ -196,13 +197,13 @@ void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job
     cfg.prompts = prompts;
     cfg.n_prompts = n_prompts;
     cfg.seeds = seeds;
-    cfg.n_seeds = er.n_seeds;
-    cfg.width = er.width;
-    cfg.height = er.height;
-    cfg.steps = er.steps;
-    cfg.guidance = (float)er.guidance;
-    cfg.bootstrap = er.bootstrap;
-    cfg.batch = er.batch_images > 0 && er.batch_images < w->cfg.max_batch ? er.batch_images : w->cfg.max_batch;
+    cfg.n_seeds = er->n_seeds;
+    cfg.width = er->width;
+    cfg.height = er->height;
+    cfg.steps = er->steps;
+    cfg.guidance = (float)er->guidance;
+    cfg.bootstrap = er->bootstrap;
+    cfg.batch = er->batch_images > 0 && er->batch_images < w->cfg.max_batch ? er->batch_images : w->cfg.max_batch;
     if (cfg.batch < 1) cfg.batch = 1;
     cfg.model_label = "the service's base model";
     cfg.model_sha256 = w->base_hash;
@@ -251,7 +252,8 @@ void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job
     fl_eval_encoder_close(enc);
     for (int a = 0; a < A; a++) fl_eval_refs_free(&refs[a]);
     for (int d = 0; d < Dn; d++) fl_eval_refs_free(&distr[d]);
-    fl_eval_request_clear(&er);
+    fl_eval_request_clear(er);
+    free(er);
     w->current_job[0] = '\0';
 }
 
