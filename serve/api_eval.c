@@ -42,7 +42,7 @@ static int resolve_subject(fl_api *api, fl_redis *r, const char *tenant, fl_eval
         snprintf(s->sha256, sizeof s->sha256, "%s", info.sha256);
         snprintf(s->trigger, sizeof s->trigger, "%s", info.trigger);
         if (need_refs && fl_eval_refs_path(api->cfg.state_dir, info.sha256, s->refs, sizeof s->refs) != 0)
-            rc = fl_fail(err, FL_EINVAL,
+            rc = fl_fail(err, FL_ENOTFOUND,
                          "field '%s[%d]': adapter %s has no stored training images (it was imported or trained from a "
                          "URL): upload its reference images as 'references'",
                          field, i, info.id);

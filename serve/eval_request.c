@@ -43,7 +43,7 @@ static int read_list(json_t *o, fl_req_source src, const char *name, char sep, i
     *count = 0;
     json_t *v = json_object_get(o, name);
     if (!v || json_is_null(v)) return 0;
-    if (src == FL_REQ_CLIENT_FORM && json_is_string(v)) {
+    if (src != FL_REQ_STORED && json_is_string(v)) { /* a form's list, or the same text in JSON */
         const char *s = json_string_value(v);
         int n = 0;
         while (*s) {
@@ -163,7 +163,9 @@ static int read_num(json_t *o, fl_req_source src, const char *name, double dflt,
         char *end = NULL;
         errno = 0;
         x = strtod(s, &end);
-        ok = end != s && *end == '\0' && !errno && strspn(s, "0123456789+-.eE") == strlen(s);
+        /* an underflow (a denormal or smaller) is a number, its value rounded toward 0 */
+        ok = end != s && *end == '\0' && (!errno || (errno == ERANGE && fabs(x) < 1.0)) &&
+             strspn(s, "0123456789+-.eE") == strlen(s);
     }
     if (!ok || !isfinite(x) || x < lo || x > hi) return fl_fail(err, FL_EINVAL, "field '%s': expected a number in [%g, %g]", name, lo, hi);
     *out = x;
@@ -217,6 +219,8 @@ int fl_eval_request_decode(json_t *obj, fl_req_source src, const fl_request_limi
     if (n == 0) return fl_fail(err, FL_EINVAL, "field 'adapters': at least one adapter is required");
     t = (take_ctx){out, "distractors", true};
     if (read_list(obj, src, "distractors", ',', FL_EVAL_REQ_MAX_DISTRACTORS, take_subject, &t, &n, err) != 0) return -1;
+    json_t *dv = json_object_get(obj, "distractors");
+    if (dv && json_is_string(dv) && n == 0) return fl_fail(err, FL_EINVAL, "field 'distractors': no adapter named");
     out->n_distractors = n;
     t = (take_ctx){out, "prompts", false};
     if (read_list(obj, src, "prompts", '\n', FL_EVAL_REQ_MAX_PROMPTS, take_prompt, &t, &n, err) != 0) return -1;

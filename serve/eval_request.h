@@ -5,7 +5,7 @@
  * job kinds).
  *
  * Client fields (JSON types; in a form every value is a string: lists comma-separated, prompts
- * one per line):
+ * one per line; a JSON body may give a list as such a string too):
  *   adapters     1..8 adapter ids or names of the tenant (required)
  *   prompts      1..64 prompts with [trigger], each at most 1000 characters (default: 8 built-in)
  *   seeds        1..16 integers in [0, 2^53] (default 1, 2, 3, 4)

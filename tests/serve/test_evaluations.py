@@ -94,7 +94,7 @@ def run_all(svc, work):
     r = sc.request(svc.base, "POST", "/v1/adapters", key_a, body, {"Content-Type": ctype})
     check("an adapter is imported", r.status in (200, 201), r.body)
     r = sc.request(svc.base, "POST", "/v1/evaluations", key_a, dict(small, adapters=["imported"]))
-    check("no references for an imported adapter: 400 naming the upload", r.status == 400 and
+    check("no references for an imported adapter: 404 naming the upload", r.status == 404 and
           "references" in r.json()["error"]["message"], r.body)
     body, ctype = sc.multipart({"adapters": "imported", "prompts": "a photo of [trigger]\n[trigger] on red",
                                 "seeds": "1,2", "width": "16", "height": "16", "steps": "3", "distractors": "logo"},
