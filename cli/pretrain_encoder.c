@@ -194,9 +194,9 @@ int fl_cmd_pretrain_encoder(int argc, char **argv) {
                st.images, st.clipart, st.emoji, st.skipped, st.start_step, st.end_step, st.seconds, st.last_loss);
     else
         fprintf(stderr,
-                "flashlora pretrain-encoder: %zu images (%zu clip art, %zu emoji, %zu skipped); steps %d -> %d in %.0f s; "
-                "loss %.4f%s\n",
-                st.images, st.clipart, st.emoji, st.skipped, st.start_step, st.end_step, st.seconds, st.last_loss,
+                "flashlora pretrain-encoder: %zu images (%zu clip art, %zu emoji, %zu skipped, %zu held out); steps %d -> %d "
+                "in %.0f s; loss %.4f%s\n",
+                st.images, st.clipart, st.emoji, st.skipped, st.excluded, st.start_step, st.end_step, st.seconds, st.last_loss,
                 st.end_step == cfg.steps ? "" : " (stopped; run the same command to resume)");
     return 0;
 }

@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "datasets/emoji_styles.h"
+#include "datasets/heldout_art.h"
 #include "datasets/image.h"
 #include "datasets/preprocess.h"
 #include "kernels/ops.h"
@@ -262,7 +263,8 @@ static void path_push(path_list *l, const char *p) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Every *.png under dir, recursively (depth <= 8). */
+/* Every *.png under dir, recursively (depth <= 8); symbolic links are not followed (the package
+ * links some drawings under a second name: each is taken once). */
 static void walk_png(const char *dir, int depth, path_list *out) {
     if (depth > 8) return;
     DIR *d = opendir(dir);
@@ -274,7 +276,7 @@ static void walk_png(const char *dir, int depth, path_list *out) {
         int w = snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         if (w < 0 || (size_t)w >= sizeof p) continue;
         struct stat st;
-        if (stat(p, &st) != 0) continue;
+        if (lstat(p, &st) != 0) continue;
         if (S_ISDIR(st.st_mode)) walk_png(p, depth + 1, out);
         else if (S_ISREG(st.st_mode) && strlen(e->d_name) > 4 && !strcmp(e->d_name + strlen(e->d_name) - 4, ".png"))
             path_push(out, p);
@@ -395,7 +397,23 @@ static int render_all(const fl_encoder_pretrain_config *cfg, fl_clip_source **ou
                       fl_encoder_pretrain_stats *stats, fl_error *err) {
     path_list clip = {0}, emoji = {0};
     const char *cdir = cfg->openclipart_dir ? cfg->openclipart_dir : FL_OPENCLIPART_PNG_DIR;
-    if (*cdir) walk_png(cdir, 0, &clip);
+    if (*cdir) {
+        path_list all = {0};
+        walk_png(cdir, 0, &all);
+        /* held out: what evaluation measures with (datasets/heldout_art.h) */
+        const char *const *lists[2];
+        size_t counts[2] = {fl_heldout_demo_sources(&lists[0]), fl_heldout_distractor_sources(&lists[1])};
+        size_t dl = strlen(cdir);
+        for (size_t i = 0; i < all.n; i++) {
+            const char *rel = all.v[i] + dl + (all.v[i][dl] == '/');
+            bool held = false;
+            for (int l = 0; l < 2 && !held; l++)
+                for (size_t k = 0; k < counts[l] && !held; k++) held = !strcmp(rel, lists[l][k]);
+            if (held) stats->excluded++;
+            else path_push(&clip, all.v[i]);
+        }
+        path_list_free(&all);
+    }
     char edir[4096] = "";
     if (cfg->emoji_dir) snprintf(edir, sizeof edir, "%s", cfg->emoji_dir);
     else if (!fl_emoji_find_dir(FL_TANUKI_GLOB, FL_TANUKI_EMOJI_IMAGES, edir, sizeof edir)) edir[0] = '\0';
