@@ -12,6 +12,10 @@ int fl_cmd_train(int argc, char **argv);
 int fl_cmd_generate(int argc, char **argv);
 /* Identity evaluation: image encoders (cli/embed.c). */
 int fl_cmd_embed(int argc, char **argv);
+/* Identity evaluation. */
+int fl_cmd_eval(int argc, char **argv);
+int fl_cmd_pretrain_encoder(int argc, char **argv);
+int fl_cmd_retrieval(int argc, char **argv);
 /* The service (built with hiredis and libmicrohttpd: FL_HAVE_SERVICE). */
 int fl_cmd_serve(int argc, char **argv);
 int fl_cmd_worker(int argc, char **argv);

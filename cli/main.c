@@ -21,6 +21,10 @@ static const command commands[] = {
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
     /* identity evaluation: image encoders */
     {"embed", fl_cmd_embed, "embed a folder of images with an image encoder (DINOv2, CLIP, face, built-in)"},
+    /* identity evaluation */
+    {"eval", fl_cmd_eval, "identity evaluation of adapters against the base model: JSON and an HTML report"},
+    {"pretrain-encoder", fl_cmd_pretrain_encoder, "train the built-in image encoder on the packaged clip art"},
+    {"retrieval", fl_cmd_retrieval, "cross-style emoji retrieval of an image encoder beside a colour-histogram baseline"},
 #if FL_HAVE_SERVICE
     {"serve", fl_cmd_serve, "run the HTTP API with in-process workers (private Redis unless --redis)"},
     {"worker", fl_cmd_worker, "run training and generation jobs from the shared Redis"},

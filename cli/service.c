@@ -96,6 +96,7 @@ typedef struct service_args {
     /* admission and bounded inputs; -1: the default of the device (api_config_of) */
     long max_job_memory, max_generation_work, max_training_work, max_resolution, max_adapter_bytes,
         max_metadata_bytes, max_page_bytes;
+    long max_evaluation_work;
     long max_queue_tenant, max_train_queue_tenant, shutdown_timeout_s, job_retention_s, jobs_per_tenant,
         sweep_interval_s;
 } service_args;
@@ -144,6 +145,9 @@ static void serve_usage(FILE *out) {
             "                         cuda: 4 images of 1024x1024 at 50 steps)\n"
             "  --max-training-work N  resolution^2 x steps x batch of a training (default 16384000 on cpu:\n"
             "                         64x64 x 1000 steps x batch 4; 8388608000 on cuda)\n"
+            "  --max-evaluation-work N  width x height x steps x images of an evaluation, its base images\n"
+            "                         included (default 8 x the generation default: 10485760 on cpu, two\n"
+            "                         adapters at 8 prompts x 4 seeds of 64x64 at 20 steps; 1677721600 on cuda)\n"
             "  --max-resolution PX    largest width, height or training resolution (default 256 on cpu,\n"
             "                         1024 on cuda)\n"
             "  --max-adapter-bytes BYTES  an adapter file imported from a URL (default 2147483648: a rank-128\n"
@@ -226,6 +230,7 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
     a->max_pending_heads = 1024;
     a->max_parts = 64;
     a->max_job_memory = a->max_generation_work = a->max_training_work = a->max_resolution = -1;
+    a->max_evaluation_work = -1;
     a->max_adapter_bytes = 2L << 30;
     a->max_metadata_bytes = 64L << 10;
     a->max_page_bytes = 1L << 20;
@@ -283,6 +288,7 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             {"--max-job-memory", 1L << 20, 1L << 50, &a->max_job_memory, true},
             {"--max-generation-work", 1, 1L << 50, &a->max_generation_work, true},
             {"--max-training-work", 1, 1L << 50, &a->max_training_work, true},
+            {"--max-evaluation-work", 1, 1L << 50, &a->max_evaluation_work, true},
             {"--max-resolution", 1, 16384, &a->max_resolution, true},
             {"--max-adapter-bytes", 1024, 1L << 40, &a->max_adapter_bytes, true},
             {"--max-metadata-bytes", 1024, 1L << 26, &a->max_metadata_bytes, true},
@@ -389,6 +395,7 @@ static void admission_config(const service_args *a, fl_api_config *ac) {
     ac->max_job_memory = a->max_job_memory > 0 ? (size_t)a->max_job_memory : fl_api_default_job_memory();
     ac->max_generation_work = a->max_generation_work > 0 ? a->max_generation_work : cuda ? 209715200 : 1310720;
     ac->max_training_work = a->max_training_work > 0 ? a->max_training_work : cuda ? 8388608000L : 16384000;
+    ac->max_evaluation_work = a->max_evaluation_work > 0 ? a->max_evaluation_work : 8 * ac->max_generation_work;
     ac->max_resolution = a->max_resolution > 0 ? (int)a->max_resolution : cuda ? 1024 : 256;
     ac->max_adapter_bytes = (size_t)a->max_adapter_bytes;
     ac->max_metadata_bytes = (size_t)a->max_metadata_bytes;

@@ -14,8 +14,8 @@
  *                 DIR (scripts/install-face-models.sh): the MMOD CNN detector, the 5-point shape
  *                 predictor, the 150x150 chip alignment and the 128-D ResNet descriptor. `face`
  *                 alone looks in $FLASHLORA_FACE_MODELS, then the install script's cache folder.
- *   builtin[:PATH] the project's own small ViT (implemented by the evaluation layer through
- *                 fl_builtin_encoder_open below).
+ *   builtin[:PATH] the project's own small ViT (models/builtin_vit.h), its shipped weights or a
+ *                 file in its layout (models/builtin_vit_encoder.c).
  * PATH is a .safetensors file, a model.safetensors.index.json, or a folder holding either (with
  * a config.json, read when present), as models/text/weights.h opens them.
  *
@@ -168,8 +168,11 @@ typedef struct fl_image_encoder_impl {
 fl_image_encoder *fl_image_encoder_wrap(const fl_image_encoder_info *info, const fl_image_encoder_impl *impl,
                                         void *state);
 
-/* The built-in encoder: the evaluation layer implements it (arg: what follows "builtin:", or NULL
- * for its shipped weights). */
+/* The built-in encoder (arg: what follows "builtin:", or NULL for its shipped weights). */
 int fl_builtin_encoder_open(fl_ctx *ctx, const char *arg, fl_image_encoder **out, fl_error *err);
+/* The shipped built-in encoder's path: $FLASHLORA_DATA_DIR/<rel>, then
+ * <executable dir>/../share/flashlora/<rel>, then the source tree the binary was built from;
+ * FL_ENOTFOUND naming the file when none exists. */
+int fl_builtin_encoder_path(char *out, size_t cap, fl_error *err);
 
 #endif

@@ -49,6 +49,7 @@ fl_api_config fl_api_config_default(void) {
     c.max_job_memory = fl_api_default_job_memory();
     c.max_generation_work = 1310720;
     c.max_training_work = 16384000;
+    c.max_evaluation_work = 10485760;
     c.max_adapter_bytes = (size_t)2 << 30;
     c.max_metadata_bytes = (size_t)64 << 10;
     c.max_page_bytes = (size_t)1 << 20;
@@ -218,6 +219,10 @@ typedef enum api_route {
     ROUTE_IMAGE,
     ROUTE_ADAPTERS,
     ROUTE_ADAPTER,
+    /* identity evaluation (api_eval.c) */
+    ROUTE_EVALUATIONS,
+    ROUTE_EVALUATION,
+    ROUTE_EVALUATION_REPORT,
 } api_route;
 
 /* What admission found, handed to the handler as req->ctx. */
@@ -233,6 +238,7 @@ static const char *allowed_methods(api_route r) {
     switch (r) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS:
+    case ROUTE_EVALUATIONS:
     case ROUTE_JOB_CANCEL: return "POST";
     case ROUTE_ADAPTERS: return "GET, HEAD, POST";
     case ROUTE_ADAPTER:
@@ -248,6 +254,7 @@ static bool method_allowed(api_route r, const char *method) {
     switch (r) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS:
+    case ROUTE_EVALUATIONS:
     case ROUTE_JOB_CANCEL: return !strcmp(method, "POST");
     case ROUTE_ADAPTERS: return is_get(method) || !strcmp(method, "POST");
     case ROUTE_ADAPTER:
@@ -268,6 +275,9 @@ static const char *route_label(api_route r, const char *method) {
     case ROUTE_IMAGE: return "GET /v1/images/{id}";
     case ROUTE_ADAPTERS: return !strcmp(method, "POST") ? "POST /v1/adapters" : "GET /v1/adapters";
     case ROUTE_ADAPTER: return !strcmp(method, "DELETE") ? "DELETE /v1/adapters/{id}" : "GET /v1/adapters/{id}";
+    case ROUTE_EVALUATIONS: return "POST /v1/evaluations";
+    case ROUTE_EVALUATION: return "GET /v1/evaluations/{id}";
+    case ROUTE_EVALUATION_REPORT: return "GET /v1/evaluations/{id}/report.html";
     }
     return "other";
 }
@@ -311,6 +321,9 @@ static bool find_route(const char *path, api_route *route, char id[128]) {
     else if (!strcmp(collection, "images") && has_id && !has_tail) *route = ROUTE_IMAGE;
     else if (!strcmp(collection, "adapters") && !has_id) *route = ROUTE_ADAPTERS;
     else if (!strcmp(collection, "adapters") && has_id && !has_tail) *route = ROUTE_ADAPTER;
+    else if (!strcmp(collection, "evaluations") && !has_id) *route = ROUTE_EVALUATIONS;
+    else if (!strcmp(collection, "evaluations") && has_id && !has_tail) *route = ROUTE_EVALUATION;
+    else if (!strcmp(collection, "evaluations") && has_id && !strcmp(tail, "report.html")) *route = ROUTE_EVALUATION_REPORT;
     else return false;
     return true;
 }
@@ -368,6 +381,7 @@ bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm,
     switch (route) {
     case ROUTE_TRAININGS:
     case ROUTE_ADAPTERS:
+    case ROUTE_EVALUATIONS:
         if (!strcmp(req->method, "POST")) break; /* an archive or adapter upload, or JSON */
         /* fall through */
     default: /* GET, HEAD, DELETE: no body */
@@ -391,6 +405,10 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
         fl_http_reply_error(res, 404, "not_found", "no job '%.64s'", c->id);
         return;
     }
+    if ((c->route == ROUTE_EVALUATION || c->route == ROUTE_EVALUATION_REPORT) && !valid_job_id(c->id)) {
+        fl_http_reply_error(res, 404, "not_found", "no evaluation '%.64s'", c->id);
+        return;
+    }
     fl_error err = {0};
     fl_redis *r = fl_api_pool_get(api, &err);
     if (!r) { fl_api_reply_err(res, &err); return; }
@@ -410,6 +428,9 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
         else fl_api_adapters_list(api, r, tenant, req, res);
         break;
     case ROUTE_ADAPTER: fl_api_adapters_one(api, r, tenant, id, req, res); break;
+    case ROUTE_EVALUATIONS: fl_api_evaluations_create(api, r, tenant, req, res); break;
+    case ROUTE_EVALUATION: fl_api_evaluations_get(r, tenant, id, res); break;
+    case ROUTE_EVALUATION_REPORT: fl_api_evaluations_report(api, r, tenant, id, res); break;
     default: fl_http_reply_error(res, 404, "not_found", "no route %.200s", req->path); break;
     }
     fl_api_pool_put(api, r);

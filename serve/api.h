@@ -73,6 +73,8 @@ typedef struct fl_api_config {
                                   * of 64x64 at 40 steps, one 256x256 at 20) */
     int64_t max_training_work;   /* resolution^2 x steps x batch_size (default 16384000: 64x64 x
                                   * 1000 steps x batch 4) */
+    int64_t max_evaluation_work; /* width x height x steps x images of an evaluation, base images
+                                  * included (default 10485760: 8 x max_generation_work) */
     /* Bounded inputs and outputs (api_adapters.c). */
     size_t max_adapter_bytes;    /* an adapter file downloaded from a URL (default 2 GiB) */
     size_t max_metadata_bytes;   /* an imported adapter's metadata, as JSON (default 64 KiB) */

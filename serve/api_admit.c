@@ -145,14 +145,19 @@ static size_t generation_host(const fl_flux_params *p, const fl_generate_request
 
 int fl_api_admit_generation(fl_api *api, fl_generate_request *gr, const fl_adapter_info *adapters, int n_adapters,
                             fl_error *err) {
-    const fl_flux_params *p = &api->cfg.params;
-    int patch = api->limits.patch;
     int64_t work = (int64_t)gr->width * gr->height * gr->steps * gr->num_images;
     if (work > api->cfg.max_generation_work)
         return fl_fail(err, FL_ELIMIT,
                        "the generation's work is %" PRId64 " pixel-steps (%dx%d x %d steps x %d images), over the "
                        "limit of %" PRId64 " (--max-generation-work)",
                        work, gr->width, gr->height, gr->steps, gr->num_images, api->cfg.max_generation_work);
+    return fl_api_admit_generation_memory(api, gr, adapters, n_adapters, err);
+}
+
+int fl_api_admit_generation_memory(fl_api *api, fl_generate_request *gr, const fl_adapter_info *adapters,
+                                   int n_adapters, fl_error *err) {
+    const fl_flux_params *p = &api->cfg.params;
+    int patch = api->limits.patch;
     int rank = 0;
     int64_t params = 0;
     for (int i = 0; i < n_adapters; i++) {

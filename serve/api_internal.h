@@ -88,6 +88,16 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
 int fl_api_admit_generation(fl_api *api, fl_generate_request *gr, const fl_adapter_info *adapters, int n_adapters,
                             fl_error *err);
 
+/* The memory part of fl_api_admit_generation alone (no work limit): an evaluation's sampling batch. */
+int fl_api_admit_generation_memory(fl_api *api, fl_generate_request *gr, const fl_adapter_info *adapters,
+                                   int n_adapters, fl_error *err);
+
+/* api_eval.c: identity evaluations as jobs */
+void fl_api_evaluations_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
+                               fl_http_response *res);
+void fl_api_evaluations_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+void fl_api_evaluations_report(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+
 /* api_ops.c: no key needed */
 void fl_api_healthz(fl_api *api, fl_http_response *res);
 void fl_api_metrics(fl_api *api, fl_http_response *res);

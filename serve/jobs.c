@@ -298,7 +298,10 @@ static const char *const orphan_images_script = LUA_PRELUDE
     "return n\n";
 
 const char *fl_job_kind_name(fl_job_kind kind) {
-    return kind == FL_JOB_TRAIN ? "train" : kind == FL_JOB_IMPORT ? "import" : "generate";
+    return kind == FL_JOB_TRAIN    ? "train"
+           : kind == FL_JOB_IMPORT ? "import"
+           : kind == FL_JOB_EVAL   ? "evaluate"
+                                   : "generate";
 }
 
 const char *fl_job_stream_key(fl_job_kind kind) {
@@ -437,7 +440,10 @@ int fl_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_job *out, fl
         if (!strcmp(k, "id")) copy_field(out->id, sizeof out->id, v);
         else if (!strcmp(k, "tenant")) copy_field(out->tenant, sizeof out->tenant, v);
         else if (!strcmp(k, "kind"))
-            out->kind = !strcmp(s, "train") ? FL_JOB_TRAIN : !strcmp(s, "import") ? FL_JOB_IMPORT : FL_JOB_GENERATE;
+            out->kind = !strcmp(s, "train")      ? FL_JOB_TRAIN
+                        : !strcmp(s, "import")   ? FL_JOB_IMPORT
+                        : !strcmp(s, "evaluate") ? FL_JOB_EVAL
+                                                 : FL_JOB_GENERATE;
         else if (!strcmp(k, "state")) copy_field(out->state, sizeof out->state, v);
         else if (!strcmp(k, "worker")) copy_field(out->worker, sizeof out->worker, v);
         else if (!strcmp(k, "request")) out->request_json = dup_field(v);

@@ -45,11 +45,11 @@
 #define FL_JOBS_RETENTION_S_DEFAULT (7L * 24 * 3600) /* a finished job is kept a week */
 #define FL_JOBS_KEEP_PER_TENANT_DEFAULT 10000L       /* and at most this many per tenant */
 
-/* An import (an adapter fetched from a URL) shares the training jobs' stream and queue bound: both
- * are long, one at a time per worker. */
-typedef enum fl_job_kind { FL_JOB_TRAIN = 0, FL_JOB_GENERATE = 1, FL_JOB_IMPORT = 2 } fl_job_kind;
+/* An import (an adapter fetched from a URL) and an evaluation (eval/evaluate.h) share the training
+ * jobs' stream, queue bound and tenant quota: all are long, one at a time per worker. */
+typedef enum fl_job_kind { FL_JOB_TRAIN = 0, FL_JOB_GENERATE = 1, FL_JOB_IMPORT = 2, FL_JOB_EVAL = 3 } fl_job_kind;
 
-const char *fl_job_kind_name(fl_job_kind kind);     /* "train", "generate", "import" */
+const char *fl_job_kind_name(fl_job_kind kind);     /* "train", "generate", "import", "evaluate" */
 const char *fl_job_stream_key(fl_job_kind kind);    /* "fl:stream:train", ... */
 
 typedef struct fl_job {

@@ -88,6 +88,12 @@ void fl_worker_process_generate(worker_state *w, const work_item *items, int n);
 /* worker_train.c: runs one training item (an import item, which shares the stream, goes on to
  * worker_import.c). */
 void fl_worker_process_train(worker_state *w, const work_item *item);
+/* worker_eval.c: runs one evaluation job (started, its record read); keeps a finished training's
+ * upload as its adapter's references; removes kept references whose adapter file is gone (at
+ * most max_entries looked at per call). */
+void fl_worker_process_eval(worker_state *w, const work_item *item, const fl_job *job);
+void fl_worker_keep_training_refs(worker_state *w, const char *upload, const char *adapter_sha256);
+void fl_worker_sweep_refs(worker_state *w, int max_entries);
 /* worker_import.c: runs one import job (started, its record read). */
 void fl_worker_process_import(worker_state *w, const work_item *item, const fl_job *job);
 

@@ -116,6 +116,7 @@ void fl_worker_sweep(worker_state *w) {
     if (fl_jobs_sweep_images(w->r, w->cfg.state_dir, SWEEP_IMAGES, &removed, &err) != 0)
         fl_log_warn("worker %s: removing due images: %s", w->name, err.message);
     for (int d = 0; d < 3; d++) sweep_dir(w, d);
+    fl_worker_sweep_refs(w, SWEEP_DIR_ENTRIES); /* kept training images of deleted adapters */
     if (trimmed[0] + trimmed[1] + orphans + removed > 0)
         fl_log_info("worker %s: retention: %lld stream entries trimmed, %d images removed (%d orphaned)", w->name,
                     trimmed[0] + trimmed[1], removed, orphans);

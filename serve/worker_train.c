@@ -128,6 +128,11 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         fl_job_clear(&job);
         return;
     }
+    if (job.kind == FL_JOB_EVAL) { /* and so do evaluations (worker_eval.c) */
+        fl_worker_process_eval(w, item, &job);
+        fl_job_clear(&job);
+        return;
+    }
     fl_train_request req;
     if (fl_train_request_parse(job.request_json, &req, &err) != 0) {
         fl_worker_fail_job(w, FL_JOB_TRAIN, item, "invalid_input", err.message);
@@ -212,6 +217,9 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         if (register_adapter(w, &job, &req, out, &info, &err) != 0) {
             fl_worker_fail_job(w, FL_JOB_TRAIN, item, fl_error_code_name(err.code), err.message);
         } else {
+            /* the uploaded set stays as the adapter's references for evaluations */
+            if (req.source && !strcmp(req.source, "upload") && req.images && access(req.images, F_OK) == 0)
+                fl_worker_keep_training_refs(w, req.images, info.sha256);
             json_t *result = json_pack("{s:s, s:s, s:s, s:i, s:f, s:i, s:f, s:i}", "adapter_id", info.id, "name",
                                        info.name, "sha256", info.sha256, "steps", res.steps, "final_loss",
                                        res.final_loss, "images", res.images, "training_s", res.training_s,

@@ -79,7 +79,34 @@ def isolate_network(argv):
     os.execvpe("unshare", ["unshare", "-rn", "sh", "-c", script, "sh", sys.executable] + argv, env)
 
 
-def schemathesis_run(py, src, base, work, keys, model, examples):
+def seed_evaluation(base, key, work, model):
+    """An adapter trained through the API (so it keeps its training images as references) and an
+    evaluation of it run to success before schemathesis starts: "logo" is the adapter the
+    description's example evaluation names, and the evaluation's id is what its GET routes are
+    tested with. None if either fails."""
+    import io
+    import zipfile
+    images = os.path.join(work, "seed-images")
+    subprocess.check_call([sys.executable, os.path.join(HERE, "..", "trainer", "make_images.py"), images, "4"])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in sorted(os.listdir(images)):
+            z.write(os.path.join(images, name), name)
+    body, ctype = sc.multipart({"trigger_word": "sks", "name": "logo", "steps": "16", "rank": "2", "resolution": "16"},
+                               {"images": ("images.zip", buf.getvalue())})
+    r = sc.request(base, "POST", "/v1/trainings", key, body, {"Content-Type": ctype})
+    if r.status != 202 or sc.wait_job(base, key, r.json()["job_id"], timeout=120)["state"] != "succeeded":
+        return None
+    r = sc.request(base, "POST", "/v1/evaluations", key, {"adapters": ["logo"], "prompts": ["a photo of [trigger]"],
+                                                         "seeds": [1], "width": 8, "height": 8, "steps": 1,
+                                                         "bootstrap": 0})
+    if r.status != 202:
+        return None
+    job = sc.wait_job(base, key, r.json()["job_id"], timeout=120)
+    return job["id"] if job["state"] == "succeeded" else None
+
+
+def schemathesis_run(py, src, base, work, keys, model, examples, evaluation="job_none"):
     """Runs schemathesis; returns (exit code, output)."""
     auth = {"auth": [{"name": tenant, "fixedHeaders": [{"name": "Authorization", "value": "Bearer " + key}]}
                      for tenant, key in keys]}
@@ -87,7 +114,7 @@ def schemathesis_run(py, src, base, work, keys, model, examples):
     with open(auth_path, "w") as f:
         json.dump(auth, f)
     with open(os.path.join(HERE, "contract", "schemathesis.toml")) as f:
-        config = f.read().replace("@AUTH@", auth_path)
+        config = f.read().replace("@AUTH@", auth_path).replace("@EVALUATION@", evaluation)
     config_path = os.path.join(work, "schemathesis.toml")
     with open(config_path, "w") as f:
         f.write(config)
@@ -234,13 +261,21 @@ def main():
         env.pop("NO_PROXY", None)
     print("network namespace of its own: %s" % ("yes" if os.environ.get("FLASHLORA_CONTRACT_NETNS") else
                                                   "no (fetches go to a closed loopback proxy)"), flush=True)
+    # evaluations embed with the golden fixture's tiny encoder (fast; the shipped one is not needed)
+    data = os.path.join(work, "data", "models", "builtin_encoder")
+    os.makedirs(data)
+    shutil.copy(os.path.join(src, "tests", "fixtures", "builtin_vit", "tiny.safetensors"),
+                os.path.join(data, "flashlora-vit.safetensors"))
+    env["FLASHLORA_DATA_DIR"] = os.path.join(work, "data")
     svc = sc.Service(binary, model, os.path.join(work, "state"),
                      ["--max-generation-work", "8192", "--max-training-work", "4096", "--max-queue", "8",
                       "--max-train-queue", "2", "--sync-timeout", "15", "--batch-wait-ms", "1",
                       "--sweep-interval", "1"], env=env)
     try:
         keys = [("acme", svc.key("acme")), ("globex", svc.key("globex"))]
-        rc, out = schemathesis_run(py, src, svc.base, work, keys, model, examples)
+        evaluation = seed_evaluation(svc.base, keys[0][1], work, model)
+        check("an evaluation runs to success before schemathesis (the id its GET routes use)", evaluation is not None)
+        rc, out = schemathesis_run(py, src, svc.base, work, keys, model, examples, evaluation or "job_none")
         failures = re.findall(r"^\s*(?:\d+\. Test Case ID|- ST\d+ .*)$", out, re.M)
         summary = out[out.rfind("SUMMARY"):] if "SUMMARY" in out else out[-3000:]
         print(out[-20000:] if rc != 0 else out[out.find("Examples ("):][:1200] + "\n" + summary[-2500:], flush=True)

@@ -107,9 +107,9 @@ schemathesis.openapi.media_type("application/gzip", _images.map(lambda i: _tar_b
 # Schemathesis 4.32.5's coverage phase builds its one multipart body with custom part strategies by
 # giving every other required field an empty string, whatever the field's schema says (a training's
 # trigger_word must be one word, minLength 1), and then counts that body as valid data. Fill such a
-# field with a valid value instead (the forms here have one such field: a training's trigger word);
-# the other phases generate forms from the schema as usual.
-_FORM_FIELDS = {"trigger_word": "sks"}
+# field with a valid value instead (the forms here have two such fields: a training's trigger word
+# and an evaluation's adapter); the other phases generate forms from the schema as usual.
+_FORM_FIELDS = {"trigger_word": "sks", "adapters": "logo"}
 def _patch_coverage_forms():
     from schemathesis.specs.openapi.coverage import _operation as coverage
 
