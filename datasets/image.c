@@ -249,24 +249,40 @@ int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_erro
     return 0;
 }
 
-int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
-                    fl_error *err) {
-    memset(out, 0, sizeof *out);
+/* Probes, checks the size and decodes to 8-bit RGBA; the caller frees *rgba with stbi_image_free
+ * and then calls stb_budget_end. */
+static int decode_rgba(const void *bytes, size_t n, int64_t max_pixels, int max_side, unsigned char **rgba, int *width,
+                       int *height, fl_error *err) {
+    *rgba = NULL;
     int w = 0, h = 0;
     if (fl_image_probe(bytes, n, &w, &h, err)) return -1;
     if (fl_image_check_size(w, h, max_pixels, max_side, err)) return -1;
-
     int lw = 0, lh = 0, comp = 0;
     stb_budget_begin((int64_t)w * h, n);
-    unsigned char *rgba = stbi_load_from_memory(bytes, (int)n, &lw, &lh, &comp, 4);
-    if (!rgba) {
+    unsigned char *px = stbi_load_from_memory(bytes, (int)n, &lw, &lh, &comp, 4);
+    if (!px) {
         stb_budget_end();
         return fl_fail(err, FL_EINVAL, "truncated or corrupt image (stb: %s)", stb_reason());
     }
-    int rc = 0;
     if (lw != w || lh != h) {
-        rc = fl_fail(err, FL_EINVAL, "truncated or corrupt image (header says %dx%d, pixels are %dx%d)", w, h, lw, lh);
-    } else if (fl_image_init(out, w, h, err) == 0) {
+        stbi_image_free(px);
+        stb_budget_end();
+        return fl_fail(err, FL_EINVAL, "truncated or corrupt image (header says %dx%d, pixels are %dx%d)", w, h, lw, lh);
+    }
+    *rgba = px;
+    *width = w;
+    *height = h;
+    return 0;
+}
+
+int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
+                    fl_error *err) {
+    memset(out, 0, sizeof *out);
+    unsigned char *rgba = NULL;
+    int w = 0, h = 0;
+    if (decode_rgba(bytes, n, max_pixels, max_side, &rgba, &w, &h, err)) return -1;
+    int rc = 0;
+    if (fl_image_init(out, w, h, err) == 0) {
         /* out = c * a + white * (1 - a), computed in integers then divided once: exact for a = 255. */
         size_t count = (size_t)w * (size_t)h;
         for (size_t i = 0; i < count; i++) {
@@ -282,6 +298,34 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
     return rc;
 }
 
+int fl_image_decode_layers(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *color,
+                           fl_image *alpha, fl_error *err) {
+    memset(color, 0, sizeof *color);
+    memset(alpha, 0, sizeof *alpha);
+    unsigned char *rgba = NULL;
+    int w = 0, h = 0;
+    if (decode_rgba(bytes, n, max_pixels, max_side, &rgba, &w, &h, err)) return -1;
+    int rc = fl_image_init(color, w, h, err);
+    if (rc == 0) rc = fl_image_init(alpha, w, h, err);
+    if (rc == 0) {
+        size_t count = (size_t)w * (size_t)h;
+        for (size_t i = 0; i < count; i++) {
+            const unsigned char *px = rgba + 4 * i;
+            float a = px[3] / 255.0f;
+            for (int c = 0; c < 3; c++) {
+                color->pixels[3 * i + c] = (float)(px[c] * px[3]) / 65025.0f;
+                alpha->pixels[3 * i + c] = a;
+            }
+        }
+    } else {
+        fl_image_release(color);
+        fl_image_release(alpha);
+    }
+    stbi_image_free(rgba);
+    stb_budget_end();
+    return rc;
+}
+
 #else /* no stb */
 
 int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_error *err) {
@@ -291,6 +335,13 @@ int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_erro
 int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
                     fl_error *err) {
     memset(out, 0, sizeof *out);
+    return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
+}
+
+int fl_image_decode_layers(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *color,
+                           fl_image *alpha, fl_error *err) {
+    memset(color, 0, sizeof *color);
+    memset(alpha, 0, sizeof *alpha);
     return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
 }
 
