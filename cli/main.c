@@ -18,6 +18,7 @@ static const command commands[] = {
     {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
+    {"data", fl_cmd_data, "build the embedded model's pretraining set and the demo subjects (Debian clip art)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
 #if FL_HAVE_SERVICE
     {"serve", fl_cmd_serve, "run the HTTP API with in-process workers (private Redis unless --redis)"},
