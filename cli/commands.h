@@ -11,6 +11,7 @@ int fl_cmd_forward(int argc, char **argv);
 int fl_cmd_train(int argc, char **argv);
 int fl_cmd_generate(int argc, char **argv);
 int fl_cmd_data(int argc, char **argv);
+int fl_cmd_pretrain(int argc, char **argv);
 /* The service (built with hiredis and libmicrohttpd: FL_HAVE_SERVICE). */
 int fl_cmd_serve(int argc, char **argv);
 int fl_cmd_worker(int argc, char **argv);

@@ -17,6 +17,7 @@ static const command commands[] = {
     {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
     {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
+    {"pretrain", fl_cmd_pretrain, "full-parameter training of a pixel-space model (how the embedded model is made)"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
     {"data", fl_cmd_data, "build the embedded model's pretraining set and the demo subjects (Debian clip art)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
