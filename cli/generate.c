@@ -2,11 +2,12 @@
  * generate.c — `flashlora generate`: a prompt in, PNG images out, with any number of LoRA
  * adapters stacked on the base model.
  *
- *   flashlora generate --model BASE.safetensors --prompt TEXT --out PATH.png
+ *   flashlora generate [--model BASE.safetensors] --prompt TEXT --out PATH.png
  *                      [--adapter FILE[:SCALE]]... [--width 64 --height 64 --steps 20 --guidance 1
  *                       --seed 0 --num-images 1 --max-text-tokens 32 --device cpu]
  *
- * Adapters (canonical, kohya or PEFT files) are matched against the model's Linears and attached
+ * Without --model the embedded default model is used (one line on stderr says so). Adapters
+ * (canonical, kohya or PEFT files) are matched against the model's Linears and attached
  * with their scale; keys that adapt no module are listed on stderr. Sampling is the Euler sampler
  * of models/sampler.h in the pixel image space; the same arguments give the same bytes. With
  * --num-images N > 1 image i (seed + i) goes to PATH_i.png. Any error is one line on stderr and
@@ -23,6 +24,7 @@
 #include "cli/commands.h"
 #include "core/device.h"
 #include "core/threads.h"
+#include "models/embedded.h"
 #include "models/flux.h"
 #include "models/sampler.h"
 
@@ -40,7 +42,8 @@ typedef struct generate_args {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora generate --model BASE.safetensors --prompt TEXT --out PATH.png [options]\n\n"
+            "usage: flashlora generate [--model BASE.safetensors] --prompt TEXT --out PATH.png [options]\n\n"
+            "  --model BASE            the base model (default: the embedded model, %s)\n"
             "  --adapter FILE[:SCALE]  a LoRA (canonical, kohya or PEFT layout) at SCALE (default 1);\n"
             "                          repeat to stack up to %d\n"
             "  --width PX, --height PX image size, multiples of the patch size (default 64 x 64)\n"
@@ -52,7 +55,7 @@ static void usage(FILE *out) {
             "  --device cpu|cuda|auto  (default cpu)\n\n"
             "Keys of an adapter that adapt no module of the model are listed on stderr. Errors: one line\n"
             "on stderr, exit status 1.\n",
-            MAX_ADAPTERS);
+            FL_EMBEDDED_MODEL_REL, MAX_ADAPTERS);
 }
 
 /* One line on stderr; returns -1. */
@@ -139,7 +142,7 @@ static int parse_args(int argc, char **argv, generate_args *a) {
                 return bad("--seed: '%s' is not a non-negative integer", v);
         }
     }
-    if (!a->model || !a->prompt || !a->out) return bad("--model, --prompt and --out are required (see --help)");
+    if (!a->prompt || !a->out) return bad("--prompt and --out are required (see --help)");
     return 0;
 }
 
@@ -233,6 +236,14 @@ int fl_cmd_generate(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) return 1;
     fl_threads_init_from_env();
     fl_error err = {0};
+    char model[4200];
+    if (!a.model) {
+        if (fl_default_model("flashlora generate", model, sizeof model, &err) != 0) {
+            fprintf(stderr, "flashlora generate: %s\n", err.message);
+            return 1;
+        }
+        a.model = model;
+    }
     if (run(&a, &err) != 0) {
         fprintf(stderr, "flashlora generate: %s\n", err.message);
         return 1;

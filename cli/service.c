@@ -1,14 +1,15 @@
 /*
  * service.c — the service's subcommands:
  *
- *   flashlora serve  --model BASE [--state DIR] [--redis ADDR] [--listen HOST:PORT] [--workers N] ...
- *   flashlora worker --model BASE [--state DIR] [--redis ADDR] [--name NAME] ...
+ *   flashlora serve  [--model BASE] [--state DIR] [--redis ADDR] [--listen HOST:PORT] [--workers N] ...
+ *   flashlora worker [--model BASE] [--state DIR] [--redis ADDR] [--name NAME] ...
  *   flashlora keys create --tenant T [--label L] | keys revoke KEY   [--state DIR] [--redis ADDR]
  *
  * Without --redis, `serve` starts a private redis-server (AOF on) under DIR/redis and stops it on
  * exit; `worker` and `keys` then use that server's socket (and `keys` starts it briefly when no
  * service is running). Workers on other machines name the shared Redis with --redis and the
- * shared state directory with --state.
+ * shared state directory with --state. Without --model, serve and worker use the embedded default
+ * model (one line on stderr says so).
  */
 #include <errno.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
+#include "models/embedded.h"
 #include "models/flux.h"
 #include "serve/api.h"
 #include "serve/auth.h"
@@ -55,7 +57,8 @@ typedef struct service_args {
 
 static void serve_usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora serve --model BASE.safetensors [options]\n\n"
+            "usage: flashlora serve [--model BASE.safetensors] [options]\n\n"
+            "  --model BASE           the base model (default: the embedded model, %s)\n"
             "  --state DIR            service data: adapter store, images, uploads, checkpoints, private Redis\n"
             "                         (default ./flashlora-state)\n"
             "  --redis ADDR           shared Redis (host:port, redis://host:port, unix:/path); default: start a\n"
@@ -79,17 +82,20 @@ static void serve_usage(FILE *out) {
             "  --claim-timeout S      idle seconds before a dead worker's job is taken over (default 60)\n"
             "  --max-deliveries N     deliveries before a job fails (default 3)\n"
             "  --cache-mb N           adapter cache budget per worker (default 1024)\n"
-            "  --checkpoint-every N   training checkpoint period in steps (default 10)\n");
+            "  --checkpoint-every N   training checkpoint period in steps (default 10)\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 static void worker_usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora worker --model BASE.safetensors [--state DIR] [--redis ADDR] [--name NAME]\n"
+            "usage: flashlora worker [--model BASE.safetensors] [--state DIR] [--redis ADDR] [--name NAME]\n"
             "                        [--device cpu|cuda|auto] [--batch N] [--batch-wait-ms N] [--claim-timeout S]\n"
             "                        [--max-deliveries N] [--cache-mb N] [--checkpoint-every N]\n"
             "                        [--allow-private-urls]\n\n"
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
-            "Redis of a `flashlora serve` running on the same --state directory.\n");
+            "Redis of a `flashlora serve` running on the same --state directory. Without --model it uses\n"
+            "the embedded model (%s).\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {
@@ -178,10 +184,18 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             return -1;
         }
     }
-    if (!a->model) {
-        fprintf(stderr, "flashlora: --model is required (see --help)\n");
+    return 0;
+}
+
+/* The embedded model when no --model was given; buf receives its path. */
+static int resolve_model(service_args *a, const char *command, char *buf, size_t cap) {
+    if (a->model) return 0;
+    fl_error err = {0};
+    if (fl_default_model(command, buf, cap, &err) != 0) {
+        fprintf(stderr, "%s: %s\n", command, err.message);
         return -1;
     }
+    a->model = buf;
     return 0;
 }
 
@@ -293,6 +307,8 @@ int fl_cmd_serve(int argc, char **argv) {
         if (p > 0) serve_usage(stdout);
         return p > 0 ? 0 : 2;
     }
+    char model[4200];
+    if (resolve_model(&a, "flashlora serve", model, sizeof model) != 0) return 1;
     fl_threads_init_from_env();
     install_stop_handlers();
     fl_error err = {0};
@@ -310,6 +326,8 @@ int fl_cmd_worker(int argc, char **argv) {
         if (p > 0) worker_usage(stdout);
         return p > 0 ? 0 : 2;
     }
+    char model[4200];
+    if (resolve_model(&a, "flashlora worker", model, sizeof model) != 0) return 1;
     fl_threads_init_from_env();
     install_stop_handlers();
     char addr[4200];

@@ -2,9 +2,9 @@
  * train.c — `flashlora train`: image set in, adapter out.
  *
  *   flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors
- *                   --model BASE.safetensors [options]
+ *                   [--model BASE.safetensors] [options]
  *
- * Parses the flags, loads the base model and hands the job to fl_train_run (trainer/run.h), which
+ * Parses the flags, loads the base model (the embedded default model when --model is not given) and hands the job to fl_train_run (trainer/run.h), which
  * loads and validates the image set, trains the LoRA, checkpoints every N steps and when a
  * SIGINT/SIGTERM asks it to stop (exit 128 + signal), resumes with --resume, and writes the
  * canonical adapter and optional preview images; kohya / PEFT exports follow on request.
@@ -28,6 +28,7 @@
 #include "core/device.h"
 #include "core/sha256.h"
 #include "core/threads.h"
+#include "models/embedded.h"
 #include "trainer/run.h"
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -47,7 +48,8 @@ typedef struct train_args {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors\n"
-            "                       --model BASE.safetensors [options]\n\n"
+            "                       [--model BASE.safetensors] [options]\n\n"
+            "  --model BASE            the base model (default: the embedded model, %s)\n"
             "data:\n"
             "  --resolution PX         training size, a multiple of the patch size (default 64)\n"
             "  --buckets               keep aspect ratios: each image goes to the bucket of about PX^2 pixels\n"
@@ -69,7 +71,8 @@ static void usage(FILE *out) {
             "  --export-kohya PATH, --export-peft PATH   the adapter in those layouts too\n"
             "  --preview-dir DIR       sample --preview-count K (2) images every --preview-every N steps\n"
             "                          (0 = only at the end) with --preview-prompt (the first caption)\n"
-            "  --json                  JSON-lines progress on stdout\n");
+            "  --json                  JSON-lines progress on stdout\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 /* ---- output ------------------------------------------------------------------------------------- */
@@ -215,8 +218,8 @@ static int parse_args(int argc, char **argv, train_args *a) {
         fprintf(stderr, "flashlora train: unknown argument '%s' (see --help)\n", f);
         return -1;
     }
-    if (!a->images || !a->trigger || !a->out || !a->model) {
-        fprintf(stderr, "flashlora train: --images, --trigger, --out and --model are required (see --help)\n");
+    if (!a->images || !a->trigger || !a->out) {
+        fprintf(stderr, "flashlora train: --images, --trigger and --out are required (see --help)\n");
         return -1;
     }
     if (!*a->trigger || strpbrk(a->trigger, " \t\r\n")) {
@@ -376,6 +379,14 @@ int fl_cmd_train(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) return 2;
     fl_threads_init_from_env();
     fl_error err = {0};
+    char model[4200];
+    if (!a.model) {
+        if (fl_default_model("flashlora train", model, sizeof model, &err) != 0) {
+            fprintf(stderr, "flashlora train: %s\n", err.message);
+            return 1;
+        }
+        a.model = model;
+    }
     if (run(&a, &err) != 0) {
         if (a.json)
             emit_json(json_pack("{s:s, s:s, s:s}", "event", "error", "code", fl_error_code_name(err.code), "message",
