@@ -312,6 +312,7 @@ static int run(const pretrain_args *a, fl_error *err) {
         if (rc == 0) {
             m = fl_flux_create_random(ctx, &p, a->cfg.seed ^ 0x1234abcdull);
             fl_pretrain_init_adaln_zero(m);
+            fl_flux_set_cfg_capable(m, a->cfg.caption_dropout > 0.0f);
         }
     }
     if (rc == 0 && !(t = fl_pretrainer_create(m, &a->cfg, data, err))) rc = -1;

@@ -205,6 +205,8 @@ int fl_flux_load(fl_ctx *ctx, const char *path, const fl_flux_params *p_in, fl_f
     }
     fl_flux_model *m = model_new(ctx, &p);
     m->weight_memory = alloc_table(m, m->values, m->dtype);
+    const char *dropout = fl_safetensors_metadata_get(st, "caption_dropout");
+    m->cfg_capable = dropout && strtod(dropout, NULL) > 0.0;
     char name[FL_FLUX_NAME_MAX + sizeof checkpoint_prefix];
     for (size_t i = 0; i < m->n_params; i++) {
         snprintf(name, sizeof name, "%s%s", prefix, m->decls[i].name);
@@ -256,6 +258,14 @@ void fl_flux_free(fl_flux_model *m) {
 
 const fl_flux_params *fl_flux_get_params(const fl_flux_model *m) {
     return &m->p;
+}
+
+bool fl_flux_cfg_capable(const fl_flux_model *m) {
+    return m->cfg_capable;
+}
+
+void fl_flux_set_cfg_capable(fl_flux_model *m, bool capable) {
+    m->cfg_capable = capable;
 }
 
 fl_ctx *fl_flux_get_ctx(const fl_flux_model *m) {

@@ -78,15 +78,32 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
         g[r] = reqs[r].guidance;
     }
 
+    /* Classifier-free guidance: models trained with caption dropout and no guidance embedding take
+     * a request's guidance g != 1 as the CFG scale, v = v_uncond + g (v_cond - v_uncond), with a
+     * second forward per step on the empty caption (same rows, same adapters). A request with
+     * g == 1 keeps v_cond exactly, so its image does not depend on its batch neighbours. */
+    bool cfg = false;
+    if (!p->guidance_embed && fl_flux_cfg_capable(m))
+        for (int r = 0; r < n; r++) cfg = cfg || g[r] != 1.0f;
+    float *v_u = cfg ? fl_xmalloc(all * sizeof(float)) : NULL;
+
     fl_dtype storage = ctx->device.kind == FL_DEVICE_CUDA ? FL_BF16 : FL_F32;
     int64_t s_img[3] = {nb, li, c}, s_txt[3] = {nb, lt, cd}, s_y[2] = {nb, vd}, s_b[1] = {nb};
     fl_tensor d_img = fl_ctx_tensor(ctx, storage, 3, s_img), d_txt = fl_ctx_tensor(ctx, storage, 3, s_txt);
     fl_tensor d_y = fl_ctx_tensor(ctx, storage, 2, s_y), d_t = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
     fl_tensor d_g = fl_ctx_tensor(ctx, FL_F32, 1, s_b);
+    fl_tensor d_txt_u = {0}, d_y_u = {0};
     fl_ctx_upload_f32(ctx, &d_txt, txt, (size_t)(nb * lt * cd));
     fl_ctx_upload_f32(ctx, &d_y, y, (size_t)(nb * vd));
     fl_ctx_upload_f32(ctx, &d_g, g, (size_t)nb);
+    if (cfg) { /* the empty caption encodes to zeros */
+        d_txt_u = fl_ctx_tensor(ctx, storage, 3, s_txt);
+        d_y_u = fl_ctx_tensor(ctx, storage, 2, s_y);
+        fl_op_fill(ctx, &d_txt_u, 0.0f);
+        fl_op_fill(ctx, &d_y_u, 0.0f);
+    }
     fl_flux_inputs in = {&d_img, &d_txt, &d_y, &d_t, p->guidance_embed ? &d_g : NULL, img_ids, txt_ids};
+    fl_flux_inputs in_u = {&d_img, &d_txt_u, &d_y_u, &d_t, NULL, img_ids, txt_ids};
     double mu = fl_flux_time_shift_mu(li);
     int rc = 0;
     for (int i = 0; i < steps && rc == 0; i++) {
@@ -97,18 +114,27 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
         fl_ctx_upload_f32(ctx, &d_t, t, (size_t)nb);
         fl_tensor out;
         rc = fl_flux_forward(m, &in, &out, err);
-        if (rc == 0) {
-            fl_ctx_download_f32(ctx, v, &out, all);
-            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
+        if (rc == 0) fl_ctx_download_f32(ctx, v, &out, all);
+        if (rc == 0 && cfg) {
+            rc = fl_flux_forward(m, &in_u, &out, err);
+            if (rc == 0) fl_ctx_download_f32(ctx, v_u, &out, all);
+            for (int r = 0; r < n && rc == 0; r++) {
+                if (g[r] == 1.0f) continue;
+                float *vr = v + (size_t)r * tok, *ur = v_u + (size_t)r * tok;
+                for (size_t k = 0; k < tok; k++) vr[k] = ur[k] + g[r] * (vr[k] - ur[k]);
+            }
         }
+        if (rc == 0)
+            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
     }
     if (rc == 0) {
         for (size_t k = 0; k < all; k++) x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
         for (int r = 0; r < n; r++) fl_pixels_unpack(x + (size_t)r * tok, height, width, patch, images[r]);
     }
-    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
-    for (int i = 0; i < 5; i++) fl_ctx_tensor_free(ctx, dev[i]);
-    free(x), free(v), free(txt), free(y), free(img_ids), free(txt_ids), free(t), free(g);
+    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g, &d_txt_u, &d_y_u};
+    for (int i = 0; i < 7; i++)
+        if (dev[i]->data) fl_ctx_tensor_free(ctx, dev[i]);
+    free(x), free(v), free(v_u), free(txt), free(y), free(img_ids), free(txt_ids), free(t), free(g);
     return rc;
 }
 

@@ -4,8 +4,11 @@
  *
  * The schedule is t_i = shift(1 - i / steps) with the sequence-length-dependent shift of
  * trainer.h; each step does x += (t_{i+1} - t_i) * v(x, t_i). Guidance-distilled models get the
- * guidance value as an embedding (one forward per step). Noise comes from the seed alone, so the
- * same request gives the same image.
+ * guidance value as an embedding (one forward per step). Models without a guidance embedding that
+ * were trained with caption dropout (fl_flux_cfg_capable, e.g. the embedded model) take a guidance
+ * g != 1 as the classifier-free guidance scale: v = v(empty caption) + g (v(prompt) - v(empty
+ * caption)), two forwards per step; other models ignore the value. Noise comes from the seed
+ * alone, so the same request gives the same image.
  *
  * The batch sampler runs several requests — each with its own prompt, seed, guidance and
  * adapters — through one forward per step; per-sample adapters (flux.h) make each request's

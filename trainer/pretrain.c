@@ -694,15 +694,16 @@ int fl_pretrainer_save_model(fl_pretrainer *t, const char *path, bool bf16, cons
                                             {value->shape[0], value->ndim > 1 ? value->shape[1] : 0}, hosts[i]};
     }
     char *params = fl_flux_params_to_json(fl_flux_get_params(t->m));
-    char patch[16], resolution[16], tokens[16], step[32], samples[32], seconds[40], config[4096];
+    char patch[16], resolution[16], tokens[16], step[32], samples[32], seconds[40], dropout[32], config[4096];
     snprintf(patch, sizeof patch, "%d", t->patch);
     snprintf(resolution, sizeof resolution, "%d", t->size);
     snprintf(tokens, sizeof tokens, "%d", t->cfg.max_text_tokens);
     snprintf(step, sizeof step, "%d", t->step);
     snprintf(samples, sizeof samples, "%" PRId64, t->samples);
     snprintf(seconds, sizeof seconds, "%.0f", t->seconds);
+    snprintf(dropout, sizeof dropout, "%.9g", (double)t->cfg.caption_dropout);
     config_text(t, config, sizeof config);
-    size_t n_meta = 11 + n_extra;
+    size_t n_meta = 12 + n_extra;
     fl_safetensors_kv *meta = fl_xcalloc(n_meta, sizeof *meta);
     meta[0] = (fl_safetensors_kv){"format", MODEL_FORMAT};
     meta[1] = (fl_safetensors_kv){"flux_params", params ? params : "{}"};
@@ -715,7 +716,8 @@ int fl_pretrainer_save_model(fl_pretrainer *t, const char *path, bool bf16, cons
     meta[8] = (fl_safetensors_kv){"pretrain_samples", samples};
     meta[9] = (fl_safetensors_kv){"train_seconds", seconds};
     meta[10] = (fl_safetensors_kv){"pretrain_config", config};
-    for (size_t i = 0; i < n_extra; i++) meta[11 + i] = extra[i];
+    meta[11] = (fl_safetensors_kv){"caption_dropout", dropout}; /* > 0: classifier-free guidance works */
+    for (size_t i = 0; i < n_extra; i++) meta[12 + i] = extra[i];
     int rc = fl_safetensors_write(path, entries, t->n_params, meta, n_meta, err);
     free(meta);
     free(params);

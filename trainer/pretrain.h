@@ -121,7 +121,8 @@ int fl_pretrainer_load_checkpoint(fl_pretrainer *t, const char *path, fl_error *
 
 /* The EMA weights in the checkpoint layout as BF16 (or F32), with metadata: flux_params, the
  * pixel image space and patch, resolution, text encoder, step and sample counts, training time,
- * the configuration, plus extra entries. Written atomically. */
+ * the configuration, caption_dropout (which makes the sampler offer classifier-free guidance),
+ * plus extra entries. Written atomically. */
 int fl_pretrainer_save_model(fl_pretrainer *t, const char *path, bool bf16, const fl_safetensors_kv *extra,
                              size_t n_extra, fl_error *err);
 
