@@ -613,7 +613,7 @@ int fl_clipart_build(const fl_clipart_build_config *c, fl_clipart_build_stats *s
     str_list clip = {0}, emoji = {0};
     if (*clip_dir) {
         walk_png(clip_dir, "", 0, &clip);
-        qsort(clip.items, clip.count, sizeof *clip.items, str_cmp);
+        if (clip.count) qsort(clip.items, clip.count, sizeof *clip.items, str_cmp);
         cap_per_dir(&clip, c->max_per_dir);
     }
     fl_emoji_names *names = NULL;
@@ -636,7 +636,7 @@ int fl_clipart_build(const fl_clipart_build_config *c, fl_clipart_build_stats *s
         while ((e = readdir(d)) != NULL)
             if (e->d_name[0] != '.' && has_png_ext(e->d_name)) list_add(&emoji, e->d_name);
         closedir(d);
-        qsort(emoji.items, emoji.count, sizeof *emoji.items, str_cmp);
+        if (emoji.count) qsort(emoji.items, emoji.count, sizeof *emoji.items, str_cmp);
     }
     if (clip.count == 0 && emoji.count == 0) {
         fl_emoji_names_free(names);
