@@ -16,5 +16,7 @@ int fl_cmd_pretrain(int argc, char **argv);
 int fl_cmd_serve(int argc, char **argv);
 int fl_cmd_worker(int argc, char **argv);
 int fl_cmd_keys(int argc, char **argv);
+/* The demo (the service and libcurl). */
+int fl_cmd_demo(int argc, char **argv);
 
 #endif

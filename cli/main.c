@@ -14,6 +14,9 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+#if FL_HAVE_SERVICE && FL_HAVE_CURL
+    {"demo", fl_cmd_demo, "train an adapter on a bundled subject, serve it, and compare with the base model"},
+#endif
     {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
     {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
