@@ -45,6 +45,7 @@ static void on_signal(int sig) {
 typedef struct pretrain_args {
     const char *data, *out, *init, *checkpoint, *log, *sample_dir, *config_json;
     int checkpoint_every, eval_every, sample_every, eval_examples, max_images;
+    float sample_guidance;
     bool resume, f32;
     fl_pretrain_config cfg;
 } pretrain_args;
@@ -52,7 +53,8 @@ typedef struct pretrain_args {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: flashlora pretrain --data DIR --out MODEL.safetensors [options]\n"
-            "       flashlora pretrain report --log LOG --model MODEL --data DIR --out-dir DIR [--steps N]\n\n"
+            "       flashlora pretrain report --log LOG --model MODEL --data DIR --out-dir DIR\n"
+            "                                 [--samples N (16)] [--guidance G (3)]\n\n"
             "Full-parameter training of a pixel-space Flux model on a set from `flashlora data pretrain`.\n"
             "model:\n"
             "  --config FILE.json      FluxParams of a new model (default: the embedded model's architecture)\n"
@@ -65,7 +67,8 @@ static void usage(FILE *out) {
             "  --log PATH              JSON lines, one per step (default OUT.log.jsonl)\n"
             "  --eval-every N          held-out loss every N steps (default 500, 0 = never)\n"
             "  --eval-examples N       held-out images used (default 64)\n"
-            "  --sample-every N        a grid of held-out captions into --sample-dir (default 0 = never)\n"
+            "  --sample-every N        a grid of held-out captions into --sample-dir (default 0 = never),\n"
+            "                          at --sample-guidance G (classifier-free guidance scale, default 3)\n"
             "  --max-images N          use only the first N images of the set (default all)\n"
             "  --f32                   write the model in F32 instead of BF16\n"
             "training:\n"
@@ -99,6 +102,7 @@ static int parse_args(int argc, char **argv, pretrain_args *a) {
     a->checkpoint_every = 250;
     a->eval_every = 500;
     a->eval_examples = 64;
+    a->sample_guidance = 3.0f;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
@@ -131,6 +135,7 @@ static int parse_args(int argc, char **argv, pretrain_args *a) {
             {"--lr", 1e-9, 1, NULL, &a->cfg.lr},                {"--beta2", 0, 0.999999, NULL, &a->cfg.beta2},
             {"--weight-decay", 0, 10, NULL, &a->cfg.weight_decay}, {"--clip", 0, 1e6, NULL, &a->cfg.max_grad_norm},
             {"--ema", 0, 0.999999, NULL, &a->cfg.ema_decay},    {"--caption-dropout", 0, 1, NULL, &a->cfg.caption_dropout},
+            {"--sample-guidance", 0, 100, NULL, &a->sample_guidance},
         };
         bool matched = false;
         for (size_t k = 0; k < sizeof num / sizeof num[0] && !matched; k++) {
@@ -218,10 +223,11 @@ static void log_json(FILE *f, json_t *obj) {
 
 /* ---- sample grids ------------------------------------------------------------------------------ */
 
-/* n images of `size` for the first n held-out captions (seed 1000 + i), 20 Euler steps, drawn
- * 2x in a grid of 4 columns with their captions under them. */
+/* n images of `size` for the first n held-out captions (seed 1000 + i), 20 Euler steps at the
+ * given guidance (classifier-free for models trained with caption dropout), drawn 2x in a grid of
+ * 4 columns with their captions under them. */
 static int sample_grid(fl_flux_model *m, const fl_pretrain_data *d, int n, int size, int max_text_tokens,
-                       const char *path, fl_error *err) {
+                       float guidance, const char *path, fl_error *err) {
     if ((size_t)n > d->n_heldout) n = (int)d->n_heldout;
     if (n < 1) return 0;
     const int cols = 4, scale = 2, cell_w = size * scale + 16, text_lines = 3;
@@ -233,7 +239,7 @@ static int sample_grid(fl_flux_model *m, const fl_pretrain_data *d, int n, int s
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
         const char *caption = d->heldout[i].caption;
-        fl_sample_params sp = {caption, size, size, 20, 1.0f, 1000 + (uint64_t)i, max_text_tokens};
+        fl_sample_params sp = {caption, size, size, 20, guidance, 1000 + (uint64_t)i, max_text_tokens};
         rc = fl_flux_sample_pixels(m, &sp, img, err);
         if (rc != 0) break;
         int x = 8 + (i % cols) * cell_w, y = 8 + (i / cols) * cell_h;
@@ -288,6 +294,20 @@ static int run(const pretrain_args *a, fl_error *err) {
     snprintf(log_path, sizeof log_path, "%s", a->log ? a->log : "");
     if (!a->log) snprintf(log_path, sizeof log_path, "%s.log.jsonl", a->out);
     bool resuming = a->resume && access(checkpoint, F_OK) == 0;
+    if (resuming) { /* the same command again after the run finished: nothing to do */
+        fl_safetensors *ck = NULL;
+        fl_error ignore = {0};
+        if (fl_safetensors_open(checkpoint, &ck, &ignore) == 0) {
+            const char *step = fl_safetensors_metadata_get(ck, "step");
+            long done = step ? strtol(step, NULL, 10) : -1;
+            fl_safetensors_close(ck);
+            if (done >= a->cfg.steps) {
+                fprintf(stderr, "%s is at step %ld already (--steps %d): nothing to do\n", checkpoint, done,
+                        a->cfg.steps);
+                return 0;
+            }
+        }
+    }
 
     fl_pretrain_data *data = NULL;
     fl_ctx *ctx = NULL;
@@ -357,7 +377,8 @@ static int run(const pretrain_args *a, fl_error *err) {
             snprintf(path, sizeof path, "%s/step%07d.png", a->sample_dir, pr.step);
             rc = fl_mkdirs(a->sample_dir, err);
             fl_pretrainer_swap_ema(t);
-            if (rc == 0) rc = sample_grid(m, data, 8, data->size, a->cfg.max_text_tokens, path, err);
+            if (rc == 0)
+                rc = sample_grid(m, data, 8, data->size, a->cfg.max_text_tokens, a->sample_guidance, path, err);
             fl_pretrainer_swap_ema(t);
         }
         if (rc == 0 && a->checkpoint_every > 0 && pr.step % a->checkpoint_every == 0) rc = save_all(t, a, checkpoint, err);
@@ -383,6 +404,7 @@ static int run(const pretrain_args *a, fl_error *err) {
 static int report(int argc, char **argv) {
     const char *log_path = NULL, *model = NULL, *data_dir = NULL, *out_dir = NULL;
     int n_samples = 16;
+    float guidance = 3.0f;
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
         if (i + 1 >= argc) {
@@ -395,6 +417,7 @@ static int report(int argc, char **argv) {
         else if (!strcmp(f, "--data")) data_dir = v;
         else if (!strcmp(f, "--out-dir")) out_dir = v;
         else if (!strcmp(f, "--samples")) n_samples = atoi(v) > 0 && atoi(v) <= 64 ? atoi(v) : 16;
+        else if (!strcmp(f, "--guidance")) guidance = strtof(v, NULL) >= 0 && strtof(v, NULL) <= 100 ? strtof(v, NULL) : 3.0f;
         else {
             fprintf(stderr, "flashlora pretrain report: unknown option %s\n", f);
             return 2;
@@ -462,8 +485,8 @@ static int report(int argc, char **argv) {
     if (rc == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s/samples.png", out_dir);
-        rc = sample_grid(m, data, n_samples, data->size, 32, path, &err);
-        if (rc == 0) fprintf(stderr, "%s: %d held-out captions\n", path, n_samples);
+        rc = sample_grid(m, data, n_samples, data->size, 32, guidance, path, &err);
+        if (rc == 0) fprintf(stderr, "%s: %d held-out captions, guidance %g\n", path, n_samples, (double)guidance);
     }
     fl_flux_free(m);
     fl_ctx_destroy(ctx);

@@ -68,6 +68,11 @@ cmp -s <(grep '"loss"' "$work/straight.safetensors.log.jsonl" | sed 's/,"seconds
        <(grep '"loss"' "$work/split.safetensors.log.jsonl" | sed 's/,"seconds".*//')
 check "and the same loss log" $?
 
+cp "$work/split.safetensors" "$work/split.before"
+"$bin" pretrain "${common[@]}" --out "$work/split.safetensors" --steps 16 --resume >/dev/null 2>"$work/again.log"
+[ $? -eq 0 ] && grep -q "nothing to do" "$work/again.log" && cmp -s "$work/split.before" "$work/split.safetensors"
+check "the same command after the run finished does nothing" $?
+
 # SIGTERM: a checkpoint, exit 143, then resume.
 "$bin" pretrain "${common[@]}" --out "$work/term.safetensors" --steps 16 --eval-every 0 >/dev/null 2>&1 &
 pid=$!
