@@ -332,9 +332,10 @@ static int run(const pretrain_args *a, fl_error *err) {
         if (rc == 0) {
             m = fl_flux_create_random(ctx, &p, a->cfg.seed ^ 0x1234abcdull);
             fl_pretrain_init_adaln_zero(m);
-            fl_flux_set_cfg_capable(m, a->cfg.caption_dropout > 0.0f);
         }
     }
+    /* Trained with caption dropout, it takes classifier-free guidance (the training sample grids). */
+    if (m) fl_flux_set_cfg_capable(m, a->cfg.caption_dropout > 0.0f);
     if (rc == 0 && !(t = fl_pretrainer_create(m, &a->cfg, data, err))) rc = -1;
     if (rc == 0 && init && !resuming) rc = fl_pretrainer_continue_from(t, init, err);
     if (rc == 0 && resuming) rc = fl_pretrainer_load_checkpoint(t, checkpoint, err);
