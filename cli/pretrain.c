@@ -223,9 +223,9 @@ static void log_json(FILE *f, json_t *obj) {
 
 /* ---- sample grids ------------------------------------------------------------------------------ */
 
-/* n images of `size` for the first n held-out captions (seed 1000 + i), 20 Euler steps at the
- * given guidance (classifier-free for models trained with caption dropout), drawn 2x in a grid of
- * 4 columns with their captions under them. */
+/* n images of `size` for n held-out captions spread evenly over the split (seed 1000 + i), 20
+ * Euler steps at the given guidance (classifier-free for models trained with caption dropout),
+ * drawn 2x in a grid of 4 columns with their captions under them. */
 static int sample_grid(fl_flux_model *m, const fl_pretrain_data *d, int n, int size, int max_text_tokens,
                        float guidance, const char *path, fl_error *err) {
     if ((size_t)n > d->n_heldout) n = (int)d->n_heldout;
@@ -238,7 +238,7 @@ static int sample_grid(fl_flux_model *m, const fl_pretrain_data *d, int n, int s
     float *img = fl_xmalloc((size_t)size * size * 3 * sizeof(float));
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
-        const char *caption = d->heldout[i].caption;
+        const char *caption = d->heldout[(size_t)i * d->n_heldout / (size_t)n].caption;
         fl_sample_params sp = {caption, size, size, 20, guidance, 1000 + (uint64_t)i, max_text_tokens};
         rc = fl_flux_sample_pixels(m, &sp, img, err);
         if (rc != 0) break;
