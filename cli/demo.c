@@ -62,7 +62,7 @@ static void on_signal(int sig) {
 typedef struct demo_args {
     const char *subject, *images, *trigger, *prompt, *state, *out, *model;
     int steps, rank, sample_steps;
-    float lr;
+    float lr, guidance;
 } demo_args;
 
 static void usage(FILE *out) {
@@ -78,6 +78,7 @@ static void usage(FILE *out) {
             "  --rank R                adapter rank (default 16)\n"
             "  --lr LR                 learning rate (default 1e-3)\n"
             "  --sample-steps N        sampling steps per image (default 20)\n"
+            "  --guidance G            classifier-free guidance scale of both requests (default 3)\n"
             "  --state DIR             service state: private Redis, adapter store (default ./flashlora-demo)\n"
             "  --out PATH.png          the picture (default ./flashlora-demo-<subject>.png)\n"
             "  --model BASE            base model (default: the embedded model)\n");
@@ -96,6 +97,7 @@ static int parse_args(int argc, char **argv, demo_args *a) {
     a->rank = 16;
     a->lr = 1e-3f;
     a->sample_steps = 20;
+    a->guidance = 3.0f;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
@@ -127,7 +129,9 @@ static int parse_args(int argc, char **argv, demo_args *a) {
         else if (!strcmp(f, "--rank") && number && x >= 1 && x <= 128) a->rank = (int)x;
         else if (!strcmp(f, "--sample-steps") && number && x >= 1 && x <= 100) a->sample_steps = (int)x;
         else if (!strcmp(f, "--lr") && number && x > 0 && x <= 1) a->lr = (float)x;
-        else if (!strcmp(f, "--steps") || !strcmp(f, "--rank") || !strcmp(f, "--lr") || !strcmp(f, "--sample-steps")) {
+        else if (!strcmp(f, "--guidance") && number && x >= 0 && x <= 20) a->guidance = (float)x;
+        else if (!strcmp(f, "--steps") || !strcmp(f, "--rank") || !strcmp(f, "--lr") || !strcmp(f, "--sample-steps") ||
+                 !strcmp(f, "--guidance")) {
             fprintf(stderr, "flashlora demo: %s: '%s' is out of range (see --help)\n", f, v);
             return -1;
         } else {
@@ -369,7 +373,8 @@ static void to_signed(const fl_image *img, float *out) {
 
 static int write_picture(const char *path, const char *title, const char *prompt, const fl_imageset *refs,
                          const grid *base, const grid *tuned, const char *adapter_name, fl_error *err) {
-    const int scale = 3, img = base->images[0].width, cell = img * scale, gap = 8, panel = 2 * cell + gap;
+    const int img = base->images[0].width, scale = img < 192 ? 192 / img : 1, cell = img * scale, gap = 8;
+    const int panel = 2 * cell + gap;
     const int margin = 16, width = 2 * panel + 3 * margin + 8;
     const int ref_n = refs->count < 8 ? (int)refs->count : 8, ref_side = (width - 2 * margin - 7 * gap) / 8;
     const int top = 44, refs_y = top + 18, panels_y = refs_y + ref_side + 40, height = panels_y + 20 + panel + 56;
@@ -464,10 +469,11 @@ typedef struct demo_state {
     grid grids[2];
 } demo_state;
 
-static int generate_grid(int port, const char *key, const char *prompt, const char *adapter, int sample_steps,
-                         grid *g, fl_error *err) {
-    json_t *req = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:b}", "prompt", prompt, "width", 64, "height", 64, "steps",
-                            sample_steps, "seed", DEMO_SEED, "num_images", DEMO_IMAGES, "sync", 1);
+static int generate_grid(int port, const char *key, const char *prompt, const char *adapter, int size,
+                         int sample_steps, float guidance, grid *g, fl_error *err) {
+    json_t *req = json_pack("{s:s, s:i, s:i, s:i, s:f, s:i, s:i, s:b}", "prompt", prompt, "width", size, "height", size,
+                            "steps", sample_steps, "guidance", (double)guidance, "seed", DEMO_SEED, "num_images",
+                            DEMO_IMAGES, "sync", 1);
     if (adapter) json_object_set_new(req, "adapters", json_pack("[{s:s, s:f}]", "id", adapter, "scale", 1.0));
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
@@ -573,6 +579,7 @@ static int run(const demo_args *a, demo_state *ds, fl_error *err) {
         return fl_fail(err, FL_EIO, "state directory %s: %s", a->state, strerror(errno));
     }
     snprintf(adapter_path, sizeof adapter_path, "%s/%s.safetensors", state_abs, name);
+    int size = fl_model_resolution(model, 64); /* train and generate at the model's own size */
 
     /* 1. train */
     fl_imageset_limits limits = fl_imageset_limits_default();
@@ -593,6 +600,7 @@ static int run(const demo_args *a, demo_state *ds, fl_error *err) {
             job.trigger = trigger;
             job.min_images = 1;
             job.out = adapter_path;
+            job.resolution = size;
             job.cfg.steps = a->steps;
             job.cfg.rank = a->rank;
             job.cfg.alpha = (float)a->rank;
@@ -639,11 +647,12 @@ static int run(const demo_args *a, demo_state *ds, fl_error *err) {
 
     /* 3. the same request with and without the adapter */
     if (rc == 0) {
-        fprintf(stderr, "[3/4] generating %d images of \"%s\" with and without the adapter (%d steps each)\n",
-                DEMO_IMAGES, prompt, a->sample_steps);
-        rc = generate_grid(ds->svc.port, key, prompt, name, a->sample_steps, &ds->grids[1], err);
+        fprintf(stderr,
+                "[3/4] generating %d images of \"%s\" with and without the adapter (%dx%d, %d steps, guidance %g)\n",
+                DEMO_IMAGES, prompt, size, size, a->sample_steps, (double)a->guidance);
+        rc = generate_grid(ds->svc.port, key, prompt, name, size, a->sample_steps, a->guidance, &ds->grids[1], err);
     }
-    if (rc == 0) rc = generate_grid(ds->svc.port, key, prompt, NULL, a->sample_steps, &ds->grids[0], err);
+    if (rc == 0) rc = generate_grid(ds->svc.port, key, prompt, NULL, size, a->sample_steps, a->guidance, &ds->grids[0], err);
     if (rc == 0)
         fprintf(stderr, "      with adapter %.2f s, base %.2f s (4-image grids through the HTTP API)\n",
                 ds->grids[1].seconds, ds->grids[0].seconds);

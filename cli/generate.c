@@ -3,7 +3,7 @@
  * adapters stacked on the base model.
  *
  *   flashlora generate [--model BASE.safetensors] --prompt TEXT --out PATH.png
- *                      [--adapter FILE[:SCALE]]... [--width 64 --height 64 --steps 20 --guidance 1
+ *                      [--adapter FILE[:SCALE]]... [--width W --height H --steps 20 --guidance 1
  *                       --seed 0 --num-images 1 --max-text-tokens 32 --device cpu]
  *
  * Without --model the embedded default model is used (one line on stderr says so). Adapters
@@ -46,7 +46,8 @@ static void usage(FILE *out) {
             "  --model BASE            the base model (default: the embedded model, %s)\n"
             "  --adapter FILE[:SCALE]  a LoRA (canonical, kohya or PEFT layout) at SCALE (default 1);\n"
             "                          repeat to stack up to %d\n"
-            "  --width PX, --height PX image size, multiples of the patch size (default 64 x 64)\n"
+            "  --width PX, --height PX image size, multiples of the patch size (default: the size the\n"
+            "                          model was trained at, its \"resolution\" metadata, else 64)\n"
             "  --steps N               sampling steps (default 20)\n"
             "  --guidance G            guidance value for guidance-distilled bases, or the classifier-free\n"
             "                          guidance scale for models trained with caption dropout such as the\n"
@@ -86,7 +87,7 @@ static int parse_int(const char *flag, const char *text, long lo, long hi, int *
 static int parse_args(int argc, char **argv, generate_args *a) {
     memset(a, 0, sizeof *a);
     a->device = "cpu";
-    a->width = a->height = 64;
+    a->width = a->height = 0; /* the model's resolution */
     a->steps = 20;
     a->guidance = 1.0f;
     a->num_images = 1;
@@ -246,6 +247,9 @@ int fl_cmd_generate(int argc, char **argv) {
         }
         a.model = model;
     }
+    int native = fl_model_resolution(a.model, 64);
+    if (a.width == 0) a.width = native;
+    if (a.height == 0) a.height = native;
     if (run(&a, &err) != 0) {
         fprintf(stderr, "flashlora generate: %s\n", err.message);
         return 1;

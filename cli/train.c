@@ -51,7 +51,8 @@ static void usage(FILE *out) {
             "                       [--model BASE.safetensors] [options]\n\n"
             "  --model BASE            the base model (default: the embedded model, %s)\n"
             "data:\n"
-            "  --resolution PX         training size, a multiple of the patch size (default 64)\n"
+            "  --resolution PX         training size, a multiple of the patch size (default: the size the\n"
+            "                          model was trained at, its \"resolution\" metadata, else 64)\n"
             "  --buckets               keep aspect ratios: each image goes to the bucket of about PX^2 pixels\n"
             "                          closest to its shape (default: center-crop to PX x PX)\n"
             "  --caption TEXT          caption for images without a .txt sidecar (default \"a photo of [trigger]\")\n"
@@ -138,7 +139,7 @@ static int parse_args(int argc, char **argv, train_args *a) {
     memset(a, 0, sizeof *a);
     a->cfg = fl_train_config_default();
     a->device = "cpu";
-    a->resolution = 64;
+    a->resolution = 0; /* the model's resolution */
     a->preview_count = 2;
     a->preview_steps = 20;
     a->min_images = 4;
@@ -387,6 +388,7 @@ int fl_cmd_train(int argc, char **argv) {
         }
         a.model = model;
     }
+    if (a.resolution == 0) a.resolution = fl_model_resolution(a.model, 64);
     if (run(&a, &err) != 0) {
         if (a.json)
             emit_json(json_pack("{s:s, s:s, s:s}", "event", "error", "code", fl_error_code_name(err.code), "message",

@@ -51,6 +51,17 @@ int fl_embedded_model_path(char *out, size_t cap, fl_error *err) {
     return fl_data_path(FL_EMBEDDED_MODEL_REL, out, cap, err);
 }
 
+int fl_model_resolution(const char *path, int fallback) {
+    fl_safetensors *st = NULL;
+    fl_error ignore = {0};
+    if (fl_safetensors_open(path, &st, &ignore) != 0) return fallback;
+    const char *res = fl_safetensors_metadata_get(st, "resolution");
+    char *end = NULL;
+    long v = res ? strtol(res, &end, 10) : 0;
+    fl_safetensors_close(st);
+    return res && end != res && *end == '\0' && v >= 1 && v <= 4096 ? (int)v : fallback;
+}
+
 int fl_default_model(const char *command, char *out, size_t cap, fl_error *err) {
     if (fl_embedded_model_path(out, cap, err) != 0) return -1;
     /* A short summary from the file's header (no weights are read). */

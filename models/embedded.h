@@ -27,6 +27,10 @@ int fl_data_path(const char *rel, char *out, size_t cap, fl_error *err);
 /* fl_data_path of the embedded model. */
 int fl_embedded_model_path(char *out, size_t cap, fl_error *err);
 
+/* The image side a model was trained at: its "resolution" metadata (1..4096), else fallback (a
+ * file without it, or one that cannot be read). */
+int fl_model_resolution(const char *path, int fallback);
+
 /* For a command given no --model: resolves the embedded model into out and prints the one line
  * "<command>: no --model given: using the embedded model <path> (<summary>)" on stderr. */
 int fl_default_model(const char *command, char *out, size_t cap, fl_error *err);
