@@ -16,9 +16,13 @@ int fl_cmd_embed(int argc, char **argv);
 int fl_cmd_eval(int argc, char **argv);
 int fl_cmd_pretrain_encoder(int argc, char **argv);
 int fl_cmd_retrieval(int argc, char **argv);
+int fl_cmd_data(int argc, char **argv);
+int fl_cmd_pretrain(int argc, char **argv);
 /* The service (built with hiredis and libmicrohttpd: FL_HAVE_SERVICE). */
 int fl_cmd_serve(int argc, char **argv);
 int fl_cmd_worker(int argc, char **argv);
 int fl_cmd_keys(int argc, char **argv);
+/* The demo (the service and libcurl). */
+int fl_cmd_demo(int argc, char **argv);
 
 #endif

@@ -2,7 +2,7 @@
  * generate.c — `flashlora generate`: a prompt in, PNG images out, with any number of LoRA
  * adapters stacked on the base model.
  *
- *   flashlora generate --model DIR|BASE.safetensors --prompt TEXT --out PATH.png
+ *   flashlora generate [--model DIR|BASE.safetensors] --prompt TEXT --out PATH.png
  *                      [--transformer F --ae F --clip F --t5 F --tokenizer D --tokenizer-2 D]
  *                      [--adapter FILE[:SCALE]]... [--width --height --steps --guidance --seed 0
  *                       --num-images 1 --max-text-tokens 32 --device cpu]
@@ -20,6 +20,10 @@
  * --save-tensors writes "image" [B, 3, H, W] (the decoded float image in [-1, 1], before
  * quantization) and "latents" [B, N, C] (the final packed tokens). Any error is one line on stderr
  * and exit status 1.
+ *
+ * Without --model (and without --transformer) the embedded default model is used (one line on
+ * stderr says so); a pixel-space model's default size is the one it was trained at (its
+ * "resolution" metadata).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -34,6 +38,7 @@
 #include "core/fileio.h"
 #include "core/threads.h"
 #include "kernels/ops.h"
+#include "models/embedded.h"
 #include "models/flux.h"
 #include "models/pipeline.h"
 #include "models/sampler.h"
@@ -53,19 +58,22 @@ typedef struct generate_args {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora generate --model DIR|BASE.safetensors --prompt TEXT --out PATH.png [options]\n\n"
+            "usage: flashlora generate [--model DIR|BASE.safetensors] --prompt TEXT --out PATH.png [options]\n\n"
             "  --model DIR|FILE        a folder laid out like the FLUX.1 repositories (flux1-dev.safetensors or\n"
             "                          transformer/, ae.safetensors or vae/, text_encoder/, text_encoder_2/,\n"
-            "                          tokenizer/, tokenizer_2/), or one transformer file\n"
+            "                          tokenizer/, tokenizer_2/), or one transformer file (default: the\n"
+            "                          embedded model, %s)\n"
             "  --transformer F, --ae F, --clip F, --t5 F   single files (or folders) for each part\n"
             "  --tokenizer D, --tokenizer-2 D             CLIP and T5 tokenizer files (default: the model's,\n"
             "                          else the built-in vocabularies)\n"
             "  --adapter FILE[:SCALE]  a LoRA (canonical, kohya or PEFT layout) at SCALE (default 1);\n"
             "                          repeat to stack up to %d\n"
             "  --width PX, --height PX image size, multiples of 16 for FLUX.1, of the patch size for pixel\n"
-            "                          models (default 1024 x 1024, or 64 x 64)\n"
+            "                          models (default 1024 x 1024; a pixel model's \"resolution\" metadata, else 64)\n"
             "  --steps N               sampling steps (default 28 dev, 4 schnell, 20 pixel models)\n"
-            "  --guidance G            guidance value for guidance-distilled bases (default 3.5 dev, 1 pixels)\n"
+            "  --guidance G            guidance value for guidance-distilled bases (default 3.5 dev), or the\n"
+            "                          classifier-free guidance scale for models trained with caption dropout\n"
+            "                          such as the embedded model (two forwards per step; default 1 = none)\n"
             "  --prompt-file FILE      the prompt read from a file (UTF-8) instead of --prompt\n"
             "  --latents FILE          initial noise: tensor 'latents', [B, N, C] packed or [B, z, H/8, W/8]\n"
             "  --save-tensors FILE     write 'image' [B, 3, H, W] in [-1, 1] and 'latents' [B, N, C]\n"
@@ -76,7 +84,7 @@ static void usage(FILE *out) {
             "  --device cpu|cuda|auto  (default cpu)\n\n"
             "Keys of an adapter that adapt no module of the model are listed on stderr. Errors: one line\n"
             "on stderr, exit status 1.\n",
-            MAX_ADAPTERS);
+            FL_EMBEDDED_MODEL_REL, MAX_ADAPTERS);
 }
 
 /* One line on stderr; returns -1. */
@@ -171,8 +179,8 @@ static int parse_args(int argc, char **argv, generate_args *a) {
                 return bad("--seed: '%s' is not a non-negative integer", v);
         }
     }
-    if ((!a->model && !a->transformer) || (!a->prompt && !a->prompt_file) || (!a->out && !a->save_tensors))
-        return bad("--model (or --transformer), --prompt and --out (or --save-tensors) are required (see --help)");
+    if ((!a->prompt && !a->prompt_file) || (!a->out && !a->save_tensors))
+        return bad("--prompt and --out (or --save-tensors) are required (see --help)");
     if (a->prompt && a->prompt_file) return bad("--prompt and --prompt-file exclude each other");
     return 0;
 }
@@ -397,6 +405,18 @@ int fl_cmd_generate(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) return 1;
     fl_threads_init_from_env();
     fl_error err = {0};
+    char model[4200];
+    if (!a.model && !a.transformer) {
+        if (fl_default_model("flashlora generate", model, sizeof model, &err) != 0) {
+            fprintf(stderr, "flashlora generate: %s\n", err.message);
+            return 1;
+        }
+        a.model = model;
+    }
+    /* a pixel-space model file's own size; 0 (the variant's default) for anything else */
+    int native = a.model ? fl_model_resolution(a.model, 0) : 0;
+    if (a.width == 0) a.width = native;
+    if (a.height == 0) a.height = native;
     if (run(&a, &err) != 0) {
         fprintf(stderr, "flashlora generate: %s\n", err.message);
         return 1;

@@ -14,10 +14,15 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+#if FL_HAVE_SERVICE && FL_HAVE_CURL
+    {"demo", fl_cmd_demo, "train an adapter on a bundled subject, serve it, and compare with the base model"},
+#endif
     {"inspect", fl_cmd_inspect, "list the tensors and metadata of a .safetensors file"},
     {"train", fl_cmd_train, "train a LoRA adapter on an image set (folder, archive or URL)"},
     {"generate", fl_cmd_generate, "generate PNG images from a prompt, with LoRA adapters stacked on the base"},
+    {"pretrain", fl_cmd_pretrain, "full-parameter training of a pixel-space model (how the embedded model is made)"},
     {"forward", fl_cmd_forward, "run the Flux transformer once on tensors from a file (parity, debugging)"},
+    {"data", fl_cmd_data, "build the embedded model's pretraining set and the demo subjects (Debian clip art)"},
     {"devices", fl_cmd_devices, "list the compiled backends and the usable devices"},
     /* identity evaluation: image encoders */
     {"embed", fl_cmd_embed, "embed a folder of images with an image encoder (DINOv2, CLIP, face, built-in)"},

@@ -1,8 +1,8 @@
 /*
  * service.c — the service's subcommands:
  *
- *   flashlora serve  --model BASE [--state DIR] [--redis ADDR] [--listen HOST:PORT] [--workers N] ...
- *   flashlora worker --model BASE [--state DIR] [--redis ADDR] [--name NAME] ...
+ *   flashlora serve  [--model BASE] [--state DIR] [--redis ADDR] [--listen HOST:PORT] [--workers N] ...
+ *   flashlora worker [--model BASE] [--state DIR] [--redis ADDR] [--name NAME] ...
  *   flashlora keys create --tenant T [--label L] | keys revoke KEY   [--state DIR] [--redis ADDR]
  *
  * Without --redis, `serve` starts a private redis-server (AOF on) under DIR/redis, supervises it
@@ -13,6 +13,7 @@
  *
  * SIGINT/SIGTERM stop `serve` and `worker` gracefully within --shutdown-timeout (new requests
  * refused, running jobs finished or handed back to the queue); a second signal exits at once.
+ * Without --model, serve and worker use the embedded default model (one line on stderr says so).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
+#include "models/embedded.h"
 #include "models/flux.h"
 #include "models/pipeline.h"
 #include "serve/api.h"
@@ -103,7 +105,8 @@ typedef struct service_args {
 
 static void serve_usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora serve --model BASE.safetensors [options]\n\n"
+            "usage: flashlora serve [--model BASE.safetensors] [options]\n\n"
+            "  --model BASE           the base model (default: the embedded model, %s)\n"
             "  --state DIR            service data: adapter store, images, uploads, checkpoints, private Redis\n"
             "                         (default ./flashlora-state)\n"
             "  --redis ADDR           shared Redis (host:port, redis://host:port, unix:/path); default: start a\n"
@@ -169,24 +172,27 @@ static void serve_usage(FILE *out) {
             "  --cache-mb N           adapter cache budget per worker (default 1024)\n"
             "  --device-cache-mb N    adapters kept attached to a worker's model, on its device (default 1024;\n"
             "                         on the CPU backend this is host memory too)\n"
-            "  --checkpoint-every N   training checkpoint period in steps (default 10)\n");
+            "  --checkpoint-every N   training checkpoint period in steps (default 10)\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 static void worker_usage(FILE *out) {
     fprintf(out,
-            "usage: flashlora worker --model BASE.safetensors [--state DIR] [--redis ADDR] [--name NAME]\n"
+            "usage: flashlora worker [--model BASE.safetensors] [--state DIR] [--redis ADDR] [--name NAME]\n"
             "                        [--device cpu|cuda|auto] [--batch N] [--batch-wait-ms N] [--claim-timeout S]\n"
             "                        [--max-deliveries N] [--cache-mb N] [--device-cache-mb N]\n"
             "                        [--checkpoint-every N] [--shutdown-timeout S] [--sweep-interval S]\n"
             "                        [--allow-private-urls]\n\n"
             "Runs jobs from the shared Redis until SIGINT/SIGTERM. Without --redis it joins the private\n"
-            "Redis of a `flashlora serve` running on the same --state directory.\n\n"
+            "Redis of a `flashlora serve` running on the same --state directory. Without --model it uses\n"
+            "the embedded model (%s).\n\n"
             "On SIGINT/SIGTERM it takes no new work: a running training writes a checkpoint and goes back\n"
             "to the queue at once, a running generation batch finishes if its pace lets it within half of\n"
             "--shutdown-timeout (default 30 s) and otherwise goes back to the queue at its next step, and\n"
             "the process exits within --shutdown-timeout; a second signal exits at once.\n"
             "--sweep-interval S (default 10): how often the retention sweep runs (retention itself is set\n"
-            "by `flashlora serve`).\n");
+            "by `flashlora serve`).\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 static int parse_long(const char *flag, const char *text, long lo, long hi, long *out) {
@@ -318,14 +324,22 @@ static int parse_service_args(int argc, char **argv, service_args *a, bool is_se
             return -1;
         }
     }
-    if (!a->model) {
-        fprintf(stderr, "flashlora: --model is required (see --help)\n");
-        return -1;
-    }
     if (a->redis_backoff_max_ms < a->redis_backoff_ms) {
         fprintf(stderr, "flashlora: --redis-backoff-max-ms must be at least --redis-backoff-ms\n");
         return -1;
     }
+    return 0;
+}
+
+/* The embedded model when no --model was given; buf receives its path. */
+static int resolve_model(service_args *a, const char *command, char *buf, size_t cap) {
+    if (a->model) return 0;
+    fl_error err = {0};
+    if (fl_default_model(command, buf, cap, &err) != 0) {
+        fprintf(stderr, "%s: %s\n", command, err.message);
+        return -1;
+    }
+    a->model = buf;
     return 0;
 }
 
@@ -502,6 +516,8 @@ int fl_cmd_serve(int argc, char **argv) {
         if (p > 0) serve_usage(stdout);
         return p > 0 ? 0 : 2;
     }
+    char model[4200];
+    if (resolve_model(&a, "flashlora serve", model, sizeof model) != 0) return 1;
     fl_threads_init_from_env();
     install_stop_handlers();
     start_shutdown_watchdog(a.shutdown_timeout_s);
@@ -520,6 +536,8 @@ int fl_cmd_worker(int argc, char **argv) {
         if (p > 0) worker_usage(stdout);
         return p > 0 ? 0 : 2;
     }
+    char model[4200];
+    if (resolve_model(&a, "flashlora worker", model, sizeof model) != 0) return 1;
     fl_threads_init_from_env();
     install_stop_handlers();
     start_shutdown_watchdog(a.shutdown_timeout_s);

@@ -2,9 +2,10 @@
  * train.c — `flashlora train`: image set in, adapter out.
  *
  *   flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors
- *                   --model DIR|BASE.safetensors [options]
+ *                   [--model DIR|BASE.safetensors] [options]
  *
- * Parses the flags, loads the base model as a pipeline (models/pipeline.h: a pixel-space Flux
+ * Parses the flags, loads the base model (the embedded default model when neither --model nor
+ * --transformer is given, with one line saying so) as a pipeline (models/pipeline.h: a pixel-space Flux
  * file, or FLUX.1-dev / schnell from a folder or single files) and hands the job to
  * fl_train_run_pipeline (trainer/run.h), which on FLUX.1 encodes the set once through the cache
  * (--cache-dir, default OUT.cache) and frees the text encoders and the encoder half of the
@@ -35,6 +36,7 @@
 #include "core/sha256.h"
 #include "core/threads.h"
 #include "models/pipeline.h"
+#include "models/embedded.h"
 #include "trainer/run.h"
 
 static volatile sig_atomic_t stop_signal = 0;
@@ -55,14 +57,15 @@ typedef struct train_args {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: flashlora train --images DIR|ARCHIVE|URL --trigger WORD --out ADAPTER.safetensors\n"
-            "                       --model DIR|BASE.safetensors [options]\n\n"
+            "                       [--model DIR|BASE.safetensors] [options]\n\n"
             "model:\n"
             "  --model DIR|FILE        a folder laid out like the FLUX.1 repositories, or one transformer file\n"
+            "                          (default: the embedded model, %s)\n"
             "  --transformer F, --ae F, --clip F, --t5 F, --tokenizer D, --tokenizer-2 D   parts on their own\n"
             "  --cache-dir DIR         FLUX.1: encoded latents and captions, reused by content (default OUT.cache)\n"
             "data:\n"
-            "  --resolution PX         training size, a multiple of the patch size (16 for FLUX.1; default 64,\n"
-            "                          512 for FLUX.1)\n"
+            "  --resolution PX         training size, a multiple of the patch size (16 for FLUX.1; default 512\n"
+            "                          for FLUX.1, a pixel model's \"resolution\" metadata, else 64)\n"
             "  --buckets               keep aspect ratios: each image goes to the bucket of about PX^2 pixels\n"
             "                          closest to its shape (default: center-crop to PX x PX)\n"
             "  --caption TEXT          caption for images without a .txt sidecar (default \"a photo of [trigger]\")\n"
@@ -82,7 +85,8 @@ static void usage(FILE *out) {
             "  --export-kohya PATH, --export-peft PATH   the adapter in those layouts too\n"
             "  --preview-dir DIR       sample --preview-count K (2) images every --preview-every N steps\n"
             "                          (0 = only at the end) with --preview-prompt (the first caption)\n"
-            "  --json                  JSON-lines progress on stdout\n");
+            "  --json                  JSON-lines progress on stdout\n",
+            FL_EMBEDDED_MODEL_REL);
 }
 
 /* ---- output ------------------------------------------------------------------------------------- */
@@ -228,8 +232,8 @@ static int parse_args(int argc, char **argv, train_args *a) {
         fprintf(stderr, "flashlora train: unknown argument '%s' (see --help)\n", f);
         return -1;
     }
-    if (!a->images || !a->trigger || !a->out || (!a->model && !a->transformer)) {
-        fprintf(stderr, "flashlora train: --images, --trigger, --out and --model are required (see --help)\n");
+    if (!a->images || !a->trigger || !a->out) {
+        fprintf(stderr, "flashlora train: --images, --trigger and --out are required (see --help)\n");
         return -1;
     }
     if (!*a->trigger || strpbrk(a->trigger, " \t\r\n")) {
@@ -415,6 +419,16 @@ int fl_cmd_train(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) return 2;
     fl_threads_init_from_env();
     fl_error err = {0};
+    char model[4200];
+    if (!a.model && !a.transformer) {
+        if (fl_default_model("flashlora train", model, sizeof model, &err) != 0) {
+            fprintf(stderr, "flashlora train: %s\n", err.message);
+            return 1;
+        }
+        a.model = model;
+    }
+    /* a pixel-space model file's own size; 0 (the variant's default) for anything else */
+    if (a.resolution == 0 && a.model) a.resolution = fl_model_resolution(a.model, 0);
     if (run(&a, &err) != 0) {
         if (a.json)
             emit_json(json_pack("{s:s, s:s, s:s}", "event", "error", "code", fl_error_code_name(err.code), "message",

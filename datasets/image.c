@@ -438,21 +438,39 @@ static void box_mean(const unsigned char *rgba, int w, int x0, int x1, int y0, i
     for (int c = 0; c < 3; c++) dst[c] = (float)((double)sum[c] / count);
 }
 
-int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
-                        fl_error *err) {
-    memset(out, 0, sizeof *out);
+/* Probes, checks the size and the data's structure, and decodes to 8-bit RGBA; the caller frees
+ * *rgba with stbi_image_free and then calls stb_budget_end. */
+static int decode_rgba(const void *bytes, size_t n, int64_t max_pixels, int max_side, unsigned char **rgba, int *width,
+                       int *height, fl_error *err) {
+    *rgba = NULL;
     int w = 0, h = 0;
     if (fl_image_probe(bytes, n, &w, &h, err)) return -1;
     if (fl_image_check_size(w, h, max_pixels, max_side, err)) return -1;
     if (fl_image_check_data(bytes, n, w, h, err)) return -1;
-
     int lw = 0, lh = 0, comp = 0;
     stb_budget_begin((int64_t)w * h, n);
-    unsigned char *rgba = stbi_load_from_memory(bytes, (int)n, &lw, &lh, &comp, 4);
-    if (!rgba) {
+    unsigned char *px = stbi_load_from_memory(bytes, (int)n, &lw, &lh, &comp, 4);
+    if (!px) {
         stb_budget_end();
         return fl_fail(err, FL_EINVAL, "truncated or corrupt image (stb: %s)", stb_reason());
     }
+    if (lw != w || lh != h) {
+        stbi_image_free(px);
+        stb_budget_end();
+        return fl_fail(err, FL_EINVAL, "truncated or corrupt image (header says %dx%d, pixels are %dx%d)", w, h, lw, lh);
+    }
+    *rgba = px;
+    *width = w;
+    *height = h;
+    return 0;
+}
+
+int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
+                        fl_error *err) {
+    memset(out, 0, sizeof *out);
+    unsigned char *rgba = NULL;
+    int w = 0, h = 0;
+    if (decode_rgba(bytes, n, max_pixels, max_side, &rgba, &w, &h, err)) return -1;
     int ow = w, oh = h, longer = w > h ? w : h;
     if (fit_side > 0 && longer > fit_side) {
         ow = (int)(((int64_t)w * fit_side + longer / 2) / longer);
@@ -461,9 +479,7 @@ int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max
         oh = oh < 1 ? 1 : oh;
     }
     int rc = 0;
-    if (lw != w || lh != h) {
-        rc = fl_fail(err, FL_EINVAL, "truncated or corrupt image (header says %dx%d, pixels are %dx%d)", w, h, lw, lh);
-    } else if (fl_image_init(out, ow, oh, err) == 0 && ow == w && oh == h) {
+    if (fl_image_init(out, ow, oh, err) == 0 && ow == w && oh == h) {
         /* out = c * a + white * (1 - a), computed in integers then divided once: exact for a = 255. */
         size_t count = (size_t)w * (size_t)h;
         for (size_t i = 0; i < count; i++) {
@@ -493,6 +509,34 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
     return fl_image_decode_fit(bytes, n, max_pixels, max_side, 0, out, err);
 }
 
+int fl_image_decode_layers(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *color,
+                           fl_image *alpha, fl_error *err) {
+    memset(color, 0, sizeof *color);
+    memset(alpha, 0, sizeof *alpha);
+    unsigned char *rgba = NULL;
+    int w = 0, h = 0;
+    if (decode_rgba(bytes, n, max_pixels, max_side, &rgba, &w, &h, err)) return -1;
+    int rc = fl_image_init(color, w, h, err);
+    if (rc == 0) rc = fl_image_init(alpha, w, h, err);
+    if (rc == 0) {
+        size_t count = (size_t)w * (size_t)h;
+        for (size_t i = 0; i < count; i++) {
+            const unsigned char *px = rgba + 4 * i;
+            float a = px[3] / 255.0f;
+            for (int c = 0; c < 3; c++) {
+                color->pixels[3 * i + c] = (float)(px[c] * px[3]) / 65025.0f;
+                alpha->pixels[3 * i + c] = a;
+            }
+        }
+    } else {
+        fl_image_release(color);
+        fl_image_release(alpha);
+    }
+    stbi_image_free(rgba);
+    stb_budget_end();
+    return rc;
+}
+
 #else /* no stb */
 
 int fl_image_probe(const void *bytes, size_t n, int *width, int *height, fl_error *err) {
@@ -512,6 +556,13 @@ int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max
 int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *out,
                     fl_error *err) {
     return fl_image_decode_fit(bytes, n, max_pixels, max_side, 0, out, err);
+}
+
+int fl_image_decode_layers(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *color,
+                           fl_image *alpha, fl_error *err) {
+    memset(color, 0, sizeof *color);
+    memset(alpha, 0, sizeof *alpha);
+    return fl_fail(err, FL_EUNSUPPORTED, "decoding images needs stb_image, which this build lacks");
 }
 
 #endif

@@ -59,4 +59,11 @@ int fl_image_decode(const void *bytes, size_t n, int64_t max_pixels, int max_sid
 int fl_image_decode_fit(const void *bytes, size_t n, int64_t max_pixels, int max_side, int fit_side, fl_image *out,
                         fl_error *err);
 
+/* The same checks, keeping the alpha channel for compositing: color receives the colour
+ * premultiplied by alpha (RGB in [0, 1]) and alpha the coverage in [0, 1], repeated in all three
+ * channels (so both layers resample with the same functions). Compositing over a background b is
+ * then color + (1 - alpha) * b. On failure both are left zeroed. */
+int fl_image_decode_layers(const void *bytes, size_t n, int64_t max_pixels, int max_side, fl_image *color,
+                           fl_image *alpha, fl_error *err);
+
 #endif

@@ -164,6 +164,11 @@ fl_flux_model *fl_flux_create_empty(fl_ctx *ctx, const fl_flux_params *p);
 void fl_flux_free(fl_flux_model *m);
 
 const fl_flux_params *fl_flux_get_params(const fl_flux_model *m);
+/* Whether the model was trained with caption dropout, so that classifier-free guidance works on
+ * it (models/sampler.h). fl_flux_load sets it from the file's "caption_dropout" metadata (> 0);
+ * models made in memory start without it. */
+bool fl_flux_cfg_capable(const fl_flux_model *m);
+void fl_flux_set_cfg_capable(fl_flux_model *m, bool capable);
 fl_ctx *fl_flux_get_ctx(const fl_flux_model *m);
 /* All Linears in checkpoint order. */
 size_t fl_flux_linear_count(const fl_flux_model *m);

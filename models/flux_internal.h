@@ -91,6 +91,7 @@ struct fl_flux_model {
     fl_ctx *ctx;
     fl_flux_params p;
     fl_dtype dtype; /* storage dtype of weights and activations */
+    bool cfg_capable; /* trained with caption dropout: the sampler may apply classifier-free guidance */
 
     fl_flux_linear *linears;
     size_t n_linears;

@@ -210,6 +210,8 @@ int fl_flux_load_weights(fl_ctx *ctx, const fl_weights *w, const fl_flux_params 
     if (rc != 0) return -1;
     fl_flux_model *m = model_new(ctx, p);
     m->weight_memory = alloc_table(m, m->values, m->dtype);
+    const char *dropout = fl_weights_metadata_get(w, "caption_dropout");
+    m->cfg_capable = dropout && strtod(dropout, NULL) > 0.0;
     for (size_t i = 0; i < m->n_params && rc == 0; i++) {
         const fl_weight *t = fl_weights_find(w, m->decls[i].name);
         FL_CHECK(t != NULL); /* fl_flux_check_entries guaranteed presence and shape */
@@ -303,6 +305,14 @@ void fl_flux_free(fl_flux_model *m) {
 
 const fl_flux_params *fl_flux_get_params(const fl_flux_model *m) {
     return &m->p;
+}
+
+bool fl_flux_cfg_capable(const fl_flux_model *m) {
+    return m->cfg_capable;
+}
+
+void fl_flux_set_cfg_capable(fl_flux_model *m, bool capable) {
+    m->cfg_capable = capable;
 }
 
 fl_ctx *fl_flux_get_ctx(const fl_flux_model *m) {

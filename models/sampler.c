@@ -62,6 +62,34 @@ int fl_flux_sample_tokens(fl_flux_model *m, const fl_token_batch *b, int steps, 
     fl_ctx_upload_f32(ctx, &d_y, b->y, (size_t)(nb * vd));
     fl_ctx_upload_f32(ctx, &d_g, g, (size_t)nb);
     fl_flux_inputs in = {&d_img, &d_txt, &d_y, &d_t, p->guidance_embed ? &d_g : NULL, img_ids, txt_ids};
+
+    /* Classifier-free guidance: a model trained with caption dropout and without a guidance
+     * embedding takes a sample's guidance g != 1 as the CFG scale, v = v_u + g (v_c - v_u), with a
+     * second forward per step on the empty caption (same rows, same adapters). A sample with g == 1
+     * keeps v_c exactly, so its image does not depend on its batch neighbours. */
+    bool cfg = false;
+    if (!p->guidance_embed && fl_flux_cfg_capable(m))
+        for (int64_t r = 0; r < nb; r++) cfg = cfg || g[r] != 1.0f;
+    float *v_u = cfg ? fl_xmalloc(all * sizeof(float)) : NULL;
+    fl_tensor d_txt_u = {0}, d_y_u = {0};
+    if (cfg) {
+        d_txt_u = fl_ctx_tensor(ctx, storage, 3, s_txt);
+        d_y_u = fl_ctx_tensor(ctx, storage, 2, s_y);
+        if (b->txt_uncond && b->y_uncond) {
+            float *tu = fl_xmalloc((size_t)(nb * lt * cd) * sizeof(float)), *yu = fl_xmalloc((size_t)(nb * vd) * sizeof(float));
+            for (int64_t r = 0; r < nb; r++) {
+                memcpy(tu + r * lt * cd, b->txt_uncond, (size_t)(lt * cd) * sizeof(float));
+                memcpy(yu + r * vd, b->y_uncond, (size_t)vd * sizeof(float));
+            }
+            fl_ctx_upload_f32(ctx, &d_txt_u, tu, (size_t)(nb * lt * cd));
+            fl_ctx_upload_f32(ctx, &d_y_u, yu, (size_t)(nb * vd));
+            free(tu), free(yu);
+        } else { /* the hashed-word encoder's empty caption: zeros */
+            fl_op_fill(ctx, &d_txt_u, 0.0f);
+            fl_op_fill(ctx, &d_y_u, 0.0f);
+        }
+    }
+    fl_flux_inputs in_u = {&d_img, &d_txt_u, &d_y_u, &d_t, NULL, img_ids, txt_ids};
     double mu = fl_flux_time_shift_mu(li);
     int rc = 0;
     for (int i = 0; i < steps && rc == 0; i++) {
@@ -77,14 +105,24 @@ int fl_flux_sample_tokens(fl_flux_model *m, const fl_token_batch *b, int steps, 
         fl_ctx_upload_f32(ctx, &d_t, t, (size_t)nb);
         fl_tensor out;
         rc = fl_flux_forward(m, &in, &out, err);
-        if (rc == 0) {
-            fl_ctx_download_f32(ctx, v, &out, all);
-            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
+        if (rc == 0) fl_ctx_download_f32(ctx, v, &out, all);
+        if (rc == 0 && cfg) {
+            rc = fl_flux_forward(m, &in_u, &out, err);
+            if (rc == 0) fl_ctx_download_f32(ctx, v_u, &out, all);
+            size_t tok = (size_t)(li * c);
+            for (int64_t r = 0; r < nb && rc == 0; r++) {
+                if (g[r] == 1.0f) continue;
+                float *vr = v + (size_t)r * tok, *ur = v_u + (size_t)r * tok;
+                for (size_t k = 0; k < tok; k++) vr[k] = ur[k] + g[r] * (vr[k] - ur[k]);
+            }
         }
+        if (rc == 0)
+            for (size_t k = 0; k < all; k++) x[k] += (t_next - t_cur) * v[k];
     }
-    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g};
-    for (int i = 0; i < 5; i++) fl_ctx_tensor_free(ctx, dev[i]);
-    free(v), free(img_ids), free(txt_ids), free(t), free(g);
+    fl_tensor *dev[] = {&d_img, &d_txt, &d_y, &d_t, &d_g, &d_txt_u, &d_y_u};
+    for (int i = 0; i < 7; i++)
+        if (dev[i]->data) fl_ctx_tensor_free(ctx, dev[i]);
+    free(v), free(v_u), free(img_ids), free(txt_ids), free(t), free(g);
     return rc;
 }
 

@@ -4,8 +4,11 @@
  *
  * The schedule is t_i = shift(1 - i / steps) with the sequence-length-dependent shift of
  * trainer.h; each step does x += (t_{i+1} - t_i) * v(x, t_i). Guidance-distilled models get the
- * guidance value as an embedding (one forward per step). Noise comes from the seed alone, so the
- * same request gives the same image.
+ * guidance value as an embedding (one forward per step). Models without a guidance embedding that
+ * were trained with caption dropout (fl_flux_cfg_capable, e.g. the embedded model) take a guidance
+ * g != 1 as the classifier-free guidance scale: v = v(empty caption) + g (v(prompt) - v(empty
+ * caption)), two forwards per step; other models ignore the value. Noise comes from the seed
+ * alone, so the same request gives the same image.
  *
  * The batch sampler runs several requests — each with its own prompt, seed, guidance and
  * adapters — through one forward per step; per-sample adapters (flux.h) make each request's
@@ -89,6 +92,10 @@ typedef struct fl_token_batch {
     const float *y;        /* [n, vec_in_dim] */
     const float *guidance; /* [n], or NULL (1.0) */
     float *x;              /* [n, image_tokens, in_channels], in and out */
+    /* The empty caption's rows for classifier-free guidance ([text_tokens, context_in_dim] and
+     * [vec_in_dim], shared by every sample), or NULL: zeros, the hashed-word encoder's empty
+     * caption. Used only by models that are fl_flux_cfg_capable, for samples with guidance != 1. */
+    const float *txt_uncond, *y_uncond;
 } fl_token_batch;
 
 int fl_flux_sample_tokens(fl_flux_model *m, const fl_token_batch *b, int steps, bool shift,

@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install what is needed, build, and run `flashlora demo`
-# (train an adapter on the embedded model, register it, serve a request naming it, report
-# identity accuracy). Until the demo subcommand lands, this builds and shows what the binary
-# can do today.
+# The main job on a fresh machine: install what is needed, build (release, in build/), and run
+# `flashlora demo` in the current directory: train an adapter on a bundled subject with the
+# embedded model, register it with a locally started service, generate the same images with and
+# without it, and write them side by side as flashlora-demo-<subject>.png. Arguments go to the
+# demo (e.g. --subject logo, --images DIR).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+here=$(pwd)
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/install-deps.sh"
+cd "$root"
 [ -f build/build.ninja ] || meson setup build
 meson compile -C build
-if ./build/cli/flashlora --help | grep -q '^  demo '; then
-  exec ./build/cli/flashlora demo "$@"
-fi
-echo
-echo "flashlora demo is not implemented yet: it arrives with the trainer and the service."
-echo "What this build offers now:"
-./build/cli/flashlora --help
-./build/cli/flashlora devices
+cd "$here"
+exec "$root/build/cli/flashlora" demo "$@"

@@ -9,7 +9,10 @@
  * sample using every attached set the per-sample forward matches the every-row forward (bitwise
  * for one sample, within float rounding for a batch); adapters really change the output;
  * fl_flux_remove_adapter; bad selections are errors, not aborts; and the per-step callback that
- * stops a run between steps.
+ * stops a run between steps. Classifier-free guidance (models trained with caption dropout take
+ * guidance != 1 as its scale) keeps every property: batch images equal solo images, a request with
+ * guidance 1 is untouched by CFG neighbours, one Euler step is the CFG combination of the prompt's
+ * and the empty caption's steps, and models without caption dropout ignore the value.
  *
  * Residency: with the per-sample forward the activation plan does not depend on what is attached
  * or selected, so a batch over adapters already attached plans nothing (fl_flux_plan_count),
@@ -645,6 +648,69 @@ static void test_step_hook(void) {
     fl_flux_free(m);
 }
 
+/* ---- classifier-free guidance ---------------------------------------------------------------- */
+
+static bool sample_steps(fl_flux_model *m, const char *prompt, float guidance, int steps, float *image) {
+    fl_sample_params sp = {prompt, WIDTH, HEIGHT, steps, guidance, 5, TEXT_TOKENS};
+    fl_error err = {0};
+    int rc = fl_flux_sample_pixels(m, &sp, image, &err);
+    FL_EXPECTF(rc == 0, "sample: %s", err.message);
+    return rc == 0;
+}
+
+static void test_classifier_free_guidance(void) {
+    fl_flux_model *m = load_model("b");
+    int ids[N_SETS];
+    if (!m || !attach_sets(m, "b", ids)) {
+        fl_flux_free(m);
+        return;
+    }
+    size_t n = image_floats();
+    float *g1 = malloc(n * sizeof(float)), *g3 = malloc(n * sizeof(float)), *un = malloc(n * sizeof(float));
+    /* Without caption dropout in its training the value means nothing to this model. */
+    FL_EXPECT(!fl_flux_cfg_capable(m));
+    if (sample_steps(m, "a red fox", 1.0f, STEPS, g1) && sample_steps(m, "a red fox", 3.0f, STEPS, g3))
+        FL_EXPECT(memcmp(g1, g3, n * sizeof(float)) == 0);
+    fl_flux_set_cfg_capable(m, true);
+    float *g1_cfg = malloc(n * sizeof(float));
+    if (sample_steps(m, "a red fox", 1.0f, STEPS, g1_cfg)) FL_EXPECT(memcmp(g1, g1_cfg, n * sizeof(float)) == 0);
+    if (sample_steps(m, "a red fox", 3.0f, STEPS, g3)) FL_EXPECT(memcmp(g1, g3, n * sizeof(float)) != 0);
+    /* One Euler step from t = 1 is x = noise - v: linear in v, so the guided image is the CFG
+     * combination of the prompt's and the empty caption's images wherever none was clamped. */
+    if (sample_steps(m, "a red fox", 1.0f, 1, g1) && sample_steps(m, "", 1.0f, 1, un) &&
+        sample_steps(m, "a red fox", 3.0f, 1, g3)) {
+        size_t checked = 0;
+        double worst = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (fabsf(g1[i]) >= 1.0f || fabsf(un[i]) >= 1.0f || fabsf(g3[i]) >= 1.0f) continue;
+            double want = un[i] + 3.0 * (g1[i] - un[i]);
+            if (fabs(want) >= 0.999) continue;
+            worst = fmax(worst, fabs(g3[i] - want));
+            checked++;
+        }
+        FL_EXPECTF(checked > 10 && worst < 1e-4, "CFG combination: %zu pixels checked, worst error %g", checked, worst);
+    }
+    /* The mixed batch (guidance 1 to 6, adapters) still gives every request its solo image. */
+    fl_sample_request reqs[N_REQS];
+    make_requests(ids, reqs);
+    float *batch[N_REQS], *alone = malloc(n * sizeof(float));
+    for (int r = 0; r < N_REQS; r++) batch[r] = malloc(n * sizeof(float));
+    fl_error err = {0};
+    int rc = fl_flux_sample_pixels_batch(m, WIDTH, HEIGHT, STEPS, TEXT_TOKENS, reqs, N_REQS, batch, &err);
+    FL_EXPECTF(rc == 0, "batch: %s", err.message);
+    for (int r = 0; rc == 0 && r < N_REQS; r++) {
+        if (!sample_one(m, &reqs[r], alone)) break;
+        FL_EXPECTF(memcmp(alone, batch[r], n * sizeof(float)) == 0, "request %d (guidance %g): batch differs from alone",
+                   r, reqs[r].guidance);
+    }
+    /* Request 2 has guidance 1: the same image as without any CFG in the model. */
+    fl_flux_set_cfg_capable(m, false);
+    if (rc == 0 && sample_one(m, &reqs[2], alone)) FL_EXPECT(memcmp(alone, batch[2], n * sizeof(float)) == 0);
+    for (int r = 0; r < N_REQS; r++) free(batch[r]);
+    free(alone), free(g1), free(g3), free(un), free(g1_cfg);
+    fl_flux_free(m);
+}
+
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 1;
     fl_threads_set(threads);
@@ -659,6 +725,7 @@ int main(int argc, char **argv) {
     FL_RUN(test_attach_limits);
     FL_RUN(test_errors);
     FL_RUN(test_step_hook);
+    FL_RUN(test_classifier_free_guidance);
     fl_ctx_destroy(cpu);
     return fl_test_finish();
 }
