@@ -607,7 +607,7 @@ static int run(const demo_args *a, demo_state *ds, fl_error *err) {
             job.cfg.lr = a->lr;
             job.cfg.flip = false; /* logos and lettering do not mirror */
             train_view view = {now_s(), isatty(STDERR_FILENO) != 0};
-            fl_train_hooks hooks = {train_event, train_stop, &view};
+            fl_train_hooks hooks = {train_event, train_stop, &view, NULL};
             rc = fl_train_run(m, &job, &hooks, &tr, err);
             if (rc == 0)
                 fprintf(stderr, "      trained in %.1f s (%d steps, final loss %.4f)\n", tr.training_s, tr.steps,

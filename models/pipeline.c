@@ -636,7 +636,7 @@ int fl_pipeline_generate(fl_pipeline *p, int width, int height, int steps, int t
         free(sel);
     }
     if (rc == 0) {
-        fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x};
+        fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x, NULL, NULL};
         rc = fl_flux_sample_tokens(m, &tb, steps, p->info.shift, hooks, err);
         if (!out->model_adapters && prev) {
             if (fl_flux_set_sample_adapters(m, prev_batch, prev, NULL) != 0) fl_flux_clear_sample_adapters(m);

@@ -168,7 +168,7 @@ static int sample_run(fl_flux_model *m, int width, int height, int steps, int ma
         fl_rng_fill_normal(&rng, x + (size_t)r * tok, tok, 0.0f, 1.0f);
         g[r] = reqs[r].guidance;
     }
-    fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x};
+    fl_token_batch tb = {n, li, img_ids, lt, txt, y, g, x, NULL, NULL};
     int rc = fl_flux_sample_tokens(m, &tb, steps, true, hooks, err);
     if (rc == 0) {
         for (size_t k = 0; k < all; k++) x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
