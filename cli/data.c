@@ -5,12 +5,15 @@
  *                           [--heldout-every 50] [--limit N] [--openclipart DIR] [--emoji DIR]
  *       the captioned pretraining set (datasets/clipart.h) from openclipart-png and
  *       ruby-tanuki-emoji, holding out the demo subjects' sources
- *   flashlora data subjects --out DIR [--subject NAME] [--count 16] [--size 128] [--openclipart DIR]
- *       the bundled demo subjects' image sets (datasets/subjects.h), one folder per subject
+ *   flashlora data subjects --out DIR [--subject NAME | --distractors] [--count 16] [--size 128]
+ *                           [--openclipart DIR]
+ *       the bundled demo subjects' image sets (datasets/subjects.h), one folder per subject, or the
+ *       distractor subjects identity evaluation uses
  *
  * Errors are one line on stderr and exit status 1 (2 for bad arguments).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +40,7 @@ static void usage(FILE *out) {
             "  (an empty DIR skips that package)\n\n"
             "subjects: the bundled demo subjects (held out of the pretraining set), DIR/<name>/NN.png + .txt\n"
             "  --subject NAME       only this one (mascot, logo or product)\n"
+            "  --distractors        the seven distractor subjects identity evaluation tells them apart from\n"
             "  --count N            images per subject (default 16)\n"
             "  --size PX            image side (default 128)\n"
             "  --openclipart DIR    as above\n",
@@ -112,8 +116,13 @@ static int cmd_pretrain(int argc, char **argv) {
 static int cmd_subjects(int argc, char **argv) {
     const char *out = NULL, *only = NULL, *clip_dir = FL_OPENCLIPART_DIR;
     int count = 16, size = 128;
+    bool distractors = false;
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
+        if (!strcmp(f, "--distractors")) {
+            distractors = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "flashlora data: %s needs a value (see --help)\n", f);
             return 2;
@@ -135,12 +144,14 @@ static int cmd_subjects(int argc, char **argv) {
         fprintf(stderr, "flashlora data subjects: --out is required (see --help)\n");
         return 2;
     }
-    if (only && !fl_subject_find(only)) {
-        fprintf(stderr, "flashlora data subjects: no subject named '%s' (mascot, logo, product)\n", only);
+    if (only && (distractors || !fl_subject_find(only))) {
+        fprintf(stderr, "flashlora data subjects: %s\n",
+                distractors ? "--subject and --distractors exclude each other" : "no such subject (mascot, logo, product)");
         return 2;
     }
-    for (size_t i = 0; i < fl_subject_count(); i++) {
-        const fl_subject *s = fl_subject_at(i);
+    size_t n = distractors ? fl_distractor_count() : fl_subject_count();
+    for (size_t i = 0; i < n; i++) {
+        const fl_subject *s = distractors ? fl_distractor_at(i) : fl_subject_at(i);
         if (only && strcmp(only, s->name)) continue;
         char src[4200], dir[4200];
         snprintf(src, sizeof src, "%s/%s", clip_dir, s->source);
@@ -150,7 +161,8 @@ static int cmd_subjects(int argc, char **argv) {
             fprintf(stderr, "flashlora data subjects: %s: %s\n", s->name, err.message);
             return 1;
         }
-        fprintf(stderr, "%s: %d images of %s (trigger \"%s\")\n", dir, count, s->class_words, s->trigger);
+        fprintf(stderr, "%s: %d images of %s (trigger \"%s\")\n", dir, count, s->class_words,
+                s->trigger ? s->trigger : "none");
     }
     return 0;
 }

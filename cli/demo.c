@@ -12,12 +12,13 @@
  * 3. sends one generation request naming the adapter and one without it (same prompt, same seeds,
  *    four images each) and times them;
  * 4. writes both grids side by side in one PNG (with the subject's reference images above them),
- *    prints a stand-in identity figure for both grids, where the PNG is, and the commands to try
- *    next; then stops everything it started.
+ *    prints the identity figures of both grids, where the PNG is, and the commands to try next;
+ *    then stops everything it started.
  *
- * The identity figure is a stand-in until the evaluation layer lands: for each generated image
- * the best cosine similarity between its 16x16 pixel features (RGB, mean removed) and those of
- * each reference image, averaged over the four images.
+ * The identity figure is the evaluation's (eval/metrics.h, as `flashlora eval` reports it): the
+ * share of a grid's images whose nearest subject — by mean cosine, with the built-in image
+ * encoder, to the adapter's reference images and to each other bundled subject's — is the
+ * adapter's own, with the mean cosine to the references beside it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +45,8 @@
 #include "datasets/imageset.h"
 #include "datasets/preprocess.h"
 #include "datasets/subjects.h"
+#include "eval/encoders.h"
+#include "eval/metrics.h"
 #include "models/embedded.h"
 #include "serve/auth.h"
 #include "serve/redis.h"
@@ -51,7 +54,6 @@
 
 #define DEMO_IMAGES 4
 #define DEMO_SEED 1
-#define FEATURE_SIDE 16
 
 static volatile sig_atomic_t stop_signal = 0;
 
@@ -322,57 +324,109 @@ static void service_stop(service_child *sc) {
     sc->pid = 0;
 }
 
-/* ---- identity stand-in ---------------------------------------------------------------------------- */
-
-/* 16x16 RGB features of an image in [0, 1], mean removed, unit length. */
-static int features(const fl_image *img, float *f, fl_error *err) {
-    fl_image small;
-    if (fl_image_resample(img, FEATURE_SIDE, FEATURE_SIDE, &small, err) != 0) return -1;
-    size_t n = FEATURE_SIDE * FEATURE_SIDE * 3;
-    double mean = 0, norm = 0;
-    for (size_t i = 0; i < n; i++) mean += small.pixels[i];
-    mean /= (double)n;
-    for (size_t i = 0; i < n; i++) {
-        f[i] = (float)(small.pixels[i] - mean);
-        norm += (double)f[i] * f[i];
-    }
-    norm = sqrt(norm) + 1e-8;
-    for (size_t i = 0; i < n; i++) f[i] = (float)(f[i] / norm);
-    fl_image_release(&small);
-    return 0;
-}
-
-/* Mean over the images of the best cosine to any reference. */
-static double identity_standin(const float *gen, int n_gen, const float *refs, int n_refs) {
-    size_t n = FEATURE_SIDE * FEATURE_SIDE * 3;
-    double total = 0;
-    for (int g = 0; g < n_gen; g++) {
-        double best = -1;
-        for (int r = 0; r < n_refs; r++) {
-            double dot = 0;
-            for (size_t i = 0; i < n; i++) dot += (double)gen[g * n + i] * refs[r * n + i];
-            if (dot > best) best = dot;
-        }
-        total += best;
-    }
-    return total / n_gen;
-}
-
-/* ---- the picture ---------------------------------------------------------------------------------- */
-
 typedef struct grid {
     fl_image images[DEMO_IMAGES];
     int count;
     double seconds;
-    double identity;
 } grid;
+
+/* ---- identity ------------------------------------------------------------------------------------ */
+
+/* The evaluation's measure (eval/metrics.h) on the demo's two grids: identity accuracy by
+ * retrieval — the share of images whose nearest subject, by mean cosine to each subject's images
+ * with the built-in encoder, is the adapter's own — among the adapter's references and the other
+ * bundled subjects, and the mean cosine to the references. */
+typedef struct identity {
+    bool measured;
+    char why[512];   /* when not measured */
+    int subjects;    /* the adapter's own and the distractors */
+    double retrieval[2], similarity[2]; /* [0] base, [1] adapter */
+} identity;
+
+static int embed_images(fl_eval_encoder *enc, const fl_image *images, int n, float **out, fl_error *err) {
+    *out = fl_xmalloc((size_t)(n > 0 ? n : 1) * (size_t)fl_eval_encoder_dim(enc) * sizeof(float));
+    return fl_eval_encoder_embed(enc, images, n, *out, err);
+}
+
+static int embed_set(fl_eval_encoder *enc, const fl_imageset *set, float **out, fl_error *err) {
+    fl_image *images = fl_xmalloc((set->count ? set->count : 1) * sizeof *images);
+    for (size_t i = 0; i < set->count; i++) images[i] = set->items[i].image;
+    int rc = embed_images(enc, images, (int)set->count, out, err);
+    free(images);
+    return rc;
+}
+
+static void measure_identity(const fl_imageset *refs, const fl_subject *own, const grid grids[2], identity *id) {
+    memset(id, 0, sizeof *id);
+    fl_error err = {0};
+    fl_ctx *ctx = fl_ctx_create(fl_device_cpu(), &err);
+    fl_eval_encoder *enc = NULL;
+    if (!ctx || fl_eval_encoder_open(ctx, "builtin", &enc, &err) != 0) {
+        snprintf(id->why, sizeof id->why, "%s", err.message);
+        fl_ctx_destroy(ctx);
+        return;
+    }
+    enum { MAX_SUBJECTS = 8 };
+    float *emb[MAX_SUBJECTS] = {0}, *gen[2] = {0};
+    fl_eval_embeddings subjects[MAX_SUBJECTS];
+    int n_subjects = 0, rc = embed_set(enc, refs, &emb[0], &err);
+    subjects[n_subjects++] = (fl_eval_embeddings){emb[0], (int)refs->count};
+    /* the distractors: every other bundled subject */
+    for (size_t i = 0; rc == 0 && i < fl_subject_count() && n_subjects < MAX_SUBJECTS; i++) {
+        const fl_subject *s = fl_subject_at(i);
+        if (s == own) continue;
+        char rel[256], dir[4200];
+        snprintf(rel, sizeof rel, "%s/%s", FL_DEMO_SUBJECTS_REL, s->name);
+        fl_imageset_limits limits = fl_imageset_limits_default();
+        limits.min_images = 1;
+        fl_imageset *set = NULL;
+        rc = fl_data_path(rel, dir, sizeof dir, &err);
+        if (rc == 0) rc = fl_imageset_load(dir, &limits, &set, &err);
+        if (rc == 0) rc = embed_set(enc, set, &emb[n_subjects], &err);
+        if (rc == 0) subjects[n_subjects] = (fl_eval_embeddings){emb[n_subjects], (int)set->count};
+        n_subjects++;
+        fl_imageset_free(set);
+    }
+    for (int g = 0; g < 2 && rc == 0; g++) rc = embed_images(enc, grids[g].images, grids[g].count, &gen[g], &err);
+    if (rc == 0) {
+        int prompt_of[DEMO_IMAGES] = {0};
+        fl_eval_score_input in = {.dim = fl_eval_encoder_dim(enc),
+                                  .gen = {gen[1], grids[1].count},
+                                  .base = {gen[0], grids[0].count},
+                                  .gen_prompt = prompt_of,
+                                  .base_prompt = prompt_of,
+                                  .n_prompts = 1,
+                                  .subjects = subjects,
+                                  .n_subjects = n_subjects,
+                                  .train = subjects[0]};
+        fl_eval_scores sc;
+        memset(&sc, 0, sizeof sc);
+        rc = fl_eval_score(&in, &sc, &err);
+        if (rc == 0) {
+            id->measured = true;
+            id->subjects = n_subjects;
+            id->retrieval[0] = sc.base_retrieval, id->retrieval[1] = sc.retrieval;
+            id->similarity[0] = sc.sim_base, id->similarity[1] = sc.sim_gen;
+        }
+        fl_eval_scores_clear(&sc);
+    }
+    if (rc != 0) snprintf(id->why, sizeof id->why, "%s", err.message);
+    for (int i = 0; i < n_subjects; i++) free(emb[i]);
+    free(gen[0]), free(gen[1]);
+    fl_eval_encoder_close(enc);
+    fl_ctx_destroy(ctx);
+}
+
+/* ---- the picture ---------------------------------------------------------------------------------- */
+
 
 static void to_signed(const fl_image *img, float *out) {
     for (size_t i = 0; i < (size_t)img->width * img->height * 3; i++) out[i] = 2.0f * img->pixels[i] - 1.0f;
 }
 
 static int write_picture(const char *path, const char *title, const char *prompt, const fl_imageset *refs,
-                         const grid *base, const grid *tuned, const char *adapter_name, fl_error *err) {
+                         const grid *base, const grid *tuned, const identity *id, const char *adapter_name,
+                         fl_error *err) {
     const int img = base->images[0].width, scale = img < 192 ? 192 / img : 1, cell = img * scale, gap = 8;
     const int panel = 2 * cell + gap;
     const int margin = 16, width = 2 * panel + 3 * margin + 8;
@@ -408,12 +462,17 @@ static int write_picture(const char *path, const char *title, const char *prompt
             to_signed(&grids[g]->images[i], buf);
             fl_figure_blit(&fig, buf, img, img, x0 + (i % 2) * (cell + gap), panels_y + 16 + (i / 2) * (cell + gap), scale);
         }
-        snprintf(line, sizeof line, "stand-in identity %.2f", grids[g]->identity);
+        if (id->measured) snprintf(line, sizeof line, "identity %.2f", id->retrieval[g]);
+        else snprintf(line, sizeof line, "identity not measured");
         fl_figure_text(&fig, x0, panels_y + 20 + panel + 4, line, 2, g == 0 ? soft : (fl_rgb){20, 110, 40});
     }
-    fl_figure_text(&fig, margin, height - 14,
-                   "stand-in identity: mean over images of the best cosine of 16x16 pixel features to the references",
-                   1, soft);
+    if (id->measured)
+        snprintf(line, sizeof line,
+                 "identity: share of images nearest to the references among %d subjects (built-in image encoder)",
+                 id->subjects);
+    else
+        snprintf(line, sizeof line, "identity not measured: %.90s", id->why);
+    fl_figure_text(&fig, margin, height - 14, line, 1, soft);
     free(buf);
     if (rc == 0) rc = fl_figure_write_png(&fig, path, err);
     fl_figure_release(&fig);
@@ -467,6 +526,7 @@ typedef struct demo_state {
     fl_redis *redis;
     fl_imageset *refs;
     grid grids[2];
+    identity identity;
 } demo_state;
 
 static int generate_grid(int port, const char *key, const char *prompt, const char *adapter, int size,
@@ -659,27 +719,24 @@ static int run(const demo_args *a, demo_state *ds, fl_error *err) {
 
     /* 4. the picture and the figures */
     if (rc == 0) {
-        size_t fn = FEATURE_SIDE * FEATURE_SIDE * 3;
-        int n_refs = (int)ds->refs->count;
-        float *ref_f = fl_xmalloc((size_t)n_refs * fn * sizeof(float)), *gen_f = fl_xmalloc(DEMO_IMAGES * fn * sizeof(float));
-        for (int r = 0; r < n_refs && rc == 0; r++) rc = features(&ds->refs->items[r].image, ref_f + (size_t)r * fn, err);
-        for (int g = 0; g < 2 && rc == 0; g++) {
-            for (int i = 0; i < DEMO_IMAGES && rc == 0; i++)
-                rc = features(&ds->grids[g].images[i], gen_f + (size_t)i * fn, err);
-            ds->grids[g].identity = identity_standin(gen_f, DEMO_IMAGES, ref_f, n_refs);
-        }
-        free(ref_f), free(gen_f);
+        measure_identity(ds->refs, subject, ds->grids, &ds->identity);
         char title[256];
         snprintf(title, sizeof title, "flashlora demo: %s \"%s\"", subject ? subject->class_words : "your images", trigger);
-        if (rc == 0) rc = write_picture(out, title, prompt, ds->refs, &ds->grids[0], &ds->grids[1], name, err);
+        if (rc == 0)
+            rc = write_picture(out, title, prompt, ds->refs, &ds->grids[0], &ds->grids[1], &ds->identity, name, err);
     }
     if (rc == 0) {
         char abs_out[4200];
         if (!realpath(out, abs_out)) snprintf(abs_out, sizeof abs_out, "%s", out);
         fprintf(stderr, "[4/4] wrote %s\n\n", abs_out);
-        printf("stand-in identity (mean best cosine of 16x16 pixel features to the %zu reference images): base %.2f, "
-               "adapter %.2f\n",
-               ds->refs->count, ds->grids[0].identity, ds->grids[1].identity);
+        const identity *id = &ds->identity;
+        if (id->measured)
+            printf("identity accuracy (retrieval among %d subjects, built-in encoder): base %.2f, adapter %.2f; mean "
+                   "cosine to the %zu references: base %.2f, adapter %.2f\n",
+                   id->subjects, id->retrieval[0], id->retrieval[1], ds->refs->count, id->similarity[0],
+                   id->similarity[1]);
+        else
+            printf("identity not measured: %s\n", id->why);
         printf("timings on this machine: adapter training %.1f s (%d steps), 4-image grid %.2f s with the adapter, "
                "%.2f s without; demo %.0f s in all\n",
                tr.training_s, tr.steps, ds->grids[1].seconds, ds->grids[0].seconds, now_s() - t_start);

@@ -2,7 +2,7 @@
  * eval.c — `flashlora eval`: identity evaluation of LoRA adapters (eval/evaluate.h) from the
  * command line, with the JSON result and the HTML report written to a folder.
  *
- *   flashlora eval --model BASE.safetensors --adapter FILE --refs DIR [--trigger W --scale S]
+ *   flashlora eval [--model BASE.safetensors] --adapter FILE --refs DIR [--trigger W --scale S]
  *                  [--adapter FILE --refs DIR ...] [--distractor DIR]... [--distractors PARENT]
  *                  [--prompts FILE] [--seeds 1,2,3,4] [--encoder builtin|builtin:PATH]
  *                  [--width 64 --height 64 --steps 20 --guidance 1 --batch 8 --bootstrap 1000]
@@ -32,6 +32,7 @@
 #include "eval/evaluate.h"
 #include "adapters/lora.h"
 #include "eval/report.h"
+#include "models/embedded.h"
 #include "models/flux.h"
 
 typedef struct eval_args {
@@ -62,12 +63,13 @@ static int bad(const char *fmt, ...) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: flashlora eval --model BASE.safetensors --adapter FILE --refs DIR [adapter options]\n"
+            "usage: flashlora eval [--model BASE.safetensors] --adapter FILE --refs DIR [adapter options]\n"
             "                      [--adapter FILE --refs DIR ...] --out DIR [options]\n\n"
             "Generates with each adapter and with the base model on the same prompts and seeds, embeds every\n"
             "image and reference, and reports identity accuracy (retrieval among subjects, and verification\n"
             "against the base model at 5%% false accepts, with its AUC), similarity to the references,\n"
             "diversity and copy rate, with 95%% bootstrap intervals over prompts.\n\n"
+            "  --model BASE          the base model (default: the embedded model)\n"
             "  --adapter FILE        a LoRA (canonical, kohya or PEFT); up to %d\n"
             "    --refs DIR          its reference images (folder or archive; its training images)\n"
             "    --trigger WORD      replaces [trigger] in the prompts (default: the file's metadata)\n"
@@ -75,8 +77,9 @@ static void usage(FILE *f) {
             "  --distractor DIR      another subject's images (repeat); --distractors PARENT: each sub-folder\n"
             "  --prompts FILE        one prompt per line with [trigger] (default: 8 built-in prompts)\n"
             "  --seeds LIST          comma-separated seeds (default 1,2,3,4)\n"
-            "  --encoder SPEC        builtin (default) or builtin:PATH\n"
-            "  --width, --height PX  (default 64); --steps N (20); --guidance G (1); --max-text-tokens N (32)\n"
+            "  --encoder SPEC        builtin (default), builtin:PATH, dinov2:PATH, clip:PATH or face:DIR\n"
+            "  --width, --height PX  (default: the model's \"resolution\" metadata, else 64); --steps N (20);\n"
+            "                        --guidance G (1); --max-text-tokens N (32)\n"
             "  --batch N             images per sampling batch (default 8)\n"
             "  --bootstrap N         resamples for the intervals (default 1000; 0: none)\n"
             "  --no-base             skip the base model's images (no tau, AUC or base figures)\n"
@@ -125,7 +128,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
     memset(a, 0, sizeof *a);
     a->encoder = "builtin";
     a->device = "cpu";
-    a->width = a->height = 64;
+    a->width = a->height = 0; /* the model's own size */
     a->steps = 20;
     a->batch = 8;
     a->bootstrap = 1000;
@@ -189,7 +192,6 @@ static int parse_args(int argc, char **argv, eval_args *a) {
                 if (!strcmp(f, ints[k].flag) && parse_int(f, v, ints[k].lo, ints[k].hi, ints[k].dst)) return -1;
         }
     }
-    if (!a->model) return bad("--model is required (see --help)");
     if (!a->out) return bad("--out is required (see --help)");
     if (a->n_adapters == 0) return bad("no --adapter given (see --help)");
     for (int k = 0; k < a->n_adapters; k++)
@@ -441,6 +443,17 @@ int fl_cmd_eval(int argc, char **argv) {
     if (parse_args(argc, argv, &a) != 0) return 1;
     fl_threads_init_from_env();
     fl_error err = {0};
+    char model[4200];
+    if (!a.model) {
+        if (fl_default_model("flashlora eval", model, sizeof model, &err) != 0) {
+            fprintf(stderr, "flashlora eval: %s\n", err.message);
+            return 1;
+        }
+        a.model = model;
+    }
+    int native = fl_model_resolution(a.model, 64);
+    if (!a.width) a.width = native;
+    if (!a.height) a.height = native;
     if (run(&a, &err) != 0) {
         fprintf(stderr, "flashlora eval: %s\n", err.message);
         return 1;

@@ -40,6 +40,31 @@ const fl_subject *fl_subject_find(const char *name) {
     return NULL;
 }
 
+static const fl_subject distractors[] = {
+    {"duck", NULL, "yellow duck", "animals/birds/duck_yellow_kurt_cagle_.png", NULL, NULL},
+    {"cat", NULL, "cartoon cat", "animals/mammals/cartoon_cat_gerald_g._01.png", NULL, NULL},
+    {"house", NULL, "house", "buildings/homes/house_gabrielle_nowicki_.png", NULL, NULL},
+    {"bus", NULL, "bus", "transportation/bus_01.png", NULL, NULL},
+    {"mushroom", NULL, "mushroom", "plants/mushroom_benji_park_.png", NULL, NULL},
+    {"biohazard", NULL, "biohazard sign", "signs_and_symbols/biohazard_symbol_01.png", NULL, NULL},
+    {"cactus", NULL, "cactus", "plants/cactus_linda_kim_01.png", NULL, NULL},
+};
+
+size_t fl_distractor_count(void) {
+    return sizeof distractors / sizeof distractors[0];
+}
+
+const fl_subject *fl_distractor_at(size_t i) {
+    return i < fl_distractor_count() ? &distractors[i] : NULL;
+}
+
+size_t fl_eval_held_out(const char **paths, size_t cap) {
+    size_t n = fl_subject_held_out(paths, cap);
+    for (size_t i = 0; i < fl_distractor_count(); i++, n++)
+        if (paths && n < cap) paths[n] = distractors[i].source;
+    return n;
+}
+
 size_t fl_subject_held_out(const char **paths, size_t cap) {
     size_t n = 0;
     for (size_t i = 0; i < fl_subject_count(); i++) {
@@ -164,8 +189,8 @@ int fl_subject_build(const fl_subject *s, const char *source_path, const char *o
         }
         const char *where = scale < 0.55f ? "small" : scale > 0.75f ? "large" : "";
         char caption[512], path[4200];
-        snprintf(caption, sizeof caption, "a photo of [trigger] %s %s%s%s%s", s->class_words, bg_words,
-                 *where ? ", " : "", where, occluded ? ", partly hidden" : "");
+        snprintf(caption, sizeof caption, "a photo of %s%s %s%s%s%s", s->trigger ? "[trigger] " : "a ", s->class_words,
+                 bg_words, *where ? ", " : "", where, occluded ? ", partly hidden" : "");
         for (size_t k = 0; k < (size_t)size * size * 3; k++) signed_px[k] = 2.0f * canvas.pixels[k] - 1.0f;
         snprintf(path, sizeof path, "%s/%02d.png", out_dir, i + 1);
         if (rc == 0) rc = fl_png_write(path, signed_px, size, size, err);
@@ -182,7 +207,8 @@ int fl_subject_build(const fl_subject *s, const char *source_path, const char *o
         snprintf(text, sizeof text,
                  "subject: %s (trigger word \"%s\", %s)\nsource: openclipart-png %s\nlicense: %s\n"
                  "rendered: %d images of %dx%d, seed %llu (flashlora data subjects)\n",
-                 s->name, s->trigger, s->class_words, s->source, FL_OPENCLIPART_LICENSE, count, size, size, seed);
+                 s->name, s->trigger ? s->trigger : "none", s->class_words, s->source, FL_OPENCLIPART_LICENSE, count, size,
+                 size, seed);
         snprintf(path, sizeof path, "%s/SOURCE.txt", out_dir);
         rc = write_text(path, text, err);
     }

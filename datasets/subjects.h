@@ -3,6 +3,11 @@
  * product) made from public-domain openclipart files that the pretraining set holds out, so the
  * embedded model has never seen them and an adapter has something to teach it.
  *
+ * Beside them, seven distractor subjects (a duck, a cat, a house, a bus, a mushroom, a hazard sign,
+ * a cactus) from other openclipart files: identity evaluation tells an adapter's subject apart from
+ * them (`flashlora data subjects --distractors` renders them; they are not committed). The built-in
+ * image encoder never trains on any of these sources.
+ *
  * Each subject is a folder of small PNGs with `.txt` sidecar captions (the image-set layout
  * `flashlora train --images` reads): the source drawn at varied positions and scales over
  * varied backgrounds, a few partly occluded. fl_subject_build renders one from its source file;
@@ -33,6 +38,14 @@ const fl_subject *fl_subject_find(const char *name);
 /* Every openclipart path the pretraining set must hold out (the sources and their variants);
  * returns the count and fills paths when not NULL. */
 size_t fl_subject_held_out(const char **paths, size_t cap);
+
+/* The distractor subjects (trigger NULL: captions name only what they are), in a fixed order. */
+size_t fl_distractor_count(void);
+const fl_subject *fl_distractor_at(size_t i);
+
+/* Every openclipart path the built-in image encoder holds out: the demo subjects' (as
+ * fl_subject_held_out) and the distractors' sources. */
+size_t fl_eval_held_out(const char **paths, size_t cap);
 
 /* Renders subject s from the clip-art file at source_path into out_dir/NN.png + NN.txt: count
  * images (at most 64) of size x size pixels, deterministic for a given seed, and SOURCE.txt

@@ -9,45 +9,18 @@
  */
 #include "models/image_encoder.h"
 
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "datasets/preprocess.h"
-#include "fl_build_config.h"
 #include "models/builtin_vit.h"
+#include "models/embedded.h"
 
 enum { EMBED_CHUNK = 64 }; /* images per forward: bounds the input buffer and the activations */
 
 int fl_builtin_encoder_path(char *out, size_t cap, fl_error *err) {
-    const char *rel = FL_BVIT_DEFAULT_REL;
-    char tried[3][4200];
-    int n = 0;
-    const char *env = getenv("FLASHLORA_DATA_DIR");
-    if (env && *env) snprintf(tried[n++], sizeof tried[0], "%s/%s", env, rel);
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len > 0) {
-        exe[len] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(tried[n++], sizeof tried[0], "%s/../share/flashlora/%s", exe, rel);
-        }
-    }
-    snprintf(tried[n++], sizeof tried[0], "%s/%s", FL_SOURCE_ROOT, rel);
-    for (int i = 0; i < n; i++) {
-        struct stat st;
-        if (stat(tried[i], &st) == 0) {
-            if (strlen(tried[i]) >= cap) return fl_fail(err, FL_ELIMIT, "data path too long");
-            snprintf(out, cap, "%s", tried[i]);
-            return 0;
-        }
-    }
-    return fl_fail(err, FL_ENOTFOUND, "the built-in encoder %s was not found (set FLASHLORA_DATA_DIR)", rel);
+    return fl_data_path(FL_BVIT_DEFAULT_REL, out, cap, err);
 }
 
 typedef struct builtin_state {

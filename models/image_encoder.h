@@ -170,9 +170,8 @@ fl_image_encoder *fl_image_encoder_wrap(const fl_image_encoder_info *info, const
 
 /* The built-in encoder (arg: what follows "builtin:", or NULL for its shipped weights). */
 int fl_builtin_encoder_open(fl_ctx *ctx, const char *arg, fl_image_encoder **out, fl_error *err);
-/* The shipped built-in encoder's path: $FLASHLORA_DATA_DIR/<rel>, then
- * <executable dir>/../share/flashlora/<rel>, then the source tree the binary was built from;
- * FL_ENOTFOUND naming the file when none exists. */
+/* The shipped built-in encoder's path, found as the project's other data (models/embedded.h,
+ * fl_data_path); FL_ENOTFOUND naming the places tried when none has it. */
 int fl_builtin_encoder_path(char *out, size_t cap, fl_error *err);
 
 #endif

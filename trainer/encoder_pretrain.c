@@ -18,7 +18,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "datasets/emoji_styles.h"
-#include "datasets/heldout_art.h"
+#include "datasets/subjects.h"
 #include "datasets/image.h"
 #include "datasets/preprocess.h"
 #include "kernels/ops.h"
@@ -400,15 +400,15 @@ static int render_all(const fl_encoder_pretrain_config *cfg, fl_clip_source **ou
     if (*cdir) {
         path_list all = {0};
         walk_png(cdir, 0, &all);
-        /* held out: what evaluation measures with (datasets/heldout_art.h) */
-        const char *const *lists[2];
-        size_t counts[2] = {fl_heldout_demo_sources(&lists[0]), fl_heldout_distractor_sources(&lists[1])};
+        /* held out: what evaluation measures with (datasets/subjects.h) */
+        const char *held_out[64];
+        size_t n_held = fl_eval_held_out(held_out, 64);
+        FL_CHECK(n_held <= 64);
         size_t dl = strlen(cdir);
         for (size_t i = 0; i < all.n; i++) {
             const char *rel = all.v[i] + dl + (all.v[i][dl] == '/');
             bool held = false;
-            for (int l = 0; l < 2 && !held; l++)
-                for (size_t k = 0; k < counts[l] && !held; k++) held = !strcmp(rel, lists[l][k]);
+            for (size_t k = 0; k < n_held && !held; k++) held = !strcmp(rel, held_out[k]);
             if (held) stats->excluded++;
             else path_push(&clip, all.v[i]);
         }

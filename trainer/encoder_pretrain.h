@@ -4,7 +4,7 @@
  * the Noto emoji of `ruby-tanuki-emoji` (Apache-2.0) whose code points are not held out
  * (datasets/emoji_styles.h), so the cross-style retrieval measured on the held-out half is about
  * emoji the encoder never saw in any style. The clip art that identity evaluation measures with
- * (the demo subjects' sources and their distractors, datasets/heldout_art.h) is held out too.
+ * (the demo subjects' sources and the distractor subjects', datasets/subjects.h) is held out too.
  *
  * Objective: SimCLR's contrastive loss (NT-Xent). Each step draws `batch` images, makes two random
  * views of each, and trains the encoder and its projection head so that the two views of one
@@ -66,7 +66,7 @@ fl_encoder_pretrain_config fl_encoder_pretrain_config_default(void);
 
 typedef struct fl_encoder_pretrain_stats {
     size_t images, clipart, emoji, skipped;
-    size_t excluded; /* clip art held out (datasets/heldout_art.h) */
+    size_t excluded; /* clip art held out (fl_eval_held_out) */
     int start_step, end_step;
     double seconds; /* of this invocation */
     double last_loss;

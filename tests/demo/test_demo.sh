@@ -27,8 +27,8 @@ status=$?
 check "demo runs to the end (exit $status)" $status
 [ -f flashlora-demo-mascot.png ] && size=$(png_size flashlora-demo-mascot.png) && [ -n "$size" ]
 check "the side-by-side PNG is in the current directory ($size)" $?
-grep -Eq '^stand-in identity .*: base -?[0-9.]+, adapter -?[0-9.]+$' out1.txt
-check "one identity line for both grids" $?
+grep -Eq '^identity accuracy \(retrieval among 3 subjects, built-in encoder\): base [01]\.[0-9]+, adapter [01]\.[0-9]+; mean cosine to the [0-9]+ references: base -?[0-9.]+, adapter -?[0-9.]+$' out1.txt
+check "one identity line for both grids, measured with the built-in encoder" $?
 grep -q "adapter training [0-9.]* s" out1.txt && grep -q "4-image grid [0-9.]* s" out1.txt
 check "training and grid timings are printed" $?
 grep -q "curl " out1.txt && grep -q "demo-mascot" out1.txt && grep -q "^  KEY=fl_" out1.txt
