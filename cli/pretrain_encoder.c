@@ -14,6 +14,7 @@
  * unless --encoder names another file.
  */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,6 +23,8 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "core/figure.h"
+#include "core/fileio.h"
 #include "core/threads.h"
 #include "eval/retrieval.h"
 #include "models/image_encoder.h"
@@ -103,7 +106,54 @@ static void pretrain_usage(FILE *f) {
             "  --json           progress as JSON lines on stdout\n\n"
             "Checkpoints every 100 steps to DIR/checkpoint.safetensors; the same command resumes.\n"
             "Writes DIR/encoder.safetensors (f32, with the projection head), DIR/flashlora-vit.safetensors\n"
-            "(bf16, the shipped form) and DIR/loss.csv.\n");
+            "(bf16, the shipped form), DIR/loss.csv and, at the end, its plot DIR/loss.png.\n");
+}
+
+/* DIR/loss.png from DIR/loss.csv (step,loss,top1,...): the NT-Xent loss (EMA of the logged
+ * values, 0.9) and the in-batch top-1 accuracy of the two views, against the step. */
+static int write_loss_plot(const char *dir, fl_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/loss.csv", dir);
+    unsigned char *bytes = NULL;
+    size_t len = 0;
+    if (fl_read_file(path, 64u << 20, &bytes, &len, err) != 0) return -1;
+    char *text = fl_xmalloc(len + 1);
+    memcpy(text, bytes, len);
+    text[len] = '\0';
+    free(bytes);
+    size_t cap = 1024, n = 0;
+    double *x = fl_xmalloc(cap * sizeof(double)), *loss = fl_xmalloc(cap * sizeof(double));
+    double *top1 = fl_xmalloc(cap * sizeof(double)), smooth = NAN;
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        double step, l, t;
+        if (sscanf(line, "%lf,%lf,%lf", &step, &l, &t) == 3) {
+            if (n == cap) {
+                cap *= 2;
+                x = fl_xrealloc(x, cap * sizeof(double)), loss = fl_xrealloc(loss, cap * sizeof(double));
+                top1 = fl_xrealloc(top1, cap * sizeof(double));
+            }
+            smooth = isnan(smooth) ? l : 0.9 * smooth + 0.1 * l;
+            x[n] = step, loss[n] = smooth, top1[n++] = t;
+        }
+        line = next;
+    }
+    free(text);
+    fl_figure fig;
+    int rc = fl_figure_init(&fig, 800, 720, (fl_rgb){255, 255, 255}, err);
+    if (rc == 0) {
+        fl_plot_series sl = {x, loss, n, {31, 119, 180}, "NT-Xent loss (EMA 0.9 of logged steps)"};
+        fl_plot_series st = {x, top1, n, {214, 39, 40}, "in-batch top-1 of the two views"};
+        fl_figure_text(&fig, 10, 6, "built-in image encoder: SimCLR pretraining", 2, (fl_rgb){20, 20, 20});
+        fl_figure_plot(&fig, 0, 34, 800, 340, &sl, 1, "step", "loss", 0);
+        fl_figure_plot(&fig, 0, 380, 800, 340, &st, 1, "step", "top-1", 0);
+        snprintf(path, sizeof path, "%s/loss.png", dir);
+        rc = fl_figure_write_png(&fig, path, err);
+        fl_figure_release(&fig);
+    }
+    free(x), free(loss), free(top1);
+    return rc;
 }
 
 int fl_cmd_pretrain_encoder(int argc, char **argv) {
@@ -188,6 +238,8 @@ int fl_cmd_pretrain_encoder(int argc, char **argv) {
         fprintf(stderr, "flashlora pretrain-encoder: %s\n", err.message);
         return 1;
     }
+    if (write_loss_plot(cfg.out_dir, &err) != 0)
+        fprintf(stderr, "flashlora pretrain-encoder: no loss plot: %s\n", err.message);
     if (s.json)
         printf("{\"event\":\"done\",\"images\":%zu,\"clipart\":%zu,\"emoji\":%zu,\"skipped\":%zu,\"start_step\":%d,"
                "\"end_step\":%d,\"seconds\":%.1f,\"loss\":%.5f}\n",
