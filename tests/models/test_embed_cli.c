@@ -148,6 +148,33 @@ static void check_embeddings(const char *kind, const char *folder, int dim) {
 static void test_dinov2(void) { check_embeddings("dinov2", "fixtures/vision/dinov2_tiny", 32); }
 static void test_clip(void) { check_embeddings("clip", "fixtures/vision/clip_tiny", 16); }
 
+/* The shipped built-in encoder without a path: 128 floats per image, unit rows, its name and
+ * fingerprint in the metadata. */
+static void test_builtin(void) {
+    char out[400], args[1500], first[1024] = "";
+    snprintf(out, sizeof out, "%s/builtin.safetensors", tmpdir);
+    snprintf(args, sizeof args, "--encoder builtin --images '%s' --out '%s'", images, out);
+    FL_EXPECTF(run(args, NULL, first, sizeof first) == 0, "embed --encoder builtin failed: %s", first);
+    int64_t n = 0, shape[8];
+    int nd = 0;
+    float *got = fl_test_load_f32(out, "embeddings", &n, shape, &nd);
+    FL_EXPECT(got && nd == 2 && shape[0] == 4 && shape[1] == 128);
+    for (int i = 0; got && i < 4; i++) {
+        double s = 0;
+        for (int k = 0; k < 128; k++) s += (double)got[i * 128 + k] * got[i * 128 + k];
+        FL_EXPECTF(fabs(s - 1.0) < 1e-5, "row %d: squared norm %g", i, s);
+    }
+    free(got);
+    fl_safetensors *st = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_safetensors_open(out, &st, &err) == 0, "%s", err.message);
+    if (st) {
+        const char *enc = fl_safetensors_metadata_get(st, "encoder");
+        FL_EXPECT(enc && !strcmp(enc, "builtin") && fl_safetensors_metadata_get(st, "encoder_fingerprint"));
+        fl_safetensors_close(st);
+    }
+}
+
 static void test_json_events(void) {
     char out[400], args[1500], path[400];
     snprintf(out, sizeof out, "%s/json.safetensors", tmpdir);
@@ -193,8 +220,9 @@ static void test_bad_input(void) {
     expect_fails(args, 1, "not a DINOv2 or CLIP vision model");
     snprintf(args, sizeof args, "--encoder 'vgg:x' --images '%s' --out '%s'", images, out);
     expect_fails(args, 1, "unknown encoder");
-    snprintf(args, sizeof args, "--encoder builtin --images '%s' --out '%s'", images, out);
-    expect_fails(args, 1, "built-in encoder");
+    snprintf(args, sizeof args, "--encoder 'builtin:%s' --images '%s' --out '%s'",
+             data("fixtures/flux_a.model.safetensors"), images, out);
+    expect_fails(args, 1, "flashlora-builtin-vit");
     snprintf(args, sizeof args, "--images '%s' --out '%s'", images, out);
     expect_fails(args, 2, "required");
     expect_fails("--encoder", 2, "needs a value");
@@ -259,6 +287,7 @@ int main(int argc, char **argv) {
     make_folder();
     FL_RUN(test_dinov2);
     FL_RUN(test_clip);
+    FL_RUN(test_builtin);
     FL_RUN(test_json_events);
     FL_RUN(test_bad_input);
     FL_RUN(test_face);

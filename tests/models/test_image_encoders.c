@@ -316,6 +316,33 @@ static void test_end_to_end(void) {
     for (int i = 0; i < 4; i++) fl_image_release(&imgs[i]);
 }
 
+/* The shipped built-in encoder behind the common interface: its description, and each image's
+ * embedding the same alone as in a batch, unit length. */
+static void test_builtin(void) {
+    fl_image_encoder *enc = NULL;
+    fl_error err = {0};
+    FL_EXPECTF(fl_image_encoder_open(ctx, "builtin", &enc, &err) == 0, "%s", err.message);
+    if (!enc) return;
+    const fl_image_encoder_info *info = fl_image_encoder_get_info(enc);
+    FL_EXPECT(!strcmp(info->kind, "builtin") && info->dim == 128 && info->input_size == 64 && strlen(info->fingerprint) == 64);
+    FL_EXPECT(!fl_image_encoder_has_text(enc));
+    fl_image imgs[2];
+    for (int i = 0; i < 2; i++) {
+        FL_EXPECT(fl_image_init(&imgs[i], i ? 64 : 90, i ? 64 : 50, &err) == 0);
+        for (size_t k = 0; k < (size_t)imgs[i].width * imgs[i].height * 3; k++)
+            imgs[i].pixels[k] = (float)((k * (7 + i)) % 17) / 16.0f;
+    }
+    float both[256], one[128];
+    FL_EXPECTF(fl_image_encoder_embed(enc, imgs, 2, both, NULL, &err) == 0, "%s", err.message);
+    FL_EXPECTF(fl_image_encoder_embed(enc, &imgs[1], 1, one, NULL, &err) == 0, "%s", err.message);
+    double norm = 0;
+    for (int k = 0; k < 128; k++) norm += (double)both[128 + k] * both[128 + k];
+    FL_EXPECTF(fabs(norm - 1.0) < 1e-5, "squared norm %g", norm);
+    FL_EXPECT(memcmp(one, both + 128, sizeof one) == 0);
+    for (int i = 0; i < 2; i++) fl_image_release(&imgs[i]);
+    fl_image_encoder_close(enc);
+}
+
 static void expect_open_error(const char *spec, const char *needle) {
     fl_image_encoder *enc = NULL;
     fl_error err = {0};
@@ -341,7 +368,10 @@ static void test_bad_input(void) {
     expect_open_error("dinov2:", "needs a path");
     expect_open_error("resnet50:/x", "unknown encoder");
     expect_open_error("", "no encoder");
-    expect_open_error("builtin", "built-in encoder");
+    /* the built-in encoder from a file of another layout, or from no file */
+    snprintf(spec, sizeof spec, "builtin:%s", data("fixtures/flux_a.model.safetensors"));
+    expect_open_error(spec, "flashlora-builtin-vit");
+    expect_open_error("builtin:/nonexistent/encoder.safetensors", "/nonexistent/encoder.safetensors");
     expect_open_error("face:/nonexistent/face-models", "face models");
     /* a file of the right kind with a tensor cut short: a truncated copy */
     const char *src = data("fixtures/vision/dinov2_tiny/model.safetensors");
@@ -386,6 +416,7 @@ int main(void) {
     FL_RUN(test_clip_vision);
     FL_RUN(test_clip_text);
     FL_RUN(test_end_to_end);
+    FL_RUN(test_builtin);
     FL_RUN(test_bad_input);
     printf("worst relative error against the references: %.3g\n", worst_rel);
     fl_ctx_destroy(ctx);
