@@ -219,12 +219,9 @@ int fl_clip_text_load(fl_ctx *ctx, const fl_weight_files *w, const fl_clip_param
         p = *p_in;
     } else {
         p = inferred;
-        char cfg[8192];
-        snprintf(cfg, sizeof cfg, "%s/config.json", fl_weight_files_dir(w));
-        unsigned char *text = NULL;
         size_t size = 0;
-        fl_error e2;
-        if (fl_read_file(cfg, (size_t)1 << 20, &text, &size, &e2) == 0) {
+        unsigned char *text = fl_text_read_config(w, &size);
+        if (text) {
             int rc = fl_clip_params_apply_config((const char *)text, size, &p, err);
             free(text);
             if (rc) return fl_fail_prefix(err, "%s", fl_weight_files_dir(w));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fileio.h"
 #include "kernels/ops.h"
 #include "models/text/text_internal.h"
 
@@ -55,6 +56,15 @@ size_t fl_text_decl_bytes(const fl_text_param_decl *decls, size_t count, fl_dtyp
         total += (n * fl_dtype_size(dtype) + 255) & ~(size_t)255;
     }
     return total;
+}
+
+unsigned char *fl_text_read_config(const fl_weight_files *w, size_t *size) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/config.json", fl_weight_files_dir(w));
+    unsigned char *text = NULL;
+    fl_error ignored;
+    *size = 0;
+    return fl_read_file(path, (size_t)1 << 20, &text, size, &ignored) == 0 ? text : NULL;
 }
 
 int fl_text_bind(fl_ctx *ctx, const fl_weight_files *w, const char *prefix, const fl_text_param_decl *d,

@@ -53,6 +53,10 @@ int32_t fl_strmap_get(const fl_strmap *m, const char *key, size_t len);
 /* Checks that prefix + d->name (or prefix + alt when the first is absent and alt is not NULL)
  * exists with d's shape, then allocates it on ctx's device and uploads it converted to the storage
  * dtype. Errors name the file and tensor. */
+/* The config.json beside the weight files, read whole (at most 1 MiB; *size its length), or NULL
+ * when there is none; the caller frees it. */
+unsigned char *fl_text_read_config(const fl_weight_files *w, size_t *size);
+
 int fl_text_bind(fl_ctx *ctx, const fl_weight_files *w, const char *prefix, const fl_text_param_decl *d,
                  const char *alt, fl_tensor *out, fl_error *err);
 /* Checks presence and shapes only, over headers. */
