@@ -102,8 +102,12 @@ static void need_matrix_dims(const char *op, const fl_matrix *m, const char *nam
 }
 
 /* Matrix work of an op that passed its checks (kernels/context.h: the FLOP count). */
-static void count_flops(fl_ctx *ctx, int64_t flops) {
-    ctx->flops += (uint64_t)flops;
+/* Counted in double: a planning run over absurd shapes (a test of refusals) must not overflow; the
+ * products of real shapes stay far below 2^53, where the count is exact. The total saturates. */
+static void count_flops(fl_ctx *ctx, double flops) {
+    const double cap = 1.8e19; /* below UINT64_MAX */
+    double total = (double)ctx->flops + flops;
+    ctx->flops = total >= cap ? (uint64_t)cap : ctx->flops + (uint64_t)flops;
 }
 
 /* ---- matrix products ------------------------------------------------------------------------ */
@@ -123,7 +127,7 @@ void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *
     int64_t kb = trans_b ? mb.cols : mb.rows, n = trans_b ? mb.rows : mb.cols;
     if (k != kb) OP_FAIL(op, "inner dimensions differ (%lld vs %lld)", (long long)k, (long long)kb);
     need_matrix_dims(op, &mc, "c", m, n);
-    count_flops(ctx, 2 * m * n * k);
+    count_flops(ctx, 2.0 * m * n * k);
     if (ctx->planning) return;
     ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta);
 }
@@ -148,7 +152,7 @@ void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
         if (fl_tensor_numel(bias) != out) OP_FAIL(op, "bias has %lld elements, expected %lld",
                                                  (long long)fl_tensor_numel(bias), (long long)out);
     }
-    count_flops(ctx, 2 * mx.rows * in * out);
+    count_flops(ctx, 2.0 * mx.rows * in * out);
     if (ctx->planning) return;
     ctx->backend->linear(ctx, x, w, bias, y);
 }
@@ -481,8 +485,8 @@ static void check_attention(const char *op, fl_ctx *ctx, const fl_tensor *q, con
 }
 
 /* Two products (q k^T and P v) of Lq x Lk x D per batch and head. */
-static int64_t attention_flops(const fl_tensor *q, const fl_tensor *k) {
-    return 4 * q->shape[0] * q->shape[1] * q->shape[2] * k->shape[2] * q->shape[3];
+static double attention_flops(const fl_tensor *q, const fl_tensor *k) {
+    return 4.0 * q->shape[0] * q->shape[1] * q->shape[2] * k->shape[2] * q->shape[3];
 }
 
 void fl_op_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
@@ -717,7 +721,7 @@ void fl_op_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
             OP_FAIL(op, "bias has %lld elements, expected %lld", (long long)fl_tensor_numel(bias), (long long)O);
     }
     if (x->data == y->data && fl_tensor_numel(x) > 0) OP_FAIL(op, "y may not alias x");
-    count_flops(ctx, 2 * B * O * want[2] * want[3] * C * KH * KW);
+    count_flops(ctx, 2.0 * B * O * want[2] * want[3] * C * KH * KW);
     if (ctx->planning) return;
     ctx->backend->conv2d(ctx, x, w, bias, y, stride, pad);
 }
