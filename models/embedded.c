@@ -58,8 +58,9 @@ int fl_model_resolution(const char *path, int fallback) {
     const char *res = fl_safetensors_metadata_get(st, "resolution");
     char *end = NULL;
     long v = res ? strtol(res, &end, 10) : 0;
+    bool valid = res && end != res && *end == '\0' && v >= 1 && v <= 4096; /* before the close frees res */
     fl_safetensors_close(st);
-    return res && end != res && *end == '\0' && v >= 1 && v <= 4096 ? (int)v : fallback;
+    return valid ? (int)v : fallback;
 }
 
 int fl_default_model(const char *command, char *out, size_t cap, fl_error *err) {

@@ -25,6 +25,7 @@ small=(--steps 8 --sample-steps 2 --state "$work/state")
 "$bin" demo "${small[@]}" >out1.txt 2>err1.txt
 status=$?
 check "demo runs to the end (exit $status)" $status
+size=""
 [ -f flashlora-demo-mascot.png ] && size=$(png_size flashlora-demo-mascot.png) && [ -n "$size" ]
 check "the side-by-side PNG is in the current directory ($size)" $?
 grep -Eq '^identity accuracy \(retrieval among 3 subjects, built-in encoder\): base [01]\.[0-9]+, adapter [01]\.[0-9]+; mean cosine to the [0-9]+ references: base -?[0-9.]+, adapter -?[0-9.]+$' out1.txt
