@@ -20,11 +20,15 @@ int fl_eval_encoder_open(fl_ctx *ctx, const char *spec, fl_eval_encoder **out, f
     fl_eval_encoder *e = fl_xcalloc(1, sizeof *e);
     const char *colon = strchr(spec, ':');
     int rc = 0;
+    char resolved[sizeof e->file + 16];
     if (colon && colon[1]) {
         if (strlen(colon + 1) >= sizeof e->file) rc = fl_fail(err, FL_EINVAL, "--encoder: path too long");
         else snprintf(e->file, sizeof e->file, "%s", colon + 1);
     } else if (!strcmp(spec, "builtin")) {
+        /* found once, then opened by that path */
         rc = fl_builtin_encoder_path(e->file, sizeof e->file, err);
+        snprintf(resolved, sizeof resolved, "builtin:%s", e->file);
+        spec = resolved;
     }
     if (rc == 0) rc = fl_image_encoder_open(ctx, spec, &e->enc, err);
     if (rc != 0) {
