@@ -345,7 +345,7 @@ typedef struct identity {
 
 static int embed_images(fl_eval_encoder *enc, const fl_image *images, int n, float **out, fl_error *err) {
     *out = fl_xmalloc((size_t)(n > 0 ? n : 1) * (size_t)fl_eval_encoder_dim(enc) * sizeof(float));
-    return fl_eval_encoder_embed(enc, images, n, *out, err);
+    return fl_eval_encoder_embed(enc, images, n, *out, NULL, err);
 }
 
 static int embed_set(fl_eval_encoder *enc, const fl_imageset *set, float **out, fl_error *err) {

@@ -52,7 +52,16 @@ const char *fl_eval_encoder_sha256(const fl_eval_encoder *e) { return fl_image_e
 int fl_eval_encoder_input_size(const fl_eval_encoder *e) { return fl_image_encoder_get_info(e->enc)->input_size; }
 bool fl_eval_encoder_has_text(const fl_eval_encoder *e) { return fl_image_encoder_has_text(e->enc); }
 
-int fl_eval_encoder_embed(fl_eval_encoder *e, const fl_image *images, int n, float *out, fl_error *err) {
+float fl_eval_encoder_match_distance(const fl_eval_encoder *e) {
+    return fl_image_encoder_get_info(e->enc)->match_distance;
+}
+
+int fl_eval_encoder_embed(fl_eval_encoder *e, const fl_image *images, int n, float *out, fl_embed_info *info,
+                          fl_error *err) {
     if (n < 0) return fl_fail(err, FL_EINVAL, "negative image count");
-    return fl_image_encoder_embed(e->enc, images, (size_t)n, out, NULL, err);
+    return fl_image_encoder_embed(e->enc, images, (size_t)n, out, info, err);
+}
+
+int fl_eval_encoder_text(fl_eval_encoder *e, const char *prompt, float *out, fl_error *err) {
+    return fl_image_encoder_text(e->enc, prompt, out, err);
 }

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "datasets/image.h"
 #include "kernels/context.h"
+#include "models/image_encoder.h"
 
 typedef struct fl_eval_encoder fl_eval_encoder;
 
@@ -32,8 +33,15 @@ const char *fl_eval_encoder_sha256(const fl_eval_encoder *e);
 int fl_eval_encoder_input_size(const fl_eval_encoder *e);
 /* True when the encoder can embed text in the same space (CLIP-T). */
 bool fl_eval_encoder_has_text(const fl_eval_encoder *e);
+/* The face encoder's same-person distance between raw descriptors (0.6); 0 for other encoders. */
+float fl_eval_encoder_match_distance(const fl_eval_encoder *e);
 
-/* Embeds n images (any sizes, RGB in [0, 1]) into out [n, dim], each row L2-normalized. */
-int fl_eval_encoder_embed(fl_eval_encoder *e, const fl_image *images, int n, float *out, fl_error *err);
+/* Embeds n images (any sizes, RGB in [0, 1]) into out [n, dim], each row L2-normalized (all
+ * zeros for a face image without a face). info (may be NULL) gets n entries: the raw norm and,
+ * for the face encoder, whether a face was found (models/image_encoder.h). */
+int fl_eval_encoder_embed(fl_eval_encoder *e, const fl_image *images, int n, float *out, fl_embed_info *info,
+                          fl_error *err);
+/* Embeds a prompt into out [dim], L2-normalized; FL_EUNSUPPORTED without a text side. */
+int fl_eval_encoder_text(fl_eval_encoder *e, const char *prompt, float *out, fl_error *err);
 
 #endif

@@ -231,7 +231,8 @@ static int check_config(fl_flux_model *m, const fl_eval_config *c, fl_error *err
 }
 
 /* Embeds images given in the sampler's layout ([-1, 1]). */
-static int embed_generated(fl_eval_encoder *enc, float **imgs, int n, int w, int h, float *out, fl_error *err) {
+static int embed_generated(fl_eval_encoder *enc, float **imgs, int n, int w, int h, float *out, fl_embed_info *info,
+                           fl_error *err) {
     fl_image *v = fl_xcalloc((size_t)(n ? n : 1), sizeof *v);
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
@@ -241,7 +242,7 @@ static int embed_generated(fl_eval_encoder *enc, float **imgs, int n, int w, int
             v[i].pixels[k] = x < 0 ? 0 : x > 1 ? 1 : x;
         }
     }
-    if (rc == 0) rc = fl_eval_encoder_embed(enc, v, n, out, err);
+    if (rc == 0) rc = fl_eval_encoder_embed(enc, v, n, out, info, err);
     for (int i = 0; i < n; i++) fl_image_release(&v[i]);
     free(v);
     return rc;
@@ -256,6 +257,51 @@ static json_t *ci(fl_ci c) {
 /* The resolved prompt of adapter a: [trigger] -> its trigger word. */
 static char *resolve(const char *prompt, const char *trigger) {
     return fl_caption_resolve(prompt, trigger && *trigger ? trigger : NULL, prompt, false);
+}
+
+/* CLIP-T: the mean cosine between each image (row i of emb, prompt i / n_seeds) and the text
+ * embedding of the prompt it was generated from (text [n_prompts, dim]). */
+static double text_cosine(const float *emb, int n, int n_seeds, const float *text, int dim) {
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        const float *a = emb + (size_t)i * dim, *t = text + (size_t)(i / n_seeds) * dim;
+        double dot = 0;
+        for (int k = 0; k < dim; k++) dot += (double)a[k] * t[k];
+        sum += dot;
+    }
+    return n ? sum / n : NAN;
+}
+
+/* Face rates of n images against a subject's references, by dlib's own rule on raw descriptors
+ * (normalized row x its norm): a face matches a reference face when their Euclidean distance is
+ * below match_distance, and the image matches the subject when its face matches at least half
+ * of the reference faces. Images without a detected face count as not matching. */
+typedef struct face_rates {
+    double detection; /* fraction of images with a face */
+    double match;     /* fraction of images whose face matches the subject (NaN: no reference face) */
+} face_rates;
+
+static face_rates face_scores(const float *emb, const fl_embed_info *info, int n, const float *ref,
+                              const fl_embed_info *ref_info, int n_ref, int dim, float match_distance) {
+    int found = 0, matched = 0, ref_faces = 0;
+    for (int r = 0; r < n_ref; r++) ref_faces += ref_info[r].face_found;
+    for (int i = 0; i < n; i++) {
+        if (!info[i].face_found) continue;
+        found++;
+        int close = 0;
+        for (int r = 0; r < n_ref; r++) {
+            if (!ref_info[r].face_found) continue;
+            double d2 = 0;
+            for (int k = 0; k < dim; k++) {
+                double d = (double)emb[(size_t)i * dim + k] * info[i].norm - (double)ref[(size_t)r * dim + k] * ref_info[r].norm;
+                d2 += d * d;
+            }
+            close += sqrt(d2) < match_distance;
+        }
+        matched += ref_faces > 0 && 2 * close >= ref_faces;
+    }
+    face_rates f = {n ? (double)found / n : NAN, ref_faces && n ? (double)matched / n : NAN};
+    return f;
 }
 
 int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c, fl_eval_result *out, fl_error *err) {
@@ -346,12 +392,19 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
     float **subj_emb = fl_xcalloc((size_t)n_subj, sizeof *subj_emb);
     float **train_emb = fl_xcalloc((size_t)A, sizeof *train_emb);
     float *gen_emb = fl_xmalloc((size_t)(n_req ? n_req : 1) * D * sizeof(float));
+    /* per-image facts (faces found, raw norms) for the generations and each adapter's subject */
+    const float match_distance = fl_eval_encoder_match_distance(enc);
+    const bool has_text = fl_eval_encoder_has_text(enc);
+    fl_embed_info *gen_info = fl_xcalloc((size_t)(n_req ? n_req : 1), sizeof *gen_info);
+    fl_embed_info **subj_info = fl_xcalloc((size_t)A, sizeof *subj_info);
+    float *text_emb = has_text ? fl_xmalloc((size_t)A * P * D * sizeof(float)) : NULL;
     int embed_total = n_req, embed_done = 0;
     for (int k = 0; k < n_subj; k++) embed_total += subj[k]->n;
     if (rc == 0) progress(c, "embed", 0, embed_total);
     for (int k = 0; k < n_subj && rc == 0; k++) {
         subj_emb[k] = fl_xmalloc((size_t)subj[k]->n * D * sizeof(float));
-        rc = fl_eval_encoder_embed(enc, subj[k]->images, subj[k]->n, subj_emb[k], err);
+        if (k < A) subj_info[k] = fl_xcalloc((size_t)subj[k]->n, sizeof *subj_info[k]);
+        rc = fl_eval_encoder_embed(enc, subj[k]->images, subj[k]->n, subj_emb[k], k < A ? subj_info[k] : NULL, err);
         if (rc != 0) fl_fail_prefix(err, "references of %s", subj[k]->name);
         embed_done += subj[k]->n;
         progress(c, "embed", embed_done, embed_total);
@@ -360,9 +413,13 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
         const fl_eval_refs *t = c->adapters[a].train;
         if (!t || t == c->adapters[a].refs) continue;
         train_emb[a] = fl_xmalloc((size_t)t->n * D * sizeof(float));
-        rc = fl_eval_encoder_embed(enc, t->images, t->n, train_emb[a], err);
+        rc = fl_eval_encoder_embed(enc, t->images, t->n, train_emb[a], NULL, err);
     }
-    if (rc == 0) rc = embed_generated(enc, images, n_req, W, H, gen_emb, err);
+    if (rc == 0) rc = embed_generated(enc, images, n_req, W, H, gen_emb, gen_info, err);
+    for (int i = 0; i < A * P && rc == 0 && has_text; i++) {
+        rc = fl_eval_encoder_text(enc, texts[i], text_emb + (size_t)i * D, err);
+        if (rc != 0) fl_fail_prefix(err, "text embedding of prompt %d", i % P + 1);
+    }
     if (rc == 0) progress(c, "embed", embed_total, embed_total);
 
     /* scores */
@@ -398,6 +455,31 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
         rc = fl_eval_score(&in, &ar->scores, err);
         if (rc != 0) break;
         const fl_eval_scores *s = &ar->scores;
+        const float *base_emb = c->with_base ? gen_emb + (size_t)(ar->base - images) * D : NULL;
+        json_t *clip_t = json_null(), *base_clip_t = json_null();
+        if (has_text) {
+            const float *t = text_emb + (size_t)a * P * D;
+            clip_t = num(text_cosine(gen_emb + (size_t)gen_off * D, per, S, t, D));
+            if (base_emb) base_clip_t = num(text_cosine(base_emb, per, S, t, D));
+        }
+        json_t *face;
+        if (match_distance > 0) {
+            face_rates g = face_scores(gen_emb + (size_t)gen_off * D, gen_info + gen_off, per, subj_emb[a], subj_info[a],
+                                       subj[a]->n, D, match_distance);
+            int ref_faces = 0;
+            for (int k = 0; k < subj[a]->n; k++) ref_faces += subj_info[a][k].face_found;
+            face = json_pack("{s:b, s:f, s:i, s:o, s:o}", "applicable", 1, "match_distance", (double)match_distance,
+                             "reference_faces", ref_faces, "detection_rate", num(g.detection), "match_rate",
+                             num(g.match));
+            if (base_emb) {
+                const int base_off = (int)(ar->base - images);
+                face_rates b = face_scores(base_emb, gen_info + base_off, per, subj_emb[a], subj_info[a], subj[a]->n, D,
+                                           match_distance);
+                json_object_set_new(face, "base", json_pack("{s:o, s:o}", "detection_rate", num(b.detection),
+                                                            "match_rate", num(b.match)));
+            }
+        } else
+            face = json_pack("{s:b}", "applicable", 0);
         /* subject names in the scored order */
         const char **names = fl_xcalloc((size_t)n_subj, sizeof *names);
         names[0] = subj[a]->name;
@@ -420,8 +502,8 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
         json_t *aj = json_pack(
             "{s:s, s:s, s:f, s:i, s:i, s:i, s:i, s:b, s:s, s:s,"
             " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
-            " s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:n, s:{s:b},"
-            " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
+            " s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o,"
+            " s:{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o},"
             " s:o, s:o, s:o}",
             "adapter", ad->label, "trigger", ad->trigger, "scale", (double)ad->scale, "n_gen", s->n_gen, "n_base",
             s->n_base, "n_refs", s->n_refs, "n_distractors", n_subj - 1, "refs_in_training", ad->refs_in_training,
@@ -432,10 +514,10 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
             "similarity", num(s->sim_gen), "similarity_ci", ci(s->ci_sim_gen), "ref_ceiling", num(s->ref_ceiling),
             "normalized_identity", num(s->normalized_identity), "diversity", num(s->diversity_gen), "diversity_ci",
             ci(s->ci_diversity_gen), "copy_rate", num(s->copy_rate), "copy_rate_ci", ci(s->ci_copy_rate), "clip_t",
-            "face", "applicable", 0,
+            clip_t, "face", face,
             "base", "retrieval", num(s->base_retrieval), "retrieval_ci", ci(s->ci_base_retrieval), "pass_rate",
             num(s->base_pass), "similarity", num(s->sim_base), "similarity_ci", ci(s->ci_sim_base), "diversity",
-            num(s->diversity_base), "copy_rate", num(s->base_copy_rate),
+            num(s->diversity_base), "copy_rate", num(s->base_copy_rate), "clip_t", base_clip_t,
             "confusion", conf, "images", imgs, "base_images", bimgs);
         FL_CHECKF(aj, "evaluation JSON");
         json_array_append_new(adapters_json, aj);
@@ -480,6 +562,10 @@ int fl_eval_run(fl_flux_model *m, fl_eval_encoder *enc, const fl_eval_config *c,
     free(train_emb);
     free(subj);
     free(gen_emb);
+    free(gen_info);
+    for (int a = 0; a < A; a++) free(subj_info[a]);
+    free(subj_info);
+    free(text_emb);
     for (int i = 0; i < A * P; i++) free(texts[i]);
     free(texts);
     free(reqs);

@@ -200,6 +200,41 @@ static void chart(fl_strbuf *b, json_t *adapters) {
                    left, top + height + 30, left + 14, top + height + 39, left, top + height + 44, left + 14,
                    top + height + 53);
 }
+/* CLIP-T (encoders with a text side) and the face rates (the face encoder), when the run has them. */
+static void text_and_face_table(fl_strbuf *b, json_t *adapters) {
+    bool text = false, face = false;
+    for (size_t a = 0; a < json_array_size(adapters); a++) {
+        json_t *aj = json_array_get(adapters, a);
+        text |= json_is_number(json_object_get(aj, "clip_t"));
+        face |= json_is_true(json_object_get(json_object_get(aj, "face"), "applicable"));
+    }
+    if (!text && !face) return;
+    fl_strbuf_add(b, "<h2>Text and faces</h2><table><tr><th class=\"l\">adapter</th>");
+    if (text) fl_strbuf_add(b, "<th>CLIP-T</th><th>base</th>");
+    if (face) fl_strbuf_add(b, "<th>face detected</th><th>base</th><th>face ID match</th><th>base</th>");
+    fl_strbuf_add(b, "</tr>");
+    for (size_t a = 0; a < json_array_size(adapters); a++) {
+        json_t *aj = json_array_get(adapters, a), *bj = json_object_get(aj, "base"), *f = json_object_get(aj, "face");
+        json_t *fb = json_object_get(f, "base");
+        char v[6][64];
+        fmt_num(v[0], 64, json_object_get(aj, "clip_t"), "%.3f");
+        fmt_num(v[1], 64, json_object_get(bj, "clip_t"), "%.3f");
+        fmt_num(v[2], 64, json_object_get(f, "detection_rate"), "%.3f");
+        fmt_num(v[3], 64, json_object_get(fb, "detection_rate"), "%.3f");
+        fmt_num(v[4], 64, json_object_get(f, "match_rate"), "%.3f");
+        fmt_num(v[5], 64, json_object_get(fb, "match_rate"), "%.3f");
+        fl_strbuf_add(b, "<tr><td class=\"l\">");
+        fl_strbuf_add_escaped(b, json_string_value(json_object_get(aj, "adapter")));
+        fl_strbuf_add(b, "</td>");
+        if (text) fl_strbuf_addf(b, "<td>%s</td><td>%s</td>", v[0], v[1]);
+        if (face) fl_strbuf_addf(b, "<td>%s</td><td>%s</td><td>%s</td><td>%s</td>", v[2], v[3], v[4], v[5]);
+        fl_strbuf_add(b, "</tr>");
+    }
+    fl_strbuf_add(b, "</table><p class=\"small\">CLIP-T: mean cosine between each image and the text embedding of its "
+                     "prompt; face detected: share of images where the detector found a face; face ID match: share "
+                     "whose face is within dlib's distance 0.6 of at least half of the reference faces.</p>");
+}
+
 
 static const char style[] =
     "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
@@ -267,6 +302,7 @@ char *fl_eval_report_render(json_t *j, fl_eval_png_fn png, void *arg, fl_error *
                   "the base model's 95th percentile of similarity to the references; AUC: adapter vs base images; "
                   "diversity: mean cosine distance between the adapter's images; copy rate: share with cosine &gt; 0.95 "
                   "to a training image.</p>");
+    text_and_face_table(&b, adapters);
     chart(&b, adapters);
     /* per adapter: references and the grid */
     json_t *prompts = json_object_get(j, "prompts"), *seeds = json_object_get(j, "seeds");

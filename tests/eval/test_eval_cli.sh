@@ -87,6 +87,43 @@ assert any(e["event"] == "adapter" for e in events)
 PY
 check "--json: progress events for every stage, then the result" $?
 
+# CLIP-T with an encoder that has a text side (the tiny full CLIPModel of the golden fixtures)
+"$bin" eval "${common[@]}" --encoder "clip:$src/tests/fixtures/vision/clip_tiny" --adapter "$lora" --refs "$work/refs" \
+  --trigger sks --out "$work/clip" >/dev/null 2>"$work/clip.log"
+check "eval with a CLIP encoder runs ($(head -c 150 "$work/clip.log"))" $?
+python3 - "$work/clip/evaluation.json" "$work/clip/report.html" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+(a,) = j["adapters"]
+assert j["encoder"]["kind"] == "clip"
+assert isinstance(a["clip_t"], float) and -1 <= a["clip_t"] <= 1, a["clip_t"]
+assert isinstance(a["base"]["clip_t"], float) and -1 <= a["base"]["clip_t"] <= 1
+assert a["face"]["applicable"] is False
+assert "CLIP-T" in open(sys.argv[2]).read()
+PY
+check "CLIP-T for adapter and base images, in [-1, 1], and in the report" $?
+
+# face rates with the face pipeline (the tiny .dat files of the golden fixtures under their real names)
+mkdir -p "$work/face"
+ln -s "$src/tests/fixtures/face/mmod_tiny.dat" "$work/face/mmod_human_face_detector.dat"
+ln -s "$src/tests/fixtures/face/sp_tiny.dat" "$work/face/shape_predictor_5_face_landmarks.dat"
+ln -s "$src/tests/fixtures/face/resnet_tiny.dat" "$work/face/dlib_face_recognition_resnet_model_v1.dat"
+"$bin" eval "${common[@]}" --encoder "face:$work/face" --adapter "$lora" --refs "$work/refs" --trigger sks \
+  --out "$work/faces" >/dev/null 2>"$work/face.log"
+check "eval with the face encoder runs ($(head -c 150 "$work/face.log"))" $?
+python3 - "$work/faces/evaluation.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+(a,) = j["adapters"]
+f = a["face"]
+assert f["applicable"] is True and abs(f["match_distance"] - 0.6) < 1e-6 and a["clip_t"] is None
+assert 0 <= f["reference_faces"] <= 4
+for d in (f, f["base"]):
+    assert 0 <= d["detection_rate"] <= 1
+    assert d["match_rate"] is None if f["reference_faces"] == 0 else 0 <= d["match_rate"] <= d["detection_rate"]
+PY
+check "face detection and face-ID match rates for adapter and base" $?
+
 # bad input: one line, exit 1
 python3 -c "print('\n'.join('%d' % (i % 10) for i in range(100000)))" > "$work/many.txt"
 "$bin" eval "${common[@]}" --prompts "$work/many.txt" --adapter "$lora" --refs "$work/refs" --out "$work/bad" >/dev/null 2>"$work/e1"
