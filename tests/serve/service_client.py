@@ -100,8 +100,9 @@ def safetensors_header(path):
         return json.loads(f.read(n))
 
 
-def write_lora(path, model_path, seed, rank=2, modules=None, scale=0.05):
-    """A random canonical LoRA for some Linears of the model (distinct content per seed)."""
+def write_lora(path, model_path, seed, rank=2, modules=None, scale=0.05, layout="canonical"):
+    """A random LoRA for some Linears of the model (distinct content per seed), in the canonical
+    layout or kohya's (lora_unet_<module with _>.lora_down/.lora_up/.alpha)."""
     header = safetensors_header(model_path)
     linears = sorted(k[:-len(".weight")] for k, v in header.items()
                      if k.endswith(".weight") and isinstance(v, dict) and len(v["shape"]) == 2
@@ -109,15 +110,19 @@ def write_lora(path, model_path, seed, rank=2, modules=None, scale=0.05):
     rng = random.Random(seed)
     chosen = modules or rng.sample(linears, min(4, len(linears)))
     tensors, blobs, offset = {}, [], 0
+    kohya = layout == "kohya"
     for m in chosen:
         out_dim, in_dim = header[m + ".weight"]["shape"]
-        for suffix, shape in ((".lora_A.weight", [rank, in_dim]), (".lora_B.weight", [out_dim, rank])):
-            values = [rng.gauss(0, scale) for _ in range(shape[0] * shape[1])]
+        prefix, down, up = ("lora_unet_" + m.replace(".", "_"), ".lora_down.weight", ".lora_up.weight") if kohya \
+            else (m, ".lora_A.weight", ".lora_B.weight")
+        parts = [(down, [rank, in_dim]), (up, [out_dim, rank])] + ([(".alpha", [])] if kohya else [])
+        for suffix, shape in parts:
+            values = [rng.gauss(0, scale) for _ in range(shape[0] * shape[1])] if shape else [float(rank)]
             blob = struct.pack("<%df" % len(values), *values)
-            tensors[m + suffix] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+            tensors[prefix + suffix] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
             blobs.append(blob)
             offset += len(blob)
-    tensors["__metadata__"] = {"format": "canonical", "alpha": str(rank), "rank": str(rank)}
+    tensors["__metadata__"] = {"format": layout, "alpha": str(rank), "rank": str(rank)}
     text = json.dumps(tensors).encode()
     text += b" " * ((8 - len(text) % 8) % 8)
     with open(path, "wb") as f:

@@ -1,7 +1,7 @@
 """Admission and bounded inputs of the service, against the real `flashlora serve` binary, its private
 redis-server and real HTTP on loopback.
 
-  test_admit.py FLASHLORA SOURCE_DIR
+  test_admit.py FLASHLORA SOURCE_DIR [MODEL]
 
 Covers: a training whose activations cannot fit (resolution 1024, batch 16) refused with 422 naming
 --max-job-memory and the figure, and, admitted anyway under a huge limit, failing its job with
@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import service_client as sc  # noqa: E402
 
 BIN, SRC = sys.argv[1], sys.argv[2]
-MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
+# the base model: argument 3 (the release build passes the embedded default), else the tiny test model
+MODEL = sys.argv[3] if len(sys.argv) > 3 else os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 check = sc.Checks()
 
 

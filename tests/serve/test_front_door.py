@@ -1,7 +1,7 @@
 """The service's front door against hostile clients: the real `flashlora serve` binary (API only,
 no worker), its private redis-server, real sockets on loopback.
 
-  test_front_door.py FLASHLORA SOURCE_DIR
+  test_front_door.py FLASHLORA SOURCE_DIR [MODEL]
 
 Covers, each as a client would do it:
   - a multipart body of 300,000 one-byte parts without a key is answered 401 from its head, before
@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import service_client as sc  # noqa: E402
 
 BIN, SRC = sys.argv[1], sys.argv[2]
-MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
+# the base model: argument 3 (the release build passes the embedded default), else the tiny test model
+MODEL = sys.argv[3] if len(sys.argv) > 3 else os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 BOUNDARY = b"----flashlora-front-door"
 check = sc.Checks()
 

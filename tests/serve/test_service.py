@@ -1,7 +1,11 @@
 """Integration test of the service: the real `flashlora serve` and `flashlora worker` binaries, a
 real redis-server (the service's private one, AOF on), real HTTP on loopback.
 
-  test_service.py FLASHLORA SOURCE_DIR
+  test_service.py FLASHLORA SOURCE_DIR [MODEL]
+
+MODEL is the base model the service runs (default: the tiny random test model); the release build
+runs this test on the embedded default model, the sanitizer build on the tiny one. Adapters the
+test imports are written for MODEL's shapes.
 
 Covers: training through the API with server-sent events to the end, generation naming the new
 adapter (the PNG decodes), adapter metadata through GET, imports (and refused imports), mixed
@@ -27,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import service_client as sc  # noqa: E402
 
 BIN, SRC = sys.argv[1], sys.argv[2]
-MODEL = os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
+MODEL = sys.argv[3] if len(sys.argv) > 3 else os.path.join(SRC, "tests/fixtures/flux_b.model.safetensors")
 check = sc.Checks()
 
 
@@ -152,7 +156,9 @@ def run_all(svc, work, state, archive, procs):
           r3.status == 200 and base64.b64decode(r3.json()["images"][0]["png_base64"]) != png, r3.body[:200])
 
     # ---- imports ----------------------------------------------------------------------------------------------
-    r = import_adapter(svc, alpha, os.path.join(SRC, "tests/fixtures/flux_b.lora_kohya.safetensors"), "kohya-one")
+    kohya = os.path.join(work, "kohya.safetensors")
+    sc.write_lora(kohya, MODEL, seed=99, rank=4, layout="kohya")
+    r = import_adapter(svc, alpha, kohya, "kohya-one")
     check("POST /v1/adapters imports a kohya file (201, canonical)", r.status == 201 and r.json()["format"] == "kohya",
           r.body)
     r = import_adapter(svc, alpha, os.path.join(SRC, "tests/fixtures/flux_a.lora.safetensors"), "wrong-model")
@@ -311,7 +317,9 @@ def external_redis_restart(work, procs):
     try:
         key = subprocess.check_output([BIN, "keys", "create", "--tenant", "gamma", "--redis", address],
                                       text=True).strip()
-        r = import_adapter(svc, key, os.path.join(SRC, "tests/fixtures/flux_b.lora.safetensors"), "shared")
+        shared = os.path.join(work, "shared.safetensors")
+        sc.write_lora(shared, MODEL, seed=98)
+        r = import_adapter(svc, key, shared, "shared")
         ad = r.json().get("id") if r.status == 201 else None
         g = generate(svc, key, [{"id": ad}], 3)
         check("a service on a shared Redis imports and generates", ad and g.status == 200, (r.body[:200], g.status))
