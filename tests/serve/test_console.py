@@ -14,8 +14,9 @@ at 1280x800 and at 390x844: a wrong key shows its message; the right key is ente
 upload shows each file's reason and cannot be submitted; a zip is uploaded (thumbnails and two
 rejected files), the training is followed to `succeeded` with its loss curve drawn; the playground
 generates with the adapter beside the base model (both images decode); at 1280x800 an evaluation
-shows its scores; the adapter is deleted; keyboard moves between the tabs and every control has a
-label; the page never scrolls sideways; another tenant's adapter never appears. A screenshot of each
+shows its scores, an adapter file is imported and a running training is canceled; the adapter is
+deleted; keyboard moves between the tabs and every control has a
+label; the page never scrolls sideways; another tenant's adapter and job never appear. A screenshot of each
 panel at each size goes to BUILD_DIR/console-screenshots/. Exit 77 (skipped) only when chromium,
 chromedriver or selenium is not installed. Ends with "N passed, N failed".
 """
@@ -286,7 +287,7 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
     tag = "%dx%d" % (width, height)
     shots = os.path.join(BUILD, "console-screenshots")
     os.makedirs(shots, exist_ok=True)
-    acme, _ = keys
+    acme = keys[0]
     page = Page(svc.base, width, height, shots, tag)
     page.height = height
     d = page.driver
@@ -415,6 +416,18 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
             check(tag + ": an evaluation runs and its scores are shown", shown and len(rows) == 1 and name in rows[0],
                   (rows, page.by_id("eval-error").text))
             page.shot("evaluation")
+        # ---- import ---------------------------------------------------------------------------------------------------
+        if evaluate:
+            page.tab("adapters")
+            lora = os.path.join(work, "import.safetensors")
+            sc.write_lora(lora, MODEL, seed=11)
+            page.by_id("import-file").send_keys(lora)
+            page.by_id("import-name").send_keys("imported-" + name)
+            page.by_id("import-trigger").send_keys("imp")
+            page.by_id("import-submit").click()
+            text = page.wait(lambda: page.row_text("imported-" + name), 20)
+            check(tag + ": an adapter file imported by upload is listed", text and "imp" in text,
+                  (page.by_id("import-status").text, page.by_id("adapters-error").text))
         # ---- delete -------------------------------------------------------------------------------------------------
         page.tab("adapters")
         if not check(tag + ": the adapter is still listed before its deletion", page.wait(lambda: page.row_text(name), 10), ""):
@@ -428,6 +441,26 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
         r = sc.request(svc.base, "GET", "/v1/adapters/" + name, acme)
         check(tag + ": delete asks once more, then the adapter is gone (404 in the API)",
               armed == "Confirm delete" and gone and r.status == 404, (armed, r.status))
+        # ---- cancel ---------------------------------------------------------------------------------------------------
+        if evaluate:
+            page.tab("new")
+            page.by_id("pick-files").send_keys(good)
+            page.wait(lambda: page.by_id("train-submit").is_enabled(), 20)
+            page.by_id("train-trigger").send_keys("sks")
+            for field, value in (("train-steps", "5000"), ("train-rank", "2"), ("train-resolution", "16")):
+                page.by_id(field).clear()
+                page.by_id(field).send_keys(value)
+            before = page.by_id("job-view").get_attribute("data-job")
+            page.by_id("train-submit").click()
+            running = page.wait(lambda: page.js("""
+                const v = document.getElementById('job-view');
+                return v.dataset.job !== arguments[0] && Number(document.getElementById('loss-chart').dataset.points) > 0;""",
+                before), 60)
+            page.by_id("job-cancel").click()
+            state = page.wait(lambda: page.by_id("job-state").get_attribute("data-state") == "canceled" and "canceled", 60)
+            check(tag + ": a running training is canceled from its panel", running and state == "canceled",
+                  (running, page.by_id("job-state").text, page.by_id("job-message").text))
+        check(tag + ": another tenant's job never appears", keys[2] not in d.page_source, "")
         # ---- layout ---------------------------------------------------------------------------------------------------
         sideways = []
         for panel in ("new", "training", "adapters", "playground", "evaluation"):
@@ -450,8 +483,11 @@ def browser_checks(svc, work):
         body, ctype = sc.multipart({"name": "globex-secret"}, {"file": ("g.safetensors", f.read())})
     r = sc.request(svc.base, "POST", "/v1/adapters", globex, body, {"Content-Type": ctype})
     assert r.status == 201, r.body
-    browser_flow(svc, work, 1280, 800, (acme, globex), "logo-wide", evaluate=True)
-    browser_flow(svc, work, 390, 844, (acme, globex), "logo-phone", evaluate=False)
+    r = sc.request(svc.base, "POST", "/v1/generations", globex, {"prompt": "secret", "width": 16, "height": 16,
+                                                                "steps": 2, "sync": True})
+    globex_job = r.json()["job_id"]
+    browser_flow(svc, work, 1280, 800, (acme, globex, globex_job), "logo-wide", evaluate=True)
+    browser_flow(svc, work, 390, 844, (acme, globex, globex_job), "logo-phone", evaluate=False)
 
 
 def main():
