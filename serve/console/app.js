@@ -538,11 +538,18 @@
     }
     g.textAlign = "center";
     for (let i = 0; i <= 4; i++) g.fillText(String(Math.round((total * i) / 4)), x((total * i) / 4), T + h + 16);
-    g.strokeStyle = "#1f5fbf";
-    g.lineWidth = 2;
-    g.beginPath();
-    pts.forEach(([s, l], i) => (i ? g.lineTo(x(s), y(l)) : g.moveTo(x(s), y(l))));
-    g.stroke();
+    // each step's loss (light), and its exponential moving average (dark), which shows the trend
+    const line = (points, color, width) => {
+      g.strokeStyle = color;
+      g.lineWidth = width;
+      g.beginPath();
+      points.forEach(([s, l], i) => (i ? g.lineTo(x(s), y(l)) : g.moveTo(x(s), y(l))));
+      g.stroke();
+    };
+    line(pts, "#9dbbe8", 1.25);
+    let ema = pts[0][1];
+    const beta = pts.length > 200 ? 0.95 : 0.8;
+    line(pts.map(([s, l]) => [s, (ema = beta * ema + (1 - beta) * l)]), "#1f5fbf", 2.5);
     if (pts.length === 1) {
       g.fillStyle = "#1f5fbf";
       g.beginPath(); g.arc(x(pts[0][0]), y(pts[0][1]), 3, 0, 7); g.fill();
@@ -573,6 +580,7 @@
     drawLoss();
     const ctl = new AbortController();
     state.follow = ctl;
+    const leftOut = [];
     const onEvent = (type, d) => {
       if (ctl.signal.aborted) return;
       if (type === "progress") {
@@ -588,7 +596,8 @@
       } else if (type === "cancel_requested") {
         show($("job-message"), "Cancel requested: the worker stops at its next step.", "");
       } else if (type === "rejected") {
-        show($("job-message"), "Left out: " + (d.name || "") + " " + (d.reason || ""), "");
+        leftOut.push((d.name || "a file") + (d.reason ? " (" + d.reason + ")" : ""));
+        show($("job-message"), "Left out of the training: " + leftOut.join("; "), "");
       } else if (type === "preview") {
         for (const im of d.images || []) if (im.id) addPreview(im.id, d.step);
       } else if (type === "succeeded") {
