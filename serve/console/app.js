@@ -21,7 +21,14 @@
     follow: null,        // AbortController of the followed job's stream
     jobId: null,
     losses: [],
+    epoch: 0,            // bumped when the key changes: answers to an older key are dropped
   };
+
+  // A check for answers that arrive after the key changed (they belong to another tenant's view).
+  function current() {
+    const epoch = state.epoch;
+    return () => epoch === state.epoch;
+  }
 
   /* ---- small helpers ------------------------------------------------------------------------ */
 
@@ -122,6 +129,7 @@
 
   // Everything shown belongs to one key's tenant: a new key (or none) starts from nothing.
   function clearTenantView() {
+    state.epoch++;
     stopFollowing();
     state.adapters = [];
     state.jobId = null;
@@ -360,6 +368,7 @@
   }
 
   async function validateSet() {
+    const still = current();
     const status = $("set-status");
     status.textContent = "Checking " + state.archive.name + " (" + bytes(state.archive.blob.size) + ")…";
     const form = new FormData();
@@ -368,10 +377,12 @@
     try {
       report = await api("/v1/datasets/validate", { method: "POST", body: form });
     } catch (e) {
+      if (!still()) return;
       status.textContent = "";
       show($("train-error"), "The image set cannot be used: " + errorText(e), "error");
       return;
     }
+    if (!still()) return;
     const imgs = $("set-images"), rej = $("set-rejected");
     for (const im of report.images) {
       const url = state.thumbs.get(im.name);
@@ -400,6 +411,9 @@
 
   function setupNewAdapter() {
     const drop = $("drop");
+    // a file dropped beside the drop zone must not make the browser leave the page to open it
+    for (const t of ["dragover", "drop"])
+      document.addEventListener(t, (ev) => { if (!drop.contains(ev.target)) ev.preventDefault(); });
     for (const t of ["dragenter", "dragover"])
       drop.addEventListener(t, (ev) => { ev.preventDefault(); drop.classList.add("over"); });
     for (const t of ["dragleave", "drop"]) drop.addEventListener(t, () => drop.classList.remove("over"));
@@ -447,12 +461,14 @@
   /* ---- Training ------------------------------------------------------------------------------ */
 
   async function loadJobs(followLatest) {
+    const still = current();
     let page;
     try {
       page = await api("/v1/jobs?limit=50");
     } catch (e) {
       return;
     }
+    if (!still()) return;
     const sel = $("job-select"), keep = sel.value || state.jobId;
     const trainings = page.jobs.filter((j) => j.kind === "train");
     sel.replaceChildren();
@@ -665,6 +681,7 @@
 
   async function loadAdapters() {
     if (!state.key) return;
+    const still = current();
     const all = [];
     try {
       let offset = 0;
@@ -675,9 +692,10 @@
       }
       show($("adapters-error"), "");
     } catch (e) {
-      show($("adapters-error"), "The adapters could not be listed: " + errorText(e), "error");
+      if (still()) show($("adapters-error"), "The adapters could not be listed: " + errorText(e), "error");
       return;
     }
+    if (!still()) return;
     state.adapters = all;
     renderAdapters();
     renderAdapterPickers();
@@ -845,10 +863,11 @@
       $("gen-results").prepend(row);
       $("gen-submit").disabled = true;
       $("gen-status").textContent = "Generating " + runs.length * base.num_images + " image(s)…";
+      const still = current();
       await Promise.all(runs.map(async (r) => {
         try {
           const res = await api("/v1/generations", { method: "POST", json: r.body });
-          r.slot.replaceWith(resultCard(r.title, res));
+          if (still()) r.slot.replaceWith(resultCard(r.title, res));
         } catch (e) {
           r.slot.replaceWith(el("article", { class: "result" }, el("h3", { text: r.title }),
             el("p", { class: "banner error", role: "alert", text: errorText(e) })));
@@ -880,18 +899,21 @@
       $("eval-submit").disabled = true;
       $("eval-report").hidden = true;
       const status = $("eval-status");
+      const still = current();
       try {
         const acc = await api("/v1/evaluations", { method: "POST", json: body });
         evalId = acc.job_id;
         status.textContent = "Evaluation queued…";
         let last = null;
         await readEvents("/v1/jobs/" + encodeURIComponent(evalId) + "/events", undefined, (type, d) => {
+          if (!still()) return;
           last = type;
           if (type === "progress" && d.stage) status.textContent = "Evaluating: " + d.stage + " " + (d.done || 0) + " / " + (d.total || 0);
           else if (type === "running") status.textContent = "Evaluation running…";
           else if (type === "failed" || type === "canceled") show($("eval-error"), "The evaluation " + type + ": " + ((d.error || {}).message || ""), "error");
         });
         const e = await api("/v1/evaluations/" + encodeURIComponent(evalId));
+        if (!still()) return;
         if (e.state !== "succeeded") {
           if (last !== "failed" && last !== "canceled") show($("eval-error"), "The evaluation ended as " + e.state + ".", "error");
           status.textContent = "";

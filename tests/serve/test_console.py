@@ -468,6 +468,14 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
             if not page.no_sideways_scroll():
                 sideways.append(panel)
         check(tag + ": no panel scrolls sideways", sideways == [], sideways)
+        # ---- forgetting the key clears what the tenant's key showed ------------------------------------------------
+        page.by_id("key-forget").click()
+        cleared = page.wait(lambda: page.js("""
+            return !sessionStorage.getItem('flashlora.key') &&
+                   document.querySelectorAll('#adapters-body tr, #gen-results *, #set-images li').length === 0 &&
+                   document.getElementById('job-view').hidden &&
+                   !document.getElementById('job-select').textContent.includes('logo');"""), 10)
+        check(tag + ": forgetting the key clears the page of the tenant's things", cleared, "")
         errors = page.console_errors()
         check(tag + ": no script errors in the browser's console", errors == [], errors)
     finally:
