@@ -529,6 +529,9 @@
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.clearRect(0, 0, cssW, cssH);
     canvas.dataset.points = String(pts.length);
+    canvas.setAttribute("aria-label", pts.length
+      ? "Training loss by step: " + pts.length + " steps drawn, the last " + pts[pts.length - 1][1].toFixed(4)
+      : "Training loss by step: no step yet");
     const L = 52, R = 12, T = 12, B = 28, w = cssW - L - R, h = cssH - T - B;
     g.strokeStyle = "#d5dbe2";
     g.fillStyle = "#5b6673";
@@ -883,6 +886,35 @@
   const fmt = (v) => (typeof v === "number" && isFinite(v) ? v.toFixed(3) : "–");
   const withCi = (v, ci) => fmt(v) + (Array.isArray(ci) ? " [" + fmt(ci[0]) + ", " + fmt(ci[1]) + "]" : "");
 
+  // Each adapter's references, its images and the base model's, as the report shows them.
+  async function showEvalImages(id, adapters, still) {
+    const box = $("eval-images");
+    box.replaceChildren();
+    let job;
+    try {
+      job = await api("/v1/jobs/" + encodeURIComponent(id));
+    } catch (e) {
+      return;
+    }
+    const ids = (job.result && job.result.image_ids) || [];
+    for (let i = 0; i < adapters.length && i < ids.length && still(); i++) {
+      const section = el("section", { class: "eval-adapter" }, el("h3", { text: adapters[i].adapter }));
+      for (const [kind, title] of [["refs", "References"], ["gen", "With the adapter"], ["base", "Base model"]]) {
+        const strip = el("div", { class: "thumbs", role: "list", "aria-label": title + " of " + adapters[i].adapter });
+        section.append(el("h4", { text: title }), strip);
+        for (const imageId of (ids[i][kind] || []).slice(0, 12)) {
+          try {
+            const res = await api("/v1/images/" + encodeURIComponent(imageId) + ".png", { raw: true });
+            if (!still()) return;
+            strip.append(el("figure", { role: "listitem" },
+              el("img", { src: URL.createObjectURL(await res.blob()), alt: title + " of " + adapters[i].adapter })));
+          } catch (e) { /* an image removed since is left out */ }
+        }
+      }
+      box.append(section);
+    }
+  }
+
   function setupEvaluation() {
     let evalId = null;
     $("eval-form").addEventListener("submit", async (ev) => {
@@ -934,6 +966,7 @@
         }
         $("eval-report").hidden = false;
         status.textContent = "Evaluation " + evalId + " finished.";
+        showEvalImages(evalId, e.evaluation.adapters, still);
       } catch (err) {
         status.textContent = "";
         show($("eval-error"), "The evaluation could not run: " + errorText(err), "error");

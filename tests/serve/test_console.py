@@ -415,6 +415,10 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
             rows = page.js("return Array.from(document.querySelectorAll('#eval-body tr')).map(r => r.textContent)")
             check(tag + ": an evaluation runs and its scores are shown", shown and len(rows) == 1 and name in rows[0],
                   (rows, page.by_id("eval-error").text))
+            pictures = page.wait(lambda: page.js("""
+                const imgs = Array.from(document.querySelectorAll('#eval-images img'));
+                return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0;"""), 20)
+            check(tag + ": the evaluation's references, adapter and base images are shown", pictures, "")
             page.shot("evaluation")
         # ---- import ---------------------------------------------------------------------------------------------------
         if evaluate:
