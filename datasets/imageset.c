@@ -424,7 +424,7 @@ int fl_imageset_report_memory(const void *bytes, size_t n, const char *name_hint
     }
     fl_error set_err = {0};
     int rc = build_set(&c, NULL, &out->summary, &set_err);
-    if (rc != 0) { /* not reached: with a report, build_set answers in it */
+    if (rc != 0) { /* a build without stb; otherwise build_set answers in the report */
         *err = set_err;
         fl_imageset_report_clear(out);
     }
