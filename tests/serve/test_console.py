@@ -518,7 +518,8 @@ def main():
             browser_checks(svc, work)
     finally:
         if svc.proc.poll() is None:
-            svc.stop()
+            code = svc.stop()
+            check("the service stops cleanly (exit 0: no leak or error a sanitizer found)", code == 0, code)
         if check.failed:
             path = os.path.join(work, "state.serve.log")
             if os.path.exists(path):
