@@ -464,13 +464,13 @@
     const still = current();
     let page;
     try {
-      page = await api("/v1/jobs?limit=50");
+      page = await api("/v1/jobs?kind=train&limit=50");
     } catch (e) {
       return;
     }
     if (!still()) return;
     const sel = $("job-select"), keep = sel.value || state.jobId;
-    const trainings = page.jobs.filter((j) => j.kind === "train");
+    const trainings = page.jobs;
     sel.replaceChildren();
     if (!trainings.length) sel.append(el("option", { value: "", text: "No training yet" }));
     for (const j of trainings) {

@@ -147,6 +147,19 @@ def api_checks(svc, work):
     bad = [sc.request(base, "GET", "/v1/jobs?" + q, acme).status for q in
            ("limit=0", "limit=101", "limit=x", "offset=-1", "offset=", "offset=1e3")]
     check("GET /v1/jobs: a bad limit or offset -> 400", bad == [400] * 6, bad)
+    r = sc.request(base, "GET", "/v1/jobs?kind=train", acme)
+    check("GET /v1/jobs?kind=train: the trainings only", r.status == 200 and
+          [x["id"] for x in r.json()["jobs"]] == ids[:1] and r.json()["next_offset"] is None, r.body)
+    r = sc.request(base, "GET", "/v1/jobs?kind=generate&limit=1", acme)
+    q = sc.request(base, "GET", "/v1/jobs?kind=generate&limit=1&offset=%s" % r.json()["next_offset"], acme)
+    check("GET /v1/jobs?kind=generate: pages follow next_offset, an index position",
+          [x["id"] for x in r.json()["jobs"] + q.json()["jobs"]] == ids[:0:-1] and r.json()["next_offset"] == 1 and
+          q.json()["next_offset"] == 2, (r.body, q.body))
+    r = sc.request(base, "GET", "/v1/jobs?kind=evaluate", acme)
+    check("GET /v1/jobs?kind=evaluate: none, the whole index looked at", r.status == 200 and
+          r.json()["jobs"] == [] and r.json()["next_offset"] is None, r.body)
+    r = sc.request(base, "GET", "/v1/jobs?kind=nothing", acme)
+    check("GET /v1/jobs: an unknown kind -> 400 naming the query", r.status == 400 and "kind" in r.body.decode(), r.body)
     r = sc.request(base, "GET", "/v1/jobs", globex)
     check("GET /v1/jobs: another tenant's jobs are not listed", r.status == 200 and r.json()["jobs"] == [] and
           r.json()["total"] == 0, r.body)
