@@ -433,6 +433,9 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
                 return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0;"""), 20)
             check(tag + ": the evaluation's references, adapter and base images are shown", pictures, "")
             page.shot("evaluation")
+        else:
+            page.tab("evaluation")
+            page.shot("evaluation")
         # ---- import ---------------------------------------------------------------------------------------------------
         if evaluate:
             page.tab("adapters")
