@@ -1,7 +1,8 @@
 /*
  * api_internal.h — what the files of the HTTP API share (not a public header): the API's state,
  * its Redis connection pool, the error-to-status mapping, the request body as a JSON object, and
- * the handlers each file implements (api_adapters.c, api_jobs.c, api_ops.c). api.c routes.
+ * the handlers each file implements (api_adapters.c, api_jobs.c, api_eval.c, api_datasets.c,
+ * api_ops.c). api.c routes.
  */
 #ifndef FL_SERVE_API_INTERNAL_H
 #define FL_SERVE_API_INTERNAL_H
