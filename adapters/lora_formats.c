@@ -305,3 +305,21 @@ int fl_lora_save(const fl_lora *lora, fl_lora_layout layout, const char *path, c
     builder_free(&fb);
     return rc == 0 ? 0 : -1;
 }
+
+int fl_lora_convert_file(const char *src, fl_lora_layout layout, const char *path, fl_error *err) {
+    fl_lora *lora = NULL;
+    fl_safetensors *st = NULL;
+    if (fl_lora_load(src, NULL, 0, &lora, err) != 0) return -1;
+    if (fl_safetensors_open(src, &st, err) != 0) {
+        fl_lora_free(lora);
+        return fl_fail_prefix(err, "%s", src);
+    }
+    size_t n = fl_safetensors_metadata_count(st);
+    fl_safetensors_kv *meta = fl_xcalloc(n ? n : 1, sizeof *meta);
+    for (size_t i = 0; i < n; i++) fl_safetensors_metadata_at(st, i, &meta[i].key, &meta[i].value);
+    int rc = fl_lora_save(lora, layout, path, meta, n, err);
+    free(meta);
+    fl_safetensors_close(st);
+    fl_lora_free(lora);
+    return rc;
+}

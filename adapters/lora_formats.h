@@ -58,6 +58,10 @@ int fl_lora_layout_from_name(const char *name, fl_lora_layout *out);
 int fl_lora_save(const fl_lora *lora, fl_lora_layout layout, const char *path, const fl_safetensors_kv *metadata,
                  size_t n_metadata, fl_error *err);
 
+/* Reads the adapter file at src (any layout flashlora reads) and writes it to path in layout,
+ * carrying its metadata along (except the keys the layout owns, as above). */
+int fl_lora_convert_file(const char *src, fl_lora_layout layout, const char *path, fl_error *err);
+
 /* ---- module names ---------------------------------------------------------------------------- */
 
 /* The module-name table is models/flux_names.h; these are its names as adapters spell them. */

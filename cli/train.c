@@ -310,25 +310,6 @@ static void event_hook(void *arg, json_t *ev) {
     }
 }
 
-/* Re-reads the canonical file and writes it in another layout, carrying its metadata along. */
-static int export_layout(const char *canonical, fl_lora_layout layout, const char *path, fl_error *err) {
-    fl_lora *lora = NULL;
-    fl_safetensors *st = NULL;
-    if (fl_lora_load(canonical, NULL, 0, &lora, err) != 0) return -1;
-    if (fl_safetensors_open(canonical, &st, err) != 0) {
-        fl_lora_free(lora);
-        return fl_fail_prefix(err, "%s", canonical);
-    }
-    size_t n = fl_safetensors_metadata_count(st);
-    fl_safetensors_kv *meta = fl_xcalloc(n ? n : 1, sizeof *meta);
-    for (size_t i = 0; i < n; i++) fl_safetensors_metadata_at(st, i, &meta[i].key, &meta[i].value);
-    int rc = fl_lora_save(lora, layout, path, meta, n, err);
-    free(meta);
-    fl_safetensors_close(st);
-    fl_lora_free(lora);
-    return rc;
-}
-
 static fl_train_job make_job(const train_args *a, const char *checkpoint, const char *base_hash) {
     fl_train_job job = fl_train_job_default();
     job.images = a->images;
@@ -396,8 +377,8 @@ static int run(const train_args *a, fl_error *err) {
         say(a, "\ninterrupted at step %d: checkpoint %s (continue with --resume)\n", result.steps, checkpoint);
         fl_fail(err, FL_EINVAL, "interrupted by signal %d at step %d", (int)stop_signal, result.steps);
     }
-    if (rc == 0 && a->export_kohya) rc = export_layout(a->out, FL_LORA_KOHYA, a->export_kohya, err);
-    if (rc == 0 && a->export_peft) rc = export_layout(a->out, FL_LORA_PEFT, a->export_peft, err);
+    if (rc == 0 && a->export_kohya) rc = fl_lora_convert_file(a->out, FL_LORA_KOHYA, a->export_kohya, err);
+    if (rc == 0 && a->export_peft) rc = fl_lora_convert_file(a->out, FL_LORA_PEFT, a->export_peft, err);
     if (rc == 0) {
         double total = fl_monotonic_s() - cs.t_start;
         if (a->json) {

@@ -259,6 +259,11 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_imageset_summary *s
             count++;
             pixels_used += (int64_t)w * h;
             if ((int64_t)w * h > summary->largest_pixels) summary->largest_pixels = (int64_t)w * h;
+            if (c->report) {
+                fl_imageset_report *rp = c->report;
+                rp->images = fl_xrealloc(rp->images, (rp->n_images + 1) * sizeof *rp->images);
+                rp->images[rp->n_images++] = (fl_imageset_report_image){fl_xstrdup(f->name), w, h};
+            }
             continue;
         }
         fl_image image;
@@ -306,6 +311,24 @@ static int build_set(fl_ds_collect *c, fl_imageset **out, fl_imageset_summary *s
     if (rc == 0 && count < l->min_images) {
         too_few_message(c, count, err);
         rc = -1;
+    }
+    if (c->report) {
+        /* the report keeps every verdict; a set-wide refusal is its problem, not a failure */
+        fl_imageset_report *rp = c->report;
+        rp->rejected = c->rejected;
+        rp->n_rejected = c->rejected_count;
+        c->rejected = NULL;
+        c->rejected_count = 0;
+        rp->usable = rc == 0;
+        if (rc) rp->problem = *err;
+        if (rc == 0) {
+            summary->images = count;
+            summary->rejected = rp->n_rejected;
+            summary->total_pixels = pixels_used;
+        }
+        summary->archive_ext = c->archive_ext;
+        collect_free(c);
+        return 0;
     }
     if (rc) {
         set_free_items(items, c->headers_only ? 0 : count); /* headers-only: counted, never made */
@@ -383,6 +406,40 @@ int fl_imageset_inspect_memory(const void *bytes, size_t n, const char *name_hin
         return -1;
     }
     return build_set(&c, NULL, out, err);
+}
+
+int fl_imageset_report_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                              fl_imageset_report *out, fl_error *err) {
+    memset(out, 0, sizeof *out);
+    fl_imageset_limits defaults = fl_imageset_limits_default();
+    if (!limits) limits = &defaults;
+    if (check_limits(limits, err)) return -1;
+    if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
+    char label[256];
+    fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
+    fl_ds_collect c = {.limits = limits, .headers_only = true, .report = out};
+    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
+        collect_free(&c);
+        return -1;
+    }
+    fl_error set_err = {0};
+    int rc = build_set(&c, NULL, &out->summary, &set_err);
+    if (rc != 0) { /* a build without stb; otherwise build_set answers in the report */
+        *err = set_err;
+        fl_imageset_report_clear(out);
+    }
+    return rc;
+}
+
+void fl_imageset_report_clear(fl_imageset_report *report) {
+    for (size_t i = 0; i < report->n_images; i++) free(report->images[i].name);
+    free(report->images);
+    for (size_t i = 0; i < report->n_rejected; i++) {
+        free(report->rejected[i].name);
+        free(report->rejected[i].reason);
+    }
+    free(report->rejected);
+    memset(report, 0, sizeof *report);
 }
 
 int fl_imageset_load(const char *source, const fl_imageset_limits *limits, fl_imageset **out, fl_error *err) {

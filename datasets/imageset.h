@@ -96,6 +96,31 @@ typedef struct fl_imageset_summary {
 int fl_imageset_inspect_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
                                fl_imageset_summary *out, fl_error *err);
 
+/* The same inspection with every file's verdict, for showing a set to its owner before it is
+ * submitted: the usable images (name and size, sorted by name), the refused files with their
+ * reasons, and whether the set as a whole would be accepted (usable; otherwise problem says why:
+ * too few usable images, too many). 0 when the archive could be read (usable or not); -1 with err
+ * (as fl_imageset_inspect_memory) when it could not: not an archive, a set-wide byte or entry
+ * limit crossed while reading. Free with fl_imageset_report_clear. */
+typedef struct fl_imageset_report_image {
+    char *name;
+    int width, height;
+} fl_imageset_report_image;
+
+typedef struct fl_imageset_report {
+    fl_imageset_summary summary;
+    bool usable;
+    fl_error problem; /* when !usable */
+    fl_imageset_report_image *images;
+    size_t n_images;
+    fl_rejected *rejected; /* sorted by name */
+    size_t n_rejected;
+} fl_imageset_report;
+
+int fl_imageset_report_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                              fl_imageset_report *out, fl_error *err);
+void fl_imageset_report_clear(fl_imageset_report *report);
+
 void fl_imageset_free(fl_imageset *set);
 
 /* The rejection recorded for name, or NULL. */

@@ -38,6 +38,7 @@ typedef struct fl_ds_collect {
     size_t rejected_count, rejected_cap;
     size_t entries;     /* entries seen, of any kind */
     size_t total_bytes; /* bytes read or inflated so far */
+    fl_imageset_report *report; /* headers-only mode: also list every file's verdict here */
 } fl_ds_collect;
 
 /* Record a refused file. name is shown as given (callers pass a cleaned or display-safe name). */

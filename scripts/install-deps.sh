@@ -17,6 +17,8 @@ packages=(
   # the API contract test: a venv for schemathesis (from PyPI, cached in the build directory),
   # promtool (in Debian's prometheus package), unshare/ip for a network namespace of its own
   python3-venv prometheus util-linux iproute2
+  # the web console's browser test: headless chromium driven through Selenium
+  chromium chromium-driver python3-selenium
 )
 
 missing=()

@@ -3,7 +3,8 @@
  * the routing (see api.h): admission (route, method, key and body limits, decided on the request
  * head before any body byte is read) and dispatch to the route admission found. Each route's
  * handler lives with its resource: api_adapters.c, api_jobs.c (trainings, generations, jobs,
- * images) and api_ops.c (health, metrics). Handlers run on the HTTP layer's connection threads
+ * images), api_datasets.c (validating an image set), api_ops.c (health, metrics) and console.c (the web
+ * console's files, at / and /console/). Handlers run on the HTTP layer's connection threads
  * and take Redis connections from a small pool.
  */
 #include "serve/api.h"
@@ -24,6 +25,7 @@
 #include "core/utf8.h"
 #include "serve/api_internal.h"
 #include "serve/auth.h"
+#include "serve/console.h"
 
 fl_api_config fl_api_config_default(void) {
     fl_api_config c;
@@ -223,6 +225,11 @@ typedef enum api_route {
     ROUTE_EVALUATIONS,
     ROUTE_EVALUATION,
     ROUTE_EVALUATION_REPORT,
+    /* the web console (console.c) and what it needs of the API */
+    ROUTE_CONSOLE,
+    ROUTE_JOBS,
+    ROUTE_ADAPTER_FILE,
+    ROUTE_DATASET_VALIDATE,
 } api_route;
 
 /* What admission found, handed to the handler as req->ctx. */
@@ -239,6 +246,7 @@ static const char *allowed_methods(api_route r) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS:
     case ROUTE_EVALUATIONS:
+    case ROUTE_DATASET_VALIDATE:
     case ROUTE_JOB_CANCEL: return "POST";
     case ROUTE_ADAPTERS: return "GET, HEAD, POST";
     case ROUTE_ADAPTER:
@@ -255,6 +263,7 @@ static bool method_allowed(api_route r, const char *method) {
     case ROUTE_TRAININGS:
     case ROUTE_GENERATIONS:
     case ROUTE_EVALUATIONS:
+    case ROUTE_DATASET_VALIDATE:
     case ROUTE_JOB_CANCEL: return !strcmp(method, "POST");
     case ROUTE_ADAPTERS: return is_get(method) || !strcmp(method, "POST");
     case ROUTE_ADAPTER:
@@ -278,6 +287,10 @@ static const char *route_label(api_route r, const char *method) {
     case ROUTE_EVALUATIONS: return "POST /v1/evaluations";
     case ROUTE_EVALUATION: return "GET /v1/evaluations/{id}";
     case ROUTE_EVALUATION_REPORT: return "GET /v1/evaluations/{id}/report.html";
+    case ROUTE_CONSOLE: return "GET /console";
+    case ROUTE_JOBS: return "GET /v1/jobs";
+    case ROUTE_ADAPTER_FILE: return "GET /v1/adapters/{id}/file";
+    case ROUTE_DATASET_VALIDATE: return "POST /v1/datasets/validate";
     }
     return "other";
 }
@@ -310,17 +323,21 @@ static bool find_route(const char *path, api_route *route, char id[128]) {
     id[0] = '\0';
     if (!strcmp(path, "/healthz")) return *route = ROUTE_HEALTHZ, true;
     if (!strcmp(path, "/metrics")) return *route = ROUTE_METRICS, true;
+    if (fl_console_path(path)) return *route = ROUTE_CONSOLE, true;
     char collection[128], tail[128];
     if (!split_path(path, collection, id, tail)) return false;
     bool has_id = id[0] != '\0', has_tail = tail[0] != '\0';
     if (!strcmp(collection, "trainings") && !has_id) *route = ROUTE_TRAININGS;
     else if (!strcmp(collection, "generations") && !has_id) *route = ROUTE_GENERATIONS;
+    else if (!strcmp(collection, "jobs") && !has_id) *route = ROUTE_JOBS;
     else if (!strcmp(collection, "jobs") && has_id && !has_tail) *route = ROUTE_JOB;
     else if (!strcmp(collection, "jobs") && has_id && !strcmp(tail, "events")) *route = ROUTE_JOB_EVENTS;
     else if (!strcmp(collection, "jobs") && has_id && !strcmp(tail, "cancel")) *route = ROUTE_JOB_CANCEL;
     else if (!strcmp(collection, "images") && has_id && !has_tail) *route = ROUTE_IMAGE;
     else if (!strcmp(collection, "adapters") && !has_id) *route = ROUTE_ADAPTERS;
     else if (!strcmp(collection, "adapters") && has_id && !has_tail) *route = ROUTE_ADAPTER;
+    else if (!strcmp(collection, "adapters") && has_id && !strcmp(tail, "file")) *route = ROUTE_ADAPTER_FILE;
+    else if (!strcmp(collection, "datasets") && !strcmp(id, "validate") && !has_tail) *route = ROUTE_DATASET_VALIDATE;
     else if (!strcmp(collection, "evaluations") && !has_id) *route = ROUTE_EVALUATIONS;
     else if (!strcmp(collection, "evaluations") && has_id && !has_tail) *route = ROUTE_EVALUATION;
     else if (!strcmp(collection, "evaluations") && has_id && !strcmp(tail, "report.html")) *route = ROUTE_EVALUATION_REPORT;
@@ -361,7 +378,7 @@ bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm,
     c->label = label;
     c->t0 = t0;
     memcpy(c->id, id, sizeof c->id);
-    if (route != ROUTE_HEALTHZ && route != ROUTE_METRICS) {
+    if (route != ROUTE_HEALTHZ && route != ROUTE_METRICS && route != ROUTE_CONSOLE) {
         /* every /v1 route needs a key, checked before a byte of the body is read */
         fl_error err = {0};
         fl_redis *r = fl_api_pool_get(api, &err);
@@ -382,6 +399,7 @@ bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm,
     case ROUTE_TRAININGS:
     case ROUTE_ADAPTERS:
     case ROUTE_EVALUATIONS:
+    case ROUTE_DATASET_VALIDATE:
         if (!strcmp(req->method, "POST")) break; /* an archive or adapter upload, or JSON */
         /* fall through */
     default: /* GET, HEAD, DELETE: no body */
@@ -400,6 +418,7 @@ bool fl_api_admit(void *app, const fl_http_request *req, fl_http_admission *adm,
 static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_http_response *res) {
     if (c->route == ROUTE_HEALTHZ) { fl_api_healthz(api, res); return; }
     if (c->route == ROUTE_METRICS) { fl_api_metrics(api, res); return; }
+    if (c->route == ROUTE_CONSOLE) { fl_console_reply(req->path, res); return; }
     if ((c->route == ROUTE_JOB || c->route == ROUTE_JOB_CANCEL || c->route == ROUTE_JOB_EVENTS) &&
         !valid_job_id(c->id)) {
         fl_http_reply_error(res, 404, "not_found", "no job '%.64s'", c->id);
@@ -428,6 +447,9 @@ static void route(fl_api *api, const api_ctx *c, const fl_http_request *req, fl_
         else fl_api_adapters_list(api, r, tenant, req, res);
         break;
     case ROUTE_ADAPTER: fl_api_adapters_one(api, r, tenant, id, req, res); break;
+    case ROUTE_ADAPTER_FILE: fl_api_adapters_file(api, r, tenant, id, req, res); break;
+    case ROUTE_JOBS: fl_api_jobs_list(api, r, tenant, req, res); break;
+    case ROUTE_DATASET_VALIDATE: fl_api_datasets_validate(api, tenant, req, res); break;
     case ROUTE_EVALUATIONS: fl_api_evaluations_create(api, r, tenant, req, res); break;
     case ROUTE_EVALUATION: fl_api_evaluations_get(r, tenant, id, res); break;
     case ROUTE_EVALUATION_REPORT: fl_api_evaluations_report(api, r, tenant, id, res); break;

@@ -11,7 +11,11 @@
  *                                      with base64 PNGs when "sync": true
  *   GET  /v1/images/{id}.png
  *   GET  /v1/adapters, POST /v1/adapters (import), GET|DELETE /v1/adapters/{id}
+ *   GET  /v1/adapters/{id}/file        ?layout=canonical|kohya|peft, streamed
+ *   GET  /v1/jobs                      the tenant's jobs, newest first, paginated
+ *   POST /v1/datasets/validate         an image set's verdict per file, no job
  *   GET  /healthz, GET /metrics        (no key needed)
+ *   GET  /, /console/<file>            the web console (no key needed; console.h)
  *
  * Every /v1 route needs "Authorization: Bearer KEY" (401 otherwise) and sees only its tenant's
  * adapters, jobs and images: anything else is 404, never 403. Bad JSON or fields are 400 naming

@@ -2,14 +2,21 @@
  * api_adapters.c — the adapter routes of the API: list (paginated, each page bounded in bytes),
  * import by upload (converted once to the canonical layout and checked against the base model,
  * metadata bounded) or by URL (an import job: the worker streams the file to disk within a size
- * limit), get and delete. A tenant sees only its own adapters; another tenant's is "not found".
+ * limit), get and delete, and the file itself in a chosen layout (canonical as stored; kohya and
+ * PEFT converted on the way out, adapters/lora_formats.h). A tenant sees only its own adapters;
+ * another tenant's is "not found".
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
+#include "adapters/lora_formats.h"
+#include "core/log.h"
 #include "datasets/fetch.h"
 #include "serve/api_internal.h"
 #include "serve/jobs.h"
@@ -146,4 +153,104 @@ void fl_api_adapters_one(fl_api *api, fl_redis *r, const char *tenant, const cha
         fl_http_reply_json(res, 200, json_pack("{s:s}", "deleted", info.id));
     }
     fl_adapter_info_clear(&info);
+}
+
+/* ---- the file ---------------------------------------------------------------------------------- */
+
+/* A file streamed from an open descriptor (the stored file, or an unlinked export), closed at the end. */
+typedef struct file_stream {
+    int fd;
+} file_stream;
+
+static ssize_t file_stream_read(void *arg, char *buf, size_t max) {
+    file_stream *fs = arg;
+    for (;;) {
+        ssize_t n = read(fs->fd, buf, max);
+        if (n < 0 && errno == EINTR) continue;
+        return n > 0 ? n : -1;
+    }
+}
+
+static void file_stream_free(void *arg) {
+    file_stream *fs = arg;
+    close(fs->fd);
+    free(fs);
+}
+
+/* The adapter's name made safe for a Content-Disposition file name: letters, digits, '.', '-' and
+ * '_' kept, anything else '_'; the id when nothing is left. */
+static void download_name(const fl_adapter_info *a, const char *layout, char *out, size_t cap) {
+    char stem[96];
+    size_t n = 0;
+    for (const char *p = a->name; *p && n + 1 < sizeof stem; p++) {
+        char ch = *p;
+        bool keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                    ch == '-' || ch == '_';
+        stem[n++] = keep ? ch : '_';
+    }
+    stem[n] = '\0';
+    snprintf(out, cap, "%s.%s.safetensors", n && stem[0] != '.' ? stem : a->id, layout);
+}
+
+void fl_api_adapters_file(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                          fl_http_response *res) {
+    fl_error err = {0};
+    const char *q = fl_http_query(req, "layout");
+    fl_lora_layout layout = FL_LORA_CANONICAL;
+    if (q && fl_lora_layout_from_name(q, &layout) != 0) {
+        fl_http_reply_error(res, 400, "invalid_input", "query 'layout': expected canonical, kohya or peft");
+        return;
+    }
+    fl_adapter_info info;
+    if (fl_api_find_adapter(r, tenant, id, &info, &err) != 0) { fl_api_reply_err(res, &err); return; }
+    char stored[4400], name[160];
+    download_name(&info, fl_lora_layout_name(layout), name, sizeof name);
+    int rc = fl_store_locate(api->store, info.sha256, stored, sizeof stored, &err);
+    fl_adapter_info_clear(&info);
+    if (rc != 0) {
+        fl_log_warn("download of adapter %s: %s", id, err.message);
+        fl_http_reply_error(res, 404, "not_found", "the file of adapter '%.128s' is no longer stored", id);
+        return;
+    }
+    int fd = -1;
+    if (layout == FL_LORA_CANONICAL) {
+        fd = open(stored, O_RDONLY | O_CLOEXEC);
+    } else {
+        /* Converted into a file of the uploads folder that only this descriptor keeps. */
+        char tmp[4400];
+        snprintf(tmp, sizeof tmp, "%s/uploads/.export-XXXXXX", api->cfg.state_dir);
+        int t = mkostemp(tmp, O_CLOEXEC);
+        if (t < 0) {
+            fl_log_warn("download: cannot create %s: %s", tmp, strerror(errno));
+            fl_http_reply_error(res, 507, "insufficient_storage", "the adapter could not be converted now; retry later");
+            return;
+        }
+        close(t);
+        if (fl_lora_convert_file(stored, layout, tmp, &err) != 0) {
+            unlink(tmp);
+            fl_log_warn("download of adapter %s as %s: %s", id, fl_lora_layout_name(layout), err.message);
+            if (err.code == FL_ENOSPACE) fl_api_reply_err(res, &err);
+            else fl_http_reply_error(res, 422, "unsupported_layout", "this adapter cannot be written in the %s layout: %s",
+                                     fl_lora_layout_name(layout), err.message);
+            return;
+        }
+        fd = open(tmp, O_RDONLY | O_CLOEXEC);
+        unlink(tmp);
+    }
+    if (fd < 0) {
+        fl_log_warn("download of adapter %s: %s", id, strerror(errno));
+        fl_http_reply_error(res, 404, "not_found", "the file of adapter '%.128s' is no longer stored", id);
+        return;
+    }
+    file_stream *fs = fl_xcalloc(1, sizeof *fs);
+    fs->fd = fd;
+    char disposition[200];
+    snprintf(disposition, sizeof disposition, "attachment; filename=\"%s\"", name);
+    res->status = 200;
+    res->content_type = "application/vnd.safetensors";
+    fl_http_add_header(res, "Content-Disposition", disposition);
+    fl_http_add_header(res, "X-Content-Type-Options", "nosniff");
+    res->stream = file_stream_read;
+    res->stream_arg = fs;
+    res->stream_free = file_stream_free;
 }

@@ -1,7 +1,8 @@
 /*
  * api_internal.h — what the files of the HTTP API share (not a public header): the API's state,
  * its Redis connection pool, the error-to-status mapping, the request body as a JSON object, and
- * the handlers each file implements (api_adapters.c, api_jobs.c, api_ops.c). api.c routes.
+ * the handlers each file implements (api_adapters.c, api_jobs.c, api_eval.c, api_datasets.c,
+ * api_ops.c). api.c routes.
  */
 #ifndef FL_SERVE_API_INTERNAL_H
 #define FL_SERVE_API_INTERNAL_H
@@ -68,6 +69,9 @@ void fl_api_adapters_import(fl_api *api, fl_redis *r, const char *tenant, const 
                             fl_http_response *res);
 void fl_api_adapters_one(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
                          fl_http_response *res);
+/* GET /v1/adapters/{id}/file?layout=canonical|kohya|peft: the adapter's file, streamed. */
+void fl_api_adapters_file(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
+                          fl_http_response *res);
 
 /* api_jobs.c */
 void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
@@ -75,6 +79,8 @@ void fl_api_trainings_create(fl_api *api, fl_redis *r, const char *tenant, const
 void fl_api_generations_create(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req,
                                fl_http_response *res);
 void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+/* GET /v1/jobs: the tenant's jobs, newest first, a page bounded in count and bytes. */
+void fl_api_jobs_list(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res);
 void fl_api_jobs_cancel(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_delete(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_jobs_events(fl_api *api, fl_redis *r, const char *tenant, const char *id, const fl_http_request *req,
@@ -97,6 +103,9 @@ void fl_api_evaluations_create(fl_api *api, fl_redis *r, const char *tenant, con
                                fl_http_response *res);
 void fl_api_evaluations_get(fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
 void fl_api_evaluations_report(fl_api *api, fl_redis *r, const char *tenant, const char *id, fl_http_response *res);
+
+/* api_datasets.c: POST /v1/datasets/validate, an image set checked as a training would check it */
+void fl_api_datasets_validate(fl_api *api, const char *tenant, const fl_http_request *req, fl_http_response *res);
 
 /* api_ops.c: no key needed */
 void fl_api_healthz(fl_api *api, fl_http_response *res);

@@ -191,6 +191,91 @@ void fl_api_jobs_get(fl_redis *r, const char *tenant, const char *id, fl_http_re
     fl_job_clear(&job);
 }
 
+/* GET /v1/jobs: the tenant's jobs from its index (fl:tenant:<t>:jobs, by creation time), newest
+ * first: at most `limit` (1-100, default 20) from index position `offset`, only those of `kind`
+ * when it is given. A page ends early once its jobs pass --max-page-bytes as JSON (at least one
+ * job per page), and once it has looked at JOBS_SCAN_MAX index entries (a filter that matches
+ * little); next_offset is the index position where the next page starts. An index entry whose
+ * job is gone (expired, deleted) is passed over. total counts the index, every kind, so it may
+ * count such entries until the retention pass drops them. */
+#define JOBS_SCAN_MAX 1000
+
+void fl_api_jobs_list(fl_api *api, fl_redis *r, const char *tenant, const fl_http_request *req, fl_http_response *res) {
+    fl_error err = {0};
+    long long offset = 0, limit = 20;
+    const char *q_off = fl_http_query(req, "offset"), *q_lim = fl_http_query(req, "limit");
+    const char *q_kind = fl_http_query(req, "kind");
+    char *end = NULL;
+    if (q_off && (!*q_off || (offset = strtoll(q_off, &end, 10)) < 0 || *end || offset > 1000000000LL))
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'offset': expected an integer in [0, 1000000000]"); return; }
+    if (q_lim && (!*q_lim || (limit = strtoll(q_lim, &end, 10)) < 1 || limit > 100 || *end))
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'limit': expected an integer in [1, 100]"); return; }
+    int kind = -1;
+    for (int k = FL_JOB_TRAIN; q_kind && k <= FL_JOB_EVAL; k++)
+        if (!strcmp(q_kind, fl_job_kind_name((fl_job_kind)k))) kind = k;
+    if (q_kind && kind < 0)
+        { fl_http_reply_error(res, 400, "invalid_input", "query 'kind': expected train, generate, import or evaluate"); return; }
+    char index[160];
+    snprintf(index, sizeof index, "fl:tenant:%s:jobs", tenant);
+    redisReply *rep = fl_redis_cmd(r, &err, "ZCARD %s", index);
+    if (!rep) { fl_api_reply_err(res, &err); return; }
+    long long total = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    freeReplyObject(rep);
+    json_t *list = json_array();
+    size_t bytes = 0;
+    long long pos = offset; /* the next index position to look at */
+    bool full = false;
+    while (!full && pos < total && pos - offset < JOBS_SCAN_MAX) {
+        long long chunk = kind < 0 ? limit : 100;
+        rep = fl_redis_cmd(r, &err, "ZREVRANGE %s %lld %lld", index, pos, pos + chunk - 1);
+        if (!rep) {
+            json_decref(list);
+            fl_api_reply_err(res, &err);
+            return;
+        }
+        size_t n_entries = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
+        for (size_t i = 0; i < n_entries && !full && pos - offset < JOBS_SCAN_MAX; i++) {
+            const redisReply *e = rep->element[i];
+            fl_job job;
+            fl_error miss = {0};
+            if (e->type != REDIS_REPLY_STRING || e->len >= FL_ID_MAX || fl_jobs_get(r, tenant, e->str, &job, &miss) != 0) {
+                if (miss.code != FL_OK && miss.code != FL_ENOTFOUND) {
+                    json_decref(list);
+                    freeReplyObject(rep);
+                    fl_api_reply_err(res, &miss);
+                    return;
+                }
+                pos++; /* gone: passed over */
+                continue;
+            }
+            if (kind >= 0 && (int)job.kind != kind) {
+                fl_job_clear(&job);
+                pos++;
+                continue;
+            }
+            json_t *o = job_json(&job);
+            fl_job_clear(&job);
+            char *text = json_dumps(o, JSON_COMPACT);
+            size_t n = text ? strlen(text) : 0;
+            free(text);
+            if (json_array_size(list) > 0 && bytes + n > api->cfg.max_page_bytes) {
+                json_decref(o);
+                full = true;
+                break;
+            }
+            bytes += n;
+            pos++;
+            json_array_append_new(list, o);
+            full = (long long)json_array_size(list) == limit;
+        }
+        freeReplyObject(rep);
+        if (n_entries == 0) break; /* the index shrank meanwhile */
+    }
+    json_t *page = json_pack("{s:o, s:I, s:I}", "jobs", list, "total", (json_int_t)total, "offset", (json_int_t)offset);
+    json_object_set_new(page, "next_offset", pos < total ? json_integer((json_int_t)pos) : json_null());
+    fl_http_reply_json(res, 200, page);
+}
+
 /* POST /v1/jobs/{id}/cancel: a queued job is canceled now (200, and a training's upload goes with
  * it); a running one is asked to stop (202: its worker stops it at the next step and finishes it
  * as canceled); a finished one is 409; another tenant's is 404. */

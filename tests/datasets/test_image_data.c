@@ -7,7 +7,8 @@
  * fl_image_check_data and by the decoder before it allocates for the claim, while every good
  * image of the corpus passes; fl_imageset_inspect_memory agrees with the loader on what a set
  * holds (images, pixels, refusals, too few images) and names the archive's kind (.zip, .tar,
- * .tar.gz) whatever it is called; an image decoded with a fit side comes out shrunk, each pixel
+ * .tar.gz) whatever it is called, and its report mode lists the loader's images (names and
+ * sizes) and refusals (names and reasons) one by one, a set-wide refusal as its problem; an image decoded with a fit side comes out shrunk, each pixel
  * the mean of its box of the full decode, and one already small enough exactly as the full
  * decode; and thousands of mutated corpus images never crash the checks.
  */
@@ -154,6 +155,25 @@ static void test_inspect_agrees_with_the_loader(void) {
                        sum.rejected, set->rejected_count);
             FL_EXPECTF(sum.archive_ext && !strcmp(sum.archive_ext, kinds[k].ext), "kind %s, want %s",
                        sum.archive_ext ? sum.archive_ext : "(none)", kinds[k].ext);
+            /* The report: the same images and refusals, one by one. */
+            fl_imageset_report rep;
+            FL_EXPECTF(fl_imageset_report_memory(archive, size, "pics.zip", NULL, &rep, &err) == 0, "%s", err.message);
+            FL_EXPECTF(rep.usable && rep.n_images == set->count && rep.n_rejected == set->rejected_count &&
+                           rep.summary.images == set->count,
+                       "%s: report %zu images %zu refused, load %zu / %zu", kinds[k].ext, rep.n_images, rep.n_rejected,
+                       set->count, set->rejected_count);
+            for (size_t i = 0; i < rep.n_images && i < set->count; i++)
+                FL_EXPECTF(!strcmp(rep.images[i].name, set->items[i].name) &&
+                               rep.images[i].width == set->items[i].image.width &&
+                               rep.images[i].height == set->items[i].image.height,
+                           "image %zu: %s %dx%d, load %s", i, rep.images[i].name, rep.images[i].width,
+                           rep.images[i].height, set->items[i].name);
+            for (size_t i = 0; i < rep.n_rejected && i < set->rejected_count; i++)
+                FL_EXPECTF(!strcmp(rep.rejected[i].name, set->rejected[i].name) &&
+                               !strcmp(rep.rejected[i].reason, set->rejected[i].reason),
+                           "refused %zu: %s (%s), load %s (%s)", i, rep.rejected[i].name, rep.rejected[i].reason,
+                           set->rejected[i].name, set->rejected[i].reason);
+            fl_imageset_report_clear(&rep);
         }
         fl_imageset_free(set);
         /* Too few images: both refuse with the same message. */
@@ -164,6 +184,12 @@ static void test_inspect_agrees_with_the_loader(void) {
         FL_EXPECT(fl_imageset_load_memory(archive, size, "pics", &l, &set, &e1) != 0);
         FL_EXPECT(fl_imageset_inspect_memory(archive, size, "pics", &l, &sum, &e2) != 0);
         FL_EXPECTF(!strcmp(e1.message, e2.message), "load: %s / inspect: %s", e1.message, e2.message);
+        fl_imageset_report rep;
+        FL_EXPECTF(fl_imageset_report_memory(archive, size, "pics", &l, &rep, &e2) == 0, "%s", e2.message);
+        FL_EXPECTF(!rep.usable && !strcmp(rep.problem.message, e1.message) && rep.n_images == 5 && rep.n_rejected >= 2,
+                   "too few: usable %d, problem %s, %zu images, %zu refused", rep.usable, rep.problem.message,
+                   rep.n_images, rep.n_rejected);
+        fl_imageset_report_clear(&rep);
         /* A pixel budget refuses the same images. */
         l = fl_imageset_limits_default();
         l.max_total_pixels = 300;
