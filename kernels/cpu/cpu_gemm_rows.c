@@ -38,6 +38,8 @@ enum {
     ROWS_MC = 96,   /* rows per task */
     ROWS_NG = 4,    /* panels per task */
 };
+/* Multiply-adds below which one thread does the whole product (about 20 us of work). */
+#define ROWS_PARALLEL_MIN ((int64_t)1 << 22)
 
 static int64_t imin(int64_t a, int64_t b) {
     return a < b ? a : b;
@@ -88,6 +90,54 @@ static void pack_panel(int64_t q, int64_t n, int64_t k, const float *w, int64_t 
         }
     }
 }
+
+#ifdef ROWS_X86
+/* 16 x 16 transpose in registers: r[i] holds row i on entry, column i on return. */
+__attribute__((target("avx512f"), always_inline)) static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + s], lane L: column 4L + s of rows 4g .. 4g+3 */
+    for (int g = 0; g < 4; g++) {
+        __m512 a = t[4 * g], b = t[4 * g + 1], c = t[4 * g + 2], d = t[4 * g + 3];
+        u[4 * g + 0] = _mm512_shuffle_ps(a, c, 0x44);
+        u[4 * g + 1] = _mm512_shuffle_ps(a, c, 0xEE);
+        u[4 * g + 2] = _mm512_shuffle_ps(b, d, 0x44);
+        u[4 * g + 3] = _mm512_shuffle_ps(b, d, 0xEE);
+    }
+    for (int s = 0; s < 4; s++) {
+        __m512 v02 = _mm512_shuffle_f32x4(u[s], u[4 + s], 0x88), v13 = _mm512_shuffle_f32x4(u[s], u[4 + s], 0xDD);
+        __m512 w02 = _mm512_shuffle_f32x4(u[8 + s], u[12 + s], 0x88), w13 = _mm512_shuffle_f32x4(u[8 + s], u[12 + s], 0xDD);
+        r[s] = _mm512_shuffle_f32x4(v02, w02, 0x88);      /* column s      (lane 0) */
+        r[8 + s] = _mm512_shuffle_f32x4(v02, w02, 0xDD);  /* column 8 + s  (lane 2) */
+        r[4 + s] = _mm512_shuffle_f32x4(v13, w13, 0x88);  /* column 4 + s  (lane 1) */
+        r[12 + s] = _mm512_shuffle_f32x4(v13, w13, 0xDD); /* column 12 + s (lane 3) */
+    }
+}
+
+/* pack_panel through 16 x 16 register transposes; the ragged edges (columns past n, depth past
+ * a multiple of 16) are copied element by element. Same result as pack_panel. */
+__attribute__((target("avx512f"))) static void pack_panel_avx512(int64_t q, int64_t n, int64_t k, const float *w,
+                                                                  int64_t ldw, float *packed) {
+    int64_t j0 = q * ROWS_NR, cols = imin(ROWS_NR, n - j0), k16 = k / 16 * 16;
+    float *dst = packed + q * k * ROWS_NR;
+    if (cols < ROWS_NR) memset(dst, 0, (size_t)(k * ROWS_NR) * sizeof(float));
+    int64_t c16 = cols / 16 * 16;
+    for (int64_t c0 = 0; c0 < c16; c0 += 16)
+        for (int64_t p0 = 0; p0 < k16; p0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(w + (j0 + c0 + i) * ldw + p0);
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (p0 + i) * ROWS_NR + c0, r[i]);
+        }
+    for (int64_t c = 0; c < cols; c++) {
+        const float *src = w + (j0 + c) * ldw;
+        for (int64_t p = c < c16 ? k16 : 0; p < k; p++) dst[p * ROWS_NR + c] = src[p];
+    }
+}
+#endif
 
 /* ---- kernels: rows x one panel ------------------------------------------------------------ */
 
@@ -204,33 +254,44 @@ void fl_cpu_sgemm_rows(fl_cpu_rows_isa isa, int64_t m, int64_t n, int64_t k, con
     if (m <= 0 || n <= 0) return;
     FL_CHECKF(fl_cpu_rows_isa_supported(isa), "the CPU lacks %s", fl_cpu_rows_isa_name(isa));
     tile_fn tile = tile_for(isa);
+    void (*pack)(int64_t, int64_t, int64_t, const float *, int64_t, float *) = pack_panel;
+#ifdef ROWS_X86
+    if (isa == FL_CPU_ROWS_AVX512) pack = pack_panel_avx512;
+#endif
     int64_t panels = (n + ROWS_NR - 1) / ROWS_NR;
     float *packed = NULL;
     if (k > 0) {
         packed = aligned_alloc(64, (size_t)(panels * k * ROWS_NR) * sizeof(float));
         FL_CHECKF(packed != NULL, "out of memory packing a %lld x %lld weight", (long long)n, (long long)k);
-        FL_OMP(omp parallel for schedule(static) if (n * k > FL_CPU_PARALLEL_MIN))
-        for (int64_t q = 0; q < panels; q++) pack_panel(q, n, k, w, ldw, packed);
     }
     int64_t row_chunks = (m + ROWS_MC - 1) / ROWS_MC, groups = (panels + ROWS_NG - 1) / ROWS_NG;
     int64_t tasks = row_chunks * groups;
-    FL_OMP(omp parallel for schedule(dynamic) if (tasks > 1 && m * n * k > FL_CPU_PARALLEL_MIN))
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t i0 = (t / groups) * ROWS_MC, i1 = imin(m, i0 + ROWS_MC);
-        int64_t q0 = (t % groups) * ROWS_NG, q1 = imin(panels, q0 + ROWS_NG);
-        for (int64_t q = q0; q < q1; q++) {
-            int64_t j0 = q * ROWS_NR;
-            int cols = (int)imin(ROWS_NR, n - j0);
-            const float *bq = bias ? bias + j0 : NULL;
-            if (k == 0) { /* the chain is empty: y is the bias */
-                for (int64_t i = i0; i < i1; i++)
-                    for (int c = 0; c < cols; c++) y[i * ldy + j0 + c] = bq ? bq[c] : 0.0f;
-                continue;
-            }
-            const float *panel = packed + q * k * ROWS_NR;
-            for (int64_t i = i0; i < i1; i += ROWS_MR) {
-                int rows = (int)imin(ROWS_MR, i1 - i);
-                tile(rows, cols, k, x + i * ldx, ldx, panel, bq, y + i * ldy + j0, ldy);
+    /* One parallel region for packing and products; small products stay on the calling thread,
+     * where a region's start and barrier would cost more than they save. */
+    FL_OMP(omp parallel if (m * n * k >= ROWS_PARALLEL_MIN && (tasks > 1 || panels > 1)))
+    {
+        if (k > 0) {
+            FL_OMP(omp for schedule(static))
+            for (int64_t q = 0; q < panels; q++) pack(q, n, k, w, ldw, packed);
+        }
+        FL_OMP(omp for schedule(dynamic))
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t i0 = (t / groups) * ROWS_MC, i1 = imin(m, i0 + ROWS_MC);
+            int64_t q0 = (t % groups) * ROWS_NG, q1 = imin(panels, q0 + ROWS_NG);
+            for (int64_t q = q0; q < q1; q++) {
+                int64_t j0 = q * ROWS_NR;
+                int cols = (int)imin(ROWS_NR, n - j0);
+                const float *bq = bias ? bias + j0 : NULL;
+                if (k == 0) { /* the chain is empty: y is the bias */
+                    for (int64_t i = i0; i < i1; i++)
+                        for (int c = 0; c < cols; c++) y[i * ldy + j0 + c] = bq ? bq[c] : 0.0f;
+                    continue;
+                }
+                const float *panel = packed + q * k * ROWS_NR;
+                for (int64_t i = i0; i < i1; i += ROWS_MR) {
+                    int rows = (int)imin(ROWS_MR, i1 - i);
+                    tile(rows, cols, k, x + i * ldx, ldx, panel, bq, y + i * ldy + j0, ldy);
+                }
             }
         }
     }
