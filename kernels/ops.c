@@ -132,8 +132,8 @@ void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *
     ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta);
 }
 
-void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y) {
-    static const char op[] = "linear";
+static void check_linear(const char *op, fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias,
+                         const fl_tensor *y) {
     need_storage(op, ctx, x, "x");
     need_storage(op, ctx, w, "w");
     need_storage(op, ctx, y, "y");
@@ -153,8 +153,24 @@ void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
                                                  (long long)fl_tensor_numel(bias), (long long)out);
     }
     count_flops(ctx, 2.0 * mx.rows * in * out);
+}
+
+void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y) {
+    check_linear("linear", ctx, x, w, bias, y);
     if (ctx->planning) return;
     ctx->backend->linear(ctx, x, w, bias, y);
+}
+
+bool fl_op_has_linear_rows(const fl_ctx *ctx) {
+    return ctx->backend && ctx->backend->linear_rows; /* a planning-only context has no backend */
+}
+
+void fl_op_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y) {
+    static const char op[] = "linear_rows";
+    if (!fl_op_has_linear_rows(ctx)) OP_FAIL(op, "this context has no batch-invariant linear");
+    check_linear(op, ctx, x, w, bias, y);
+    if (ctx->planning) return;
+    ctx->backend->linear_rows(ctx, x, w, bias, y);
 }
 
 void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db) {

@@ -49,6 +49,14 @@ void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *
  * y: matrix view [N, out]. This is PyTorch's nn.Linear with the original [out, in] weight layout. */
 void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
 
+/* fl_op_linear, batch-invariant: row i of y depends only on row i of x (with w and bias), bitwise,
+ * whatever the number of rows in the call, the row's position among them and the thread count,
+ * so one call over a batch gives each sample the bits a call over that sample alone gives. Its
+ * results may differ from fl_op_linear's in the last bits (another summation order). Only where
+ * fl_op_has_linear_rows says so (the CPU backend; CUDA has none yet). */
+bool fl_op_has_linear_rows(const fl_ctx *ctx);
+void fl_op_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
+
 /* db[out] += sum over rows of dy[N, out] (accumulates). dy: matrix view. */
 void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db);
 

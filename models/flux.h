@@ -28,12 +28,14 @@
  * applies to every row. fl_flux_set_sample_adapters instead gives each sample of a batch its own
  * list of attached sets and multipliers, applied only to that sample's rows (its row segment: of
  * a Linear's M input rows, sample b owns rows [b*M/B, (b+1)*M/B) — its image, text or joint
- * tokens, or its one conditioning row). In that mode every Linear, base product included, runs
- * once per segment with exactly the shapes a batch of one would use, so each sample's output is
- * bitwise the output it gets alone: a BLAS GEMM's rows are not invariant to M (OpenBLAS switches
- * kernels with the problem size, so a row's rounding changes with its batch), while every other
- * op of the forward is computed per row, per sample or per (sample, head). The price is B smaller
- * GEMMs per Linear instead of one, which matters only when the segments are short.
+ * tokens, or its one conditioning row). Each sample's output is bitwise the output it gets alone:
+ * a BLAS GEMM's rows are not invariant to M (OpenBLAS switches kernels with the problem size, so
+ * a row's rounding changes with its batch), so every inference forward computes its base products
+ * with the batch-invariant linear (kernels/ops.h, fl_op_linear_rows: a row's bits do not depend on
+ * the other rows of the call) — one product for the whole batch — and each sample's adapters on
+ * its segment with exactly the shapes a batch of one would use. On a backend without that linear
+ * (CUDA for now) the base product too runs once per segment, B smaller GEMMs per Linear instead of
+ * one. Every other op of the forward is computed per row, per sample or per (sample, head).
  */
 #ifndef FL_MODELS_FLUX_H
 #define FL_MODELS_FLUX_H

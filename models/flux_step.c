@@ -15,9 +15,10 @@
  * activations instead of every block's (at 1024 x 1024 on FLUX.1-dev, about 1 GB instead of
  * 36 GB in bf16). The ops and their operands are the same, so the output is bitwise the same.
  *
- * With per-sample adapters (flux.h) only the Linears change: each runs once per sample on that
- * sample's row segment — the base product with the shapes a batch of one would use, then that
- * sample's adapters. Every other op here is already computed per row, per sample or per
+ * With per-sample adapters (flux.h) only the Linears change: the base product runs once over the
+ * whole batch through the batch-invariant linear (fl_op_linear_rows; on a backend without it, once
+ * per sample's row segment with the shapes a batch of one would use), then each sample's adapters
+ * run on its segment. Every other op here is already computed per row, per sample or per
  * (sample, head), so the whole forward of a sample does not depend on its batch neighbours.
  */
 #include <math.h>
@@ -90,9 +91,19 @@ static int find_adapter(const fl_flux_linear *lin, int set_id) {
     return -1;
 }
 
-/* The per-sample form of linear_forward: sample b's rows get the base product computed on their
- * own (the GEMM shapes of a batch of one) plus sample b's adapters, at scale (attach scale) *
- * (multiplier), in the listed order. Inference only: nothing is saved for a backward.
+/* Whether the base products of this forward go through the batch-invariant linear: every
+ * inference forward on a backend that has one (the CPU), per-sample or not, so that a request's
+ * image is produced by the same arithmetic alone, in a batch, or by the single-request sampler.
+ * Training keeps fl_op_linear: nothing compares a training step's rows across batches. */
+static bool base_rows_invariant(const fl_flux_model *m) {
+    return m->inference && fl_op_has_linear_rows(m->ctx);
+}
+
+/* The per-sample form of linear_forward: sample b's rows get the base product plus sample b's
+ * adapters, at scale (attach scale) * (multiplier), in the listed order. The base product is one
+ * batch-invariant call over all rows where the backend has it (each row's bits do not depend on
+ * its neighbours), else one call per segment with the GEMM shapes of a batch of one; the adapters
+ * always run per segment with those shapes. Inference only: nothing is saved for a backward.
  *
  * Each adapter's x A^T goes to one scratch of [rows, rank_reserve] (the largest rank attached so
  * far), allocated whatever is attached or selected, so this path's plan does not depend on the
@@ -110,9 +121,12 @@ static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, con
     size_t mark = fl_arena_mark(&m->arena);
     fl_tensor scratch = {0};
     if (m->rank_reserve > 0) scratch = act(m, m->dtype, 2, rows, m->rank_reserve, 0, 0);
+    const fl_tensor *bias = lin->bias.data ? &lin->bias : NULL;
+    const bool shared = base_rows_invariant(m);
+    if (shared) fl_op_linear_rows(ctx, x, &lin->weight, bias, y); /* one product for the whole batch */
     for (int64_t b = 0; b < batch; b++) {
         fl_tensor xs = row_segment(x, &mx, b * rows, rows), ys = row_segment(y, &my, b * rows, rows);
-        fl_op_linear(ctx, &xs, &lin->weight, lin->bias.data ? &lin->bias : NULL, &ys);
+        if (!shared) fl_op_linear(ctx, &xs, &lin->weight, bias, &ys);
         const fl_flux_sample_adapters *sel = &m->sample_sel[b];
         for (int j = 0; j < sel->n; j++) {
             int k = find_adapter(lin, sel->set_ids[j]);
@@ -138,7 +152,9 @@ static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tenso
         return;
     }
     fl_ctx *ctx = m->ctx;
-    fl_op_linear(ctx, x, &lin->weight, lin->bias.data ? &lin->bias : NULL, y);
+    const fl_tensor *bias = lin->bias.data ? &lin->bias : NULL;
+    if (base_rows_invariant(m)) fl_op_linear_rows(ctx, x, &lin->weight, bias, y);
+    else fl_op_linear(ctx, x, &lin->weight, bias, y);
     lin->saved_x = *x;
     fl_matrix mx;
     FL_CHECK(fl_tensor_matrix(x, &mx));

@@ -63,6 +63,20 @@ void fl_cpu_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor 
 void fl_cpu_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
 void fl_cpu_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db);
 
+/* cpu_gemm_rows.c: the batch-invariant linear (ops.h, fl_op_linear_rows). Every element of
+ * y[m, n] = x[m, k] w[n, k]^T + bias[n] is the chain acc = bias[j] (or 0), then
+ * acc = fma(x[i][p], w[j][p], acc) for p = 0 .. k-1, stored as is: the same bits for any m, any
+ * row position, any thread count and any of the instruction sets below. */
+typedef enum fl_cpu_rows_isa { FL_CPU_ROWS_SCALAR, FL_CPU_ROWS_AVX2, FL_CPU_ROWS_AVX512 } fl_cpu_rows_isa;
+const char *fl_cpu_rows_isa_name(fl_cpu_rows_isa isa);
+bool fl_cpu_rows_isa_supported(fl_cpu_rows_isa isa);
+fl_cpu_rows_isa fl_cpu_rows_isa_best(void); /* what fl_cpu_linear_rows uses */
+/* Raw form: x row stride ldx, w [n, k] with row stride ldw, bias [n] or NULL, y row stride ldy.
+ * Threads with OpenMP; call from one thread. isa must be supported. */
+void fl_cpu_sgemm_rows(fl_cpu_rows_isa isa, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
+                       const float *w, int64_t ldw, const float *bias, float *y, int64_t ldy);
+void fl_cpu_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
+
 /* cpu_elementwise.c */
 void fl_cpu_copy(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst);
 void fl_cpu_fill(fl_ctx *ctx, fl_tensor *t, float value);
