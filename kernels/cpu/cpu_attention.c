@@ -197,17 +197,16 @@ static void attention_blas(const fl_tensor *q, const fl_tensor *k, const fl_tens
             const float *kb = kd + bh * Lk * D, *vb = vd + bh * Lk * D;
             float *ob = od + (bh * Lq + i0) * D;
             sgemm1(false, true, bq, Lk, D, scale, qd + (bh * Lq + i0) * D, D, kb, D, 0.0f, s, Lk);
-            float inv[ATTN_BQ_BLAS];
             for (int64_t i = 0; i < bq; i++) {
-                float *row = s + i * Lk, mx = fl_cpu_max(row, Lk);
+                float *row = s + i * Lk;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < Lk; j++) mx = row[j] > mx ? row[j] : mx;
                 double sum = fl_cpu_exp_sub(row, row, Lk, mx);
                 lsed[bh * Lq + i0 + i] = mx + (float)log(sum);
-                inv[i] = (float)(1.0 / sum);
+                float inv = (float)(1.0 / sum);
+                for (int64_t j = 0; j < Lk; j++) row[j] *= inv;
             }
-            /* out = (exp(S - max) v) / sum: the division on D columns instead of Lk */
             sgemm1(false, false, bq, D, Lk, 1.0f, s, Lk, vb, D, 0.0f, ob, D);
-            for (int64_t i = 0; i < bq; i++)
-                for (int64_t d = 0; d < D; d++) ob[i * D + d] *= inv[i];
         }
         free(s);
     }

@@ -60,8 +60,6 @@ void fl_cpu_gemm_acc_serial(int64_t m, int64_t n, int64_t k, float alpha, const 
 /* cpu_vexp.c: y[i] = exp(x[i] - sub) for i < n (x and y may be the same array); returns the sum
  * of the y[i]. Each y[i] depends only on x[i] and sub. */
 float fl_cpu_exp_sub(const float *x, float *y, int64_t n, float sub);
-/* The largest of x[0, n) (-inf for n == 0; rows holding NaN are not supported). */
-float fl_cpu_max(const float *x, int64_t n);
 /* Whether fl_cpu_exp_sub runs its vector path on this CPU (else it calls expf). */
 bool fl_cpu_exp_is_vector(void);
 

@@ -8,8 +8,7 @@
  * the tail runs masked through the same instructions, so every element's result depends only on
  * its own input, never on its position or the array's length. Inputs are clamped to [-104, 100]
  * first (2^n then saturates to 0 or infinity exactly as expf does) and NaN passes through.
- * Elsewhere the loops call expf. fl_cpu_max (a row's maximum, for the softmax) is exact either
- * way: the maximum of finite values does not depend on the order they are compared in.
+ * Elsewhere the loops call expf.
  */
 #include <math.h>
 
@@ -56,14 +55,6 @@ __attribute__((target("avx512f"))) static float exp_sub_avx512(const float *x, f
     return _mm512_reduce_add_ps(acc);
 }
 
-__attribute__((target("avx512f"))) static float max_avx512(const float *x, int64_t n) {
-    __m512 acc = _mm512_set1_ps(-INFINITY);
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(acc, _mm512_loadu_ps(x + i));
-    if (i < n) acc = _mm512_max_ps(acc, _mm512_mask_loadu_ps(acc, (__mmask16)((1u << (n - i)) - 1u), x + i));
-    return _mm512_reduce_max_ps(acc);
-}
-
 static bool have_avx512(void) {
     return __builtin_cpu_supports("avx512f");
 }
@@ -79,15 +70,6 @@ float fl_cpu_exp_sub(const float *x, float *y, int64_t n, float sub) {
         sum += y[i];
     }
     return (float)sum;
-}
-
-float fl_cpu_max(const float *x, int64_t n) {
-#ifdef FL_VEXP_AVX512
-    if (have_avx512()) return max_avx512(x, n);
-#endif
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    return mx;
 }
 
 bool fl_cpu_exp_is_vector(void) {

@@ -5,8 +5,7 @@
  * or zero that expf gives (absolute error under 1e-37); above 88.8, infinity; NaN stays NaN. The
  * shift argument subtracts before exp, the returned sum matches the results' sum, and every
  * element's result is bitwise the same whatever its position and the array's length (the tail is
- * computed like the body), which attention's and GELU's batch invariance rely on. fl_cpu_max
- * equals a plain loop's maximum for every length.
+ * computed like the body), which attention's and GELU's batch invariance rely on.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -77,22 +76,10 @@ static void test_position_invariant(void) {
     }
 }
 
-static void test_max(void) {
-    enum { N = 70 };
-    float x[N];
-    for (int i = 0; i < N; i++) x[i] = (float)((i * 37) % 71) - 30.5f;
-    for (int len = 0; len <= N; len++) {
-        float want = -INFINITY;
-        for (int i = 0; i < len; i++) want = x[i] > want ? x[i] : want;
-        FL_EXPECTF(fl_cpu_max(x, len) == want, "max of %d elements: %g, expected %g", len, fl_cpu_max(x, len), want);
-    }
-}
-
 int main(void) {
     FL_RUN(test_accuracy);
     FL_RUN(test_extremes);
     FL_RUN(test_shift);
     FL_RUN(test_position_invariant);
-    FL_RUN(test_max);
     return fl_test_finish();
 }
