@@ -20,6 +20,12 @@
  * conv2d) adds its multiply-add FLOPs (2 per multiply-add) to ctx->flops when its operands pass
  * the checks, in planning mode too, so a planning run of a step counts exactly the matrix work
  * the real step does.
+ *
+ * Profile: when ctx->profile points at an fl_op_profile, every op that computes adds its wall
+ * time (and its matrix FLOPs) to the entry of its kind; CUDA ops are timed as they are issued,
+ * so the figures mean something on the CPU backend only. Products issued while
+ * ctx->profile_lora is set (a model's adapter products) count as FL_OPK_LORA instead of GEMM.
+ * NULL (the default) costs one test per op.
  */
 #ifndef FL_KERNELS_CONTEXT_H
 #define FL_KERNELS_CONTEXT_H
@@ -33,6 +39,29 @@
 
 typedef struct fl_backend fl_backend;
 
+/* Kinds of op a profile sums time over. */
+typedef enum fl_op_kind {
+    FL_OPK_GEMM,        /* gemm, linear, bias gradient */
+    FL_OPK_ATTENTION,   /* attention and its backward, masked attention */
+    FL_OPK_NORM,        /* layer/RMS/group norm, LayerNorm + modulate, and their backwards */
+    FL_OPK_ROPE,        /* rotary embedding and its backward */
+    FL_OPK_ELEMENTWISE, /* copies, fills, adds, activations, gated residuals */
+    FL_OPK_LORA,        /* adapter products (see profile_lora) */
+    FL_OPK_OPTIMIZER,   /* AdamW */
+    FL_OPK_OTHER,       /* embeddings, loss, convolution, everything else */
+    FL_OPK_COUNT
+} fl_op_kind;
+
+typedef struct fl_op_profile {
+    double seconds[FL_OPK_COUNT];
+    double flops[FL_OPK_COUNT];
+    uint64_t calls[FL_OPK_COUNT];
+    double pending_flops; /* the FLOPs counted by the op being run (internal to ops.c) */
+} fl_op_profile;
+
+/* The kind's name, for printing ("gemm", "attention", ...). */
+const char *fl_op_kind_name(fl_op_kind kind);
+
 typedef struct fl_ctx {
     fl_device device;
     const fl_backend *backend;
@@ -41,6 +70,8 @@ typedef struct fl_ctx {
     bool storage_set; /* storage chosen by fl_ctx_set_storage_dtype, else the device's default */
     fl_dtype storage;
     uint64_t flops;   /* matrix FLOPs of the ops checked so far (the caller resets it) */
+    fl_op_profile *profile; /* time per op kind when not NULL (see the header comment) */
+    bool profile_lora;      /* products count as FL_OPK_LORA while set */
 } fl_ctx;
 
 /* Creates a context for dev (see core/device.h for choosing one). NULL + err on failure. */

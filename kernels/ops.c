@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "kernels/backend.h"
@@ -108,7 +109,43 @@ static void count_flops(fl_ctx *ctx, double flops) {
     const double cap = 1.8e19; /* below UINT64_MAX */
     double total = (double)ctx->flops + flops;
     ctx->flops = total >= cap ? (uint64_t)cap : ctx->flops + (uint64_t)flops;
+    if (ctx->profile && !ctx->planning) ctx->profile->pending_flops = flops;
 }
+
+/* ---- profile (kernels/context.h) ---------------------------------------------------------- */
+
+const char *fl_op_kind_name(fl_op_kind kind) {
+    static const char *const names[FL_OPK_COUNT] = {"gemm", "attention", "norm/modulate", "rope",
+                                                    "elementwise", "lora", "optimizer", "other"};
+    return kind >= 0 && kind < FL_OPK_COUNT ? names[kind] : "?";
+}
+
+static double profile_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double profile_begin(const fl_ctx *ctx) {
+    return ctx->profile ? profile_now() : 0.0;
+}
+
+static void profile_end(fl_ctx *ctx, fl_op_kind kind, double t0) {
+    fl_op_profile *p = ctx->profile;
+    if (!p) return;
+    p->seconds[kind] += profile_now() - t0;
+    p->flops[kind] += p->pending_flops;
+    p->calls[kind]++;
+    p->pending_flops = 0.0;
+}
+
+/* Runs one backend call, timed under kind when a profile is attached. */
+#define PROFILED(ctx, kind, call)                                                                  \
+    do {                                                                                           \
+        double t0_ = profile_begin(ctx);                                                           \
+        call;                                                                                      \
+        profile_end(ctx, kind, t0_);                                                               \
+    } while (0)
 
 /* ---- matrix products ------------------------------------------------------------------------ */
 
@@ -129,7 +166,8 @@ void fl_op_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *
     need_matrix_dims(op, &mc, "c", m, n);
     count_flops(ctx, 2.0 * m * n * k);
     if (ctx->planning) return;
-    ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta);
+    PROFILED(ctx, ctx->profile_lora ? FL_OPK_LORA : FL_OPK_GEMM,
+             ctx->backend->gemm(ctx, a, trans_a, b, trans_b, c, alpha, beta));
 }
 
 static void check_linear(const char *op, fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias,
@@ -158,7 +196,7 @@ static void check_linear(const char *op, fl_ctx *ctx, const fl_tensor *x, const 
 void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y) {
     check_linear("linear", ctx, x, w, bias, y);
     if (ctx->planning) return;
-    ctx->backend->linear(ctx, x, w, bias, y);
+    PROFILED(ctx, ctx->profile_lora ? FL_OPK_LORA : FL_OPK_GEMM, ctx->backend->linear(ctx, x, w, bias, y));
 }
 
 bool fl_op_has_linear_rows(const fl_ctx *ctx) {
@@ -183,7 +221,7 @@ void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db) {
     if (fl_tensor_numel(db) != m.cols) OP_FAIL(op, "db has %lld elements, expected %lld",
                                                (long long)fl_tensor_numel(db), (long long)m.cols);
     if (ctx->planning) return;
-    ctx->backend->bias_grad(ctx, dy, db);
+    PROFILED(ctx, FL_OPK_GEMM, ctx->backend->bias_grad(ctx, dy, db));
 }
 
 /* ---- layout and elementwise ----------------------------------------------------------------- */
@@ -194,13 +232,13 @@ void fl_op_copy(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst) {
     need_device(op, ctx, dst, "dst");
     need_same_shape(op, src, dst, "dst");
     if (ctx->planning) return;
-    ctx->backend->copy(ctx, src, dst);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->copy(ctx, src, dst));
 }
 
 void fl_op_fill(fl_ctx *ctx, fl_tensor *t, float value) {
     need_device("fill", ctx, t, "t");
     if (ctx->planning) return;
-    ctx->backend->fill(ctx, t, value);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->fill(ctx, t, value));
 }
 
 /* Elementwise operands: matrix views of one shape and one storage dtype. */
@@ -217,40 +255,40 @@ void fl_op_add(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, float alpha,
     need_elementwise("add", ctx, a, "a", b, "b");
     need_elementwise("add", ctx, a, "a", out, "out");
     if (ctx->planning) return;
-    ctx->backend->add(ctx, a, b, alpha, out);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->add(ctx, a, b, alpha, out));
 }
 
 void fl_op_scale(fl_ctx *ctx, fl_tensor *x, float alpha) {
     need_storage("scale", ctx, x, "x");
     need_matrix("scale", x, "x");
     if (ctx->planning) return;
-    ctx->backend->scale(ctx, x, alpha);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->scale(ctx, x, alpha));
 }
 
 void fl_op_gelu_tanh(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     need_elementwise("gelu_tanh", ctx, x, "x", y, "y");
     if (ctx->planning) return;
-    ctx->backend->gelu_tanh(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->gelu_tanh(ctx, x, y));
 }
 
 void fl_op_gelu_tanh_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, fl_tensor *dx) {
     need_elementwise("gelu_tanh_backward", ctx, x, "x", dy, "dy");
     need_elementwise("gelu_tanh_backward", ctx, x, "x", dx, "dx");
     if (ctx->planning) return;
-    ctx->backend->gelu_tanh_backward(ctx, dy, x, dx);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->gelu_tanh_backward(ctx, dy, x, dx));
 }
 
 void fl_op_silu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     need_elementwise("silu", ctx, x, "x", y, "y");
     if (ctx->planning) return;
-    ctx->backend->silu(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->silu(ctx, x, y));
 }
 
 void fl_op_silu_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, fl_tensor *dx) {
     need_elementwise("silu_backward", ctx, x, "x", dy, "dy");
     need_elementwise("silu_backward", ctx, x, "x", dx, "dx");
     if (ctx->planning) return;
-    ctx->backend->silu_backward(ctx, dy, x, dx);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->silu_backward(ctx, dy, x, dx));
 }
 
 /* ---- normalization and modulation ----------------------------------------------------------- */
@@ -280,7 +318,7 @@ void fl_op_layernorm(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, fl_tensor *m
     need_stats(op, ctx, mean, "mean", rows);
     need_stats(op, ctx, rstd, "rstd", rows);
     if (ctx->planning) return;
-    ctx->backend->layernorm(ctx, x, y, mean, rstd, eps);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->layernorm(ctx, x, y, mean, rstd, eps));
 }
 
 void fl_op_layernorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *mean,
@@ -296,7 +334,7 @@ void fl_op_layernorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor 
     need_stats(op, ctx, mean, "mean", rows);
     need_stats(op, ctx, rstd, "rstd", rows);
     if (ctx->planning) return;
-    ctx->backend->layernorm_backward(ctx, dy, x, mean, rstd, dx);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->layernorm_backward(ctx, dy, x, mean, rstd, dx));
 }
 
 /* x: [B, T, D]; a per-sample vector operand (shift, scale, gate): matrix view [B, D]. */
@@ -326,7 +364,7 @@ void fl_op_ln_modulate(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *shift, 
     need_stats(op, ctx, mean, "mean", x->shape[0] * x->shape[1]);
     need_stats(op, ctx, rstd, "rstd", x->shape[0] * x->shape[1]);
     if (ctx->planning) return;
-    ctx->backend->ln_modulate(ctx, x, shift, scale, y, mean, rstd, eps);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->ln_modulate(ctx, x, shift, scale, y, mean, rstd, eps));
 }
 
 void fl_op_ln_modulate_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *scale,
@@ -346,7 +384,8 @@ void fl_op_ln_modulate_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tenso
     need_stats(op, ctx, mean, "mean", x->shape[0] * x->shape[1]);
     need_stats(op, ctx, rstd, "rstd", x->shape[0] * x->shape[1]);
     if (ctx->planning) return;
-    ctx->backend->ln_modulate_backward(ctx, dy, x, scale, mean, rstd, dx, dshift, dscale);
+    PROFILED(ctx, FL_OPK_NORM,
+             ctx->backend->ln_modulate_backward(ctx, dy, x, scale, mean, rstd, dx, dshift, dscale));
 }
 
 static void need_norm_weight(const char *op, fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w,
@@ -369,7 +408,7 @@ void fl_op_rmsnorm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, fl_
     need_norm_weight(op, ctx, x, weight, "weight");
     need_stats(op, ctx, rstd, "rstd", rows);
     if (ctx->planning) return;
-    ctx->backend->rmsnorm(ctx, x, weight, y, rstd, eps);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->rmsnorm(ctx, x, weight, y, rstd, eps));
 }
 
 void fl_op_rmsnorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x, const fl_tensor *weight,
@@ -386,7 +425,7 @@ void fl_op_rmsnorm_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *x
     if (dweight) need_norm_weight(op, ctx, x, dweight, "dweight");
     need_stats(op, ctx, rstd, "rstd", rows);
     if (ctx->planning) return;
-    ctx->backend->rmsnorm_backward(ctx, dy, x, weight, rstd, dx, dweight);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->rmsnorm_backward(ctx, dy, x, weight, rstd, dx, dweight));
 }
 
 void fl_op_gated_residual(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *gate, const fl_tensor *y,
@@ -401,7 +440,7 @@ void fl_op_gated_residual(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *gate
     need_same_dtype(op, x, out, "x, out");
     need_per_sample(op, ctx, x, gate, "gate");
     if (ctx->planning) return;
-    ctx->backend->gated_residual(ctx, x, gate, y, out);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->gated_residual(ctx, x, gate, y, out));
 }
 
 void fl_op_gated_residual_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *gate, const fl_tensor *y,
@@ -417,7 +456,7 @@ void fl_op_gated_residual_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_
     need_per_sample(op, ctx, dout, gate, "gate");
     if (dgate) need_per_sample(op, ctx, dout, dgate, "dgate");
     if (ctx->planning) return;
-    ctx->backend->gated_residual_backward(ctx, dout, gate, y, dy, dgate);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->gated_residual_backward(ctx, dout, gate, y, dy, dgate));
 }
 
 /* ---- positions and attention ---------------------------------------------------------------- */
@@ -461,7 +500,7 @@ void fl_op_rope(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *pe, fl_tensor 
     need_same_shape("rope", x, y, "y");
     need_same_dtype("rope", x, y, "x, y");
     if (ctx->planning) return;
-    ctx->backend->rope(ctx, x, pe, y);
+    PROFILED(ctx, FL_OPK_ROPE, ctx->backend->rope(ctx, x, pe, y));
 }
 
 void fl_op_rope_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *pe, fl_tensor *dx) {
@@ -470,7 +509,7 @@ void fl_op_rope_backward(fl_ctx *ctx, const fl_tensor *dy, const fl_tensor *pe, 
     need_same_shape("rope_backward", dy, dx, "dx");
     need_same_dtype("rope_backward", dy, dx, "dy, dx");
     if (ctx->planning) return;
-    ctx->backend->rope_backward(ctx, dy, pe, dx);
+    PROFILED(ctx, FL_OPK_ROPE, ctx->backend->rope_backward(ctx, dy, pe, dx));
 }
 
 static void need_bhld(const char *op, fl_ctx *ctx, const fl_tensor *t, const char *name, const fl_tensor *like) {
@@ -510,7 +549,7 @@ void fl_op_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const 
     check_attention("attention", ctx, q, k, v, out, lse);
     count_flops(ctx, attention_flops(q, k));
     if (ctx->planning) return;
-    ctx->backend->attention(ctx, q, k, v, out, lse, scale);
+    PROFILED(ctx, FL_OPK_ATTENTION, ctx->backend->attention(ctx, q, k, v, out, lse, scale));
 }
 
 void fl_op_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
@@ -529,7 +568,8 @@ void fl_op_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tenso
     /* The usual count: five products (recomputed scores, dv, dP, dq, dk), 2.5x the forward. */
     count_flops(ctx, attention_flops(q, k) / 2 * 5);
     if (ctx->planning) return;
-    ctx->backend->attention_backward(ctx, dout, q, k, v, out, lse, dq, dk, dv, scale);
+    PROFILED(ctx, FL_OPK_ATTENTION,
+             ctx->backend->attention_backward(ctx, dout, q, k, v, out, lse, dq, dk, dv, scale));
 }
 
 void fl_op_timestep_embedding(fl_ctx *ctx, const fl_tensor *t, fl_tensor *out, float time_factor,
@@ -542,7 +582,7 @@ void fl_op_timestep_embedding(fl_ctx *ctx, const fl_tensor *t, fl_tensor *out, f
     if (out->ndim != 2 || out->shape[0] != fl_tensor_numel(t))
         OP_FAIL(op, "out must be [B, dim] with B = %lld", (long long)fl_tensor_numel(t));
     if (ctx->planning) return;
-    ctx->backend->timestep_embedding(ctx, t, out, time_factor, max_period);
+    PROFILED(ctx, FL_OPK_OTHER, ctx->backend->timestep_embedding(ctx, t, out, time_factor, max_period));
 }
 
 /* ---- objective and optimizer ---------------------------------------------------------------- */
@@ -565,7 +605,7 @@ void fl_op_flow_mix(fl_ctx *ctx, const fl_tensor *x0, const fl_tensor *noise, co
         OP_FAIL(op, "t has %lld elements, expected the batch size %lld", (long long)fl_tensor_numel(t),
                 (long long)x0->shape[0]);
     if (ctx->planning) return;
-    ctx->backend->flow_mix(ctx, x0, noise, t, xt, target);
+    PROFILED(ctx, FL_OPK_OTHER, ctx->backend->flow_mix(ctx, x0, noise, t, xt, target));
 }
 
 double fl_op_mse_loss(fl_ctx *ctx, const fl_tensor *pred, const fl_tensor *target, fl_tensor *dpred) {
@@ -583,14 +623,20 @@ double fl_op_mse_loss(fl_ctx *ctx, const fl_tensor *pred, const fl_tensor *targe
         need_same_dtype(op, pred, dpred, "pred, dpred");
     }
     if (ctx->planning) return 0.0;
-    return ctx->backend->mse_loss(ctx, pred, target, dpred);
+    double t0 = profile_begin(ctx);
+    double r = ctx->backend->mse_loss(ctx, pred, target, dpred);
+    profile_end(ctx, FL_OPK_OTHER, t0);
+    return r;
 }
 
 double fl_op_sum_squares(fl_ctx *ctx, const fl_tensor *x) {
     need_f32("sum_squares", ctx, x, "x");
     need_contiguous("sum_squares", x, "x");
     if (ctx->planning) return 0.0;
-    return ctx->backend->sum_squares(ctx, x);
+    double t0 = profile_begin(ctx);
+    double r = ctx->backend->sum_squares(ctx, x);
+    profile_end(ctx, FL_OPK_OTHER, t0);
+    return r;
 }
 
 void fl_op_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor *m, fl_tensor *v,
@@ -607,7 +653,7 @@ void fl_op_adamw(fl_ctx *ctx, fl_tensor *param, const fl_tensor *grad, fl_tensor
     }
     if (p->step < 1) OP_FAIL(op, "step must be >= 1, is %lld", (long long)p->step);
     if (ctx->planning) return;
-    ctx->backend->adamw(ctx, param, grad, m, v, p);
+    PROFILED(ctx, FL_OPK_OPTIMIZER, ctx->backend->adamw(ctx, param, grad, m, v, p));
 }
 
 /* ---- text encoders (CLIP, T5): forward-only ops ----------------------------------------------- */
@@ -627,7 +673,7 @@ void fl_op_embedding(fl_ctx *ctx, const fl_tensor *table, const int32_t *ids, in
             OP_FAIL(op, "id %d at row %lld is outside the table's %lld rows", (int)ids[r], (long long)r,
                     (long long)table->shape[0]);
     if (ctx->planning) return;
-    ctx->backend->embedding(ctx, table, ids, n, out);
+    PROFILED(ctx, FL_OPK_OTHER, ctx->backend->embedding(ctx, table, ids, n, out));
 }
 
 void fl_op_layernorm_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias,
@@ -640,7 +686,7 @@ void fl_op_layernorm_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *we
     need_norm_weight(op, ctx, x, weight, "weight");
     need_norm_weight(op, ctx, x, bias, "bias");
     if (ctx->planning) return;
-    ctx->backend->layernorm_affine(ctx, x, weight, bias, y, eps);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->layernorm_affine(ctx, x, weight, bias, y, eps));
 }
 
 void fl_op_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v,
@@ -667,26 +713,27 @@ void fl_op_attention_masked(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k,
         OP_FAIL(op, "head dim %lld exceeds the CUDA kernel's limit of 512", (long long)q->shape[3]);
     count_flops(ctx, attention_flops(q, k));
     if (ctx->planning) return;
-    ctx->backend->attention_masked(ctx, q, k, v, bias, causal, out, scale);
+    PROFILED(ctx, FL_OPK_ATTENTION,
+             ctx->backend->attention_masked(ctx, q, k, v, bias, causal, out, scale));
 }
 
 void fl_op_quick_gelu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     need_elementwise("quick_gelu", ctx, x, "x", y, "y");
     if (ctx->planning) return;
-    ctx->backend->quick_gelu(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->quick_gelu(ctx, x, y));
 }
 
 void fl_op_gelu_erf(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     need_elementwise("gelu_erf", ctx, x, "x", y, "y");
     if (ctx->planning) return;
-    ctx->backend->gelu_erf(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->gelu_erf(ctx, x, y));
 }
 
 void fl_op_mul(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out) {
     need_elementwise("mul", ctx, a, "a", b, "b");
     need_elementwise("mul", ctx, a, "a", out, "out");
     if (ctx->planning) return;
-    ctx->backend->mul(ctx, a, b, out);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->mul(ctx, a, b, out));
 }
 
 /* ---- images: convolution, group normalization, upsampling (the autoencoder) ----------------- */
@@ -739,7 +786,7 @@ void fl_op_conv2d(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
     if (x->data == y->data && fl_tensor_numel(x) > 0) OP_FAIL(op, "y may not alias x");
     count_flops(ctx, 2.0 * B * O * want[2] * want[3] * C * KH * KW);
     if (ctx->planning) return;
-    ctx->backend->conv2d(ctx, x, w, bias, y, stride, pad);
+    PROFILED(ctx, FL_OPK_OTHER, ctx->backend->conv2d(ctx, x, w, bias, y, stride, pad));
 }
 
 void fl_op_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, const fl_tensor *bias, fl_tensor *y,
@@ -767,7 +814,7 @@ void fl_op_group_norm(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *weight, 
     }
     if (!(eps >= 0.0f)) OP_FAIL(op, "eps %g must be non-negative", (double)eps);
     if (ctx->planning) return;
-    ctx->backend->group_norm(ctx, x, weight, bias, y, groups, eps, silu);
+    PROFILED(ctx, FL_OPK_NORM, ctx->backend->group_norm(ctx, x, weight, bias, y, groups, eps, silu));
 }
 
 void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
@@ -778,7 +825,7 @@ void fl_op_upsample_nearest2x(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     int64_t want[4] = {x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]};
     need_shape(op, y, "y", 4, want);
     if (ctx->planning) return;
-    ctx->backend->upsample_nearest2x(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->upsample_nearest2x(ctx, x, y));
 }
 
 /* ---- face networks (dlib) ---------------------------------------------------------------------- */
@@ -804,7 +851,8 @@ void fl_op_pool2d(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y, int kh, int kw,
     need_shape(op, y, "y", 4, want);
     if (x->data && x->data == y->data) OP_FAIL(op, "y may not alias x");
     if (ctx->planning) return;
-    ctx->backend->pool2d(ctx, x, y, kh, kw, stride_y, stride_x, pad_y, pad_x, max);
+    PROFILED(ctx, FL_OPK_OTHER,
+             ctx->backend->pool2d(ctx, x, y, kh, kw, stride_y, stride_x, pad_y, pad_x, max));
 }
 
 void fl_op_channel_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scale, const fl_tensor *shift,
@@ -828,13 +876,13 @@ void fl_op_channel_affine(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *scal
                     (long long)fl_tensor_numel(v[i]), (long long)x->shape[1]);
     }
     if (ctx->planning) return;
-    ctx->backend->channel_affine(ctx, x, scale, shift, y, relu);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->channel_affine(ctx, x, scale, shift, y, relu));
 }
 
 void fl_op_relu(fl_ctx *ctx, const fl_tensor *x, fl_tensor *y) {
     need_elementwise("relu", ctx, x, "x", y, "y");
     if (ctx->planning) return;
-    ctx->backend->relu(ctx, x, y);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->relu(ctx, x, y));
 }
 
 void fl_op_add_padded(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_tensor *out) {
@@ -853,5 +901,5 @@ void fl_op_add_padded(fl_ctx *ctx, const fl_tensor *a, const fl_tensor *b, fl_te
                       (out->data == a->data && !fl_tensor_same_shape(a, out))))
         OP_FAIL(op, "out may only alias an operand of its own shape");
     if (ctx->planning) return;
-    ctx->backend->add_padded(ctx, a, b, out);
+    PROFILED(ctx, FL_OPK_ELEMENTWISE, ctx->backend->add_padded(ctx, a, b, out));
 }

@@ -128,6 +128,7 @@ static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, con
         fl_tensor xs = row_segment(x, &mx, b * rows, rows), ys = row_segment(y, &my, b * rows, rows);
         if (!shared) fl_op_linear(ctx, &xs, &lin->weight, bias, &ys);
         const fl_flux_sample_adapters *sel = &m->sample_sel[b];
+        ctx->profile_lora = true;
         for (int j = 0; j < sel->n; j++) {
             int k = find_adapter(lin, sel->set_ids[j]);
             if (k < 0) continue; /* this set does not adapt this Linear */
@@ -141,6 +142,7 @@ static void linear_forward_per_sample(fl_flux_model *m, fl_flux_linear *lin, con
             fl_op_gemm(ctx, &xs, false, &ad->a, true, &h, 1.0f, 0.0f);
             fl_op_gemm(ctx, &h, false, &ad->b, true, &ys, scale, 1.0f);
         }
+        ctx->profile_lora = false;
     }
     fl_arena_reset(&m->arena, mark);
 }
@@ -158,6 +160,7 @@ static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tenso
     lin->saved_x = *x;
     fl_matrix mx;
     FL_CHECK(fl_tensor_matrix(x, &mx));
+    ctx->profile_lora = true;
     for (int k = 0; k < lin->n_adapters; k++) {
         fl_flux_adapter *ad = &lin->adapters[k];
         fl_tensor h = act(m, m->dtype, 2, mx.rows, ad->a.shape[0], 0, 0);
@@ -165,6 +168,7 @@ static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tenso
         fl_op_gemm(ctx, &h, false, &ad->b, true, y, ad->scale, 1.0f);
         lin->saved_h[k] = h;
     }
+    ctx->profile_lora = false;
 }
 
 /* Given dy, writes (or with accumulate adds) dx = dy W + sum_k s_k (dy B_k) A_k when dx is not
@@ -176,6 +180,7 @@ static void linear_backward(fl_flux_model *m, fl_flux_linear *lin, const fl_tens
     if (dx) fl_op_gemm(ctx, dy, false, &lin->weight, false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
     fl_matrix my;
     FL_CHECK(fl_tensor_matrix(dy, &my));
+    ctx->profile_lora = true;
     for (int k = 0; k < lin->n_adapters; k++) {
         bool trainable = k == lin->trainable;
         if (!dx && !trainable) continue;
@@ -190,6 +195,7 @@ static void linear_backward(fl_flux_model *m, fl_flux_linear *lin, const fl_tens
         if (dx) fl_op_gemm(ctx, &dh, false, &ad->a, false, dx, 1.0f, 1.0f);
         fl_arena_reset(&m->arena, mark);
     }
+    ctx->profile_lora = false;
     if (m->full_grads) {
         fl_op_gemm(ctx, dy, true, x, false, &lin->grad_weight, 1.0f, 1.0f);
         if (lin->bias.data) fl_op_bias_grad(ctx, dy, &lin->grad_bias);

@@ -8,16 +8,26 @@
  * (batch * head, query block) tasks in parallel; the backward runs one task per (batch, head),
  * since dk and dv sum over every query block. The backward recomputes P = exp(S - lse) and uses
  * D_i = sum_j dout_ij out_ij, so dS = P * (dP - D_i) with dP = dout v^T.
- * Products go through the single-threaded blocked kernel of cpu_gemm.c, with k and v transposed
- * into scratch where a product needs them as [D, Lk].
+ *
+ * With OpenBLAS the block products are single-threaded cblas_sgemm calls made inside the
+ * OpenMP region (OpenBLAS runs one thread per call there), on blocks of ATTN_BQ_BLAS rows; the
+ * region is always entered, so every call is made the same way whatever the batch size, and a
+ * (batch, head)'s result depends only on its own q, k, v (the per-sample batch invariance of
+ * models/flux.h). Without OpenBLAS the products go through the single-threaded blocked kernel of
+ * cpu_gemm.c, with k and v transposed into scratch where a product needs them as [D, Lk].
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/cpu_internal.h"
 
-enum { ATTN_BQ = 32 };
+#ifdef FL_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+enum { ATTN_BQ = 32, ATTN_BQ_BLAS = 64 };
 
 /* y = rotation of x by the angles of pe (sign +1) or by their opposites (sign -1). */
 static void rope_apply(const fl_tensor *x, const fl_tensor *pe, fl_tensor *y, float sign) {
@@ -58,7 +68,7 @@ static void *scratch(size_t count) {
     return fl_xmalloc((count ? count : 1) * sizeof(float));
 }
 
-void fl_cpu_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
+static void attention_serial(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
                       fl_tensor *lse, float scale) {
     (void)ctx;
     int64_t BH = q->shape[0] * q->shape[1], Lq = q->shape[2], Lk = k->shape[2], D = q->shape[3];
@@ -102,7 +112,7 @@ void fl_cpu_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const
     free(kt);
 }
 
-void fl_cpu_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+static void attention_backward_serial(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
                                const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse, fl_tensor *dq,
                                fl_tensor *dk, fl_tensor *dv, float scale) {
     (void)ctx;
@@ -157,4 +167,116 @@ void fl_cpu_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tens
         free(p);
         free(dp);
     }
+}
+
+#ifdef FL_HAVE_OPENBLAS
+/* C = alpha op(A) op(B) + beta C, row-major, one OpenBLAS call (single-threaded inside a region). */
+static void sgemm1(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                   const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
+                (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+static bool blas_dims_fit(int64_t lq, int64_t lk, int64_t d) {
+    return lq <= INT_MAX / 2 && lk <= INT_MAX / 2 && d <= INT_MAX / 2;
+}
+
+static void attention_blas(const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
+                           fl_tensor *lse, float scale) {
+    int64_t BH = q->shape[0] * q->shape[1], Lq = q->shape[2], Lk = k->shape[2], D = q->shape[3];
+    const float *qd = q->data, *kd = k->data, *vd = v->data;
+    float *od = out->data, *lsed = lse->data;
+    int64_t blocks = (Lq + ATTN_BQ_BLAS - 1) / ATTN_BQ_BLAS;
+    FL_OMP(omp parallel)
+    {
+        float *s = scratch((size_t)(ATTN_BQ_BLAS * Lk));
+        FL_OMP(omp for schedule(dynamic))
+        for (int64_t task = 0; task < BH * blocks; task++) {
+            int64_t bh = task / blocks, i0 = (task % blocks) * ATTN_BQ_BLAS;
+            int64_t bq = Lq - i0 < ATTN_BQ_BLAS ? Lq - i0 : ATTN_BQ_BLAS;
+            const float *kb = kd + bh * Lk * D, *vb = vd + bh * Lk * D;
+            float *ob = od + (bh * Lq + i0) * D;
+            sgemm1(false, true, bq, Lk, D, scale, qd + (bh * Lq + i0) * D, D, kb, D, 0.0f, s, Lk);
+            for (int64_t i = 0; i < bq; i++) {
+                float *row = s + i * Lk;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < Lk; j++) mx = row[j] > mx ? row[j] : mx;
+                double sum = fl_cpu_exp_sub(row, row, Lk, mx);
+                lsed[bh * Lq + i0 + i] = mx + (float)log(sum);
+                float inv = (float)(1.0 / sum);
+                for (int64_t j = 0; j < Lk; j++) row[j] *= inv;
+            }
+            sgemm1(false, false, bq, D, Lk, 1.0f, s, Lk, vb, D, 0.0f, ob, D);
+        }
+        free(s);
+    }
+}
+
+static void attention_backward_blas(const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+                                    const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse, fl_tensor *dq,
+                                    fl_tensor *dk, fl_tensor *dv, float scale) {
+    int64_t BH = q->shape[0] * q->shape[1], Lq = q->shape[2], Lk = k->shape[2], D = q->shape[3];
+    const float *dod = dout->data, *qd = q->data, *kd = k->data, *vd = v->data, *od = out->data,
+                *lsed = lse->data;
+    float *dqd = dq->data, *dkd = dk->data, *dvd = dv->data;
+    FL_OMP(omp parallel)
+    {
+        float *p = scratch((size_t)(ATTN_BQ_BLAS * Lk)), *dp = scratch((size_t)(ATTN_BQ_BLAS * Lk));
+        FL_OMP(omp for schedule(dynamic))
+        for (int64_t bh = 0; bh < BH; bh++) {
+            const float *kb = kd + bh * Lk * D, *vb = vd + bh * Lk * D;
+            float *dkb = dkd + bh * Lk * D, *dvb = dvd + bh * Lk * D;
+            for (int64_t i0 = 0; i0 < Lq; i0 += ATTN_BQ_BLAS) {
+                int64_t bq = Lq - i0 < ATTN_BQ_BLAS ? Lq - i0 : ATTN_BQ_BLAS;
+                float first = i0 == 0 ? 0.0f : 1.0f; /* dk and dv: the first block writes, later ones add */
+                const float *qb = qd + (bh * Lq + i0) * D, *dob = dod + (bh * Lq + i0) * D;
+                const float *ob = od + (bh * Lq + i0) * D, *lb = lsed + bh * Lq + i0;
+                float *dqb = dqd + (bh * Lq + i0) * D;
+                /* P = exp(scale q k^T - lse) */
+                sgemm1(false, true, bq, Lk, D, scale, qb, D, kb, D, 0.0f, p, Lk);
+                for (int64_t i = 0; i < bq; i++) fl_cpu_exp_sub(p + i * Lk, p + i * Lk, Lk, lb[i]);
+                /* dv += P^T dout */
+                sgemm1(true, false, Lk, D, bq, 1.0f, p, Lk, dob, D, first, dvb, D);
+                /* dS = P * (dout v^T - D_i) */
+                sgemm1(false, true, bq, Lk, D, 1.0f, dob, D, vb, D, 0.0f, dp, Lk);
+                for (int64_t i = 0; i < bq; i++) {
+                    double di = 0.0;
+                    for (int64_t d = 0; d < D; d++) di += (double)dob[i * D + d] * ob[i * D + d];
+                    float dif = (float)di, *prow = p + i * Lk, *drow = dp + i * Lk;
+                    for (int64_t j = 0; j < Lk; j++) drow[j] = prow[j] * (drow[j] - dif);
+                }
+                /* dq = scale dS k;  dk += scale dS^T q */
+                sgemm1(false, false, bq, D, Lk, scale, dp, Lk, kb, D, 0.0f, dqb, D);
+                sgemm1(true, false, Lk, D, bq, scale, dp, Lk, qb, D, first, dkb, D);
+            }
+        }
+        free(p);
+        free(dp);
+    }
+}
+#endif
+
+void fl_cpu_attention(fl_ctx *ctx, const fl_tensor *q, const fl_tensor *k, const fl_tensor *v, fl_tensor *out,
+                      fl_tensor *lse, float scale) {
+    if (q->shape[0] * q->shape[1] == 0 || q->shape[2] == 0) return;
+#ifdef FL_HAVE_OPENBLAS
+    if (k->shape[2] > 0 && blas_dims_fit(q->shape[2], k->shape[2], q->shape[3])) {
+        attention_blas(q, k, v, out, lse, scale);
+        return;
+    }
+#endif
+    attention_serial(ctx, q, k, v, out, lse, scale);
+}
+
+void fl_cpu_attention_backward(fl_ctx *ctx, const fl_tensor *dout, const fl_tensor *q, const fl_tensor *k,
+                               const fl_tensor *v, const fl_tensor *out, const fl_tensor *lse, fl_tensor *dq,
+                               fl_tensor *dk, fl_tensor *dv, float scale) {
+    if (q->shape[0] * q->shape[1] == 0) return;
+#ifdef FL_HAVE_OPENBLAS
+    if (q->shape[2] > 0 && k->shape[2] > 0 && blas_dims_fit(q->shape[2], k->shape[2], q->shape[3])) {
+        attention_backward_blas(dout, q, k, v, out, lse, dq, dk, dv, scale);
+        return;
+    }
+#endif
+    attention_backward_serial(ctx, dout, q, k, v, out, lse, dq, dk, dv, scale);
 }

@@ -241,18 +241,24 @@ static void scale_row(int64_t n, float alpha, const float *a, const float *b, fl
 #define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_K1 0.044715f
 
-/* 0.5 (1 + tanh(u)) equals sigmoid(2u), which costs one expf instead of a much slower tanhf and
- * saturates correctly at both ends (exp overflowing to inf gives 0). */
-static inline float gelu_gate(float v) {
-    float u = GELU_K0 * (v + GELU_K1 * v * v * v);
-    return 1.0f / (1.0f + expf(-2.0f * u));
+/* 0.5 (1 + tanh(u)) equals sigmoid(2u), which costs one exp instead of a much slower tanhf and
+ * saturates correctly at both ends (exp overflowing to inf gives 0). The gates are computed
+ * GATE_CHUNK elements at a time: e = exp(-2u) (or exp(-x) for SiLU) through fl_cpu_exp_sub, then
+ * the arithmetic around it. */
+enum { GATE_CHUNK = 256 };
+
+static inline float gelu_arg(float v) {
+    return -2.0f * (GELU_K0 * (v + GELU_K1 * v * v * v));
 }
 
 static void gelu_row(int64_t n, float alpha, const float *x, const float *unused, float *y) {
     (void)alpha, (void)unused;
-    for (int64_t j = 0; j < n; j++) {
-        float v = x[j];
-        y[j] = v * gelu_gate(v);
+    float e[GATE_CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += GATE_CHUNK) {
+        int64_t len = n - j0 < GATE_CHUNK ? n - j0 : GATE_CHUNK;
+        for (int64_t j = 0; j < len; j++) e[j] = gelu_arg(x[j0 + j]);
+        fl_cpu_exp_sub(e, e, len, 0.0f);
+        for (int64_t j = 0; j < len; j++) y[j0 + j] = x[j0 + j] / (1.0f + e[j]);
     }
 }
 
@@ -260,27 +266,41 @@ static void gelu_row(int64_t n, float alpha, const float *x, const float *unused
  * 1 - t^2 = 4 s (1 - s). */
 static void gelu_backward_row(int64_t n, float alpha, const float *dy, const float *x, float *dx) {
     (void)alpha;
-    for (int64_t j = 0; j < n; j++) {
-        float v = x[j], s = gelu_gate(v);
-        float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
-        dx[j] = dy[j] * (s + 2.0f * v * s * (1.0f - s) * du);
+    float e[GATE_CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += GATE_CHUNK) {
+        int64_t len = n - j0 < GATE_CHUNK ? n - j0 : GATE_CHUNK;
+        for (int64_t j = 0; j < len; j++) e[j] = gelu_arg(x[j0 + j]);
+        fl_cpu_exp_sub(e, e, len, 0.0f);
+        for (int64_t j = 0; j < len; j++) {
+            float v = x[j0 + j], s = 1.0f / (1.0f + e[j]);
+            float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
+            dx[j0 + j] = dy[j0 + j] * (s + 2.0f * v * s * (1.0f - s) * du);
+        }
     }
 }
 
 static void silu_row(int64_t n, float alpha, const float *x, const float *unused, float *y) {
     (void)alpha, (void)unused;
-    for (int64_t j = 0; j < n; j++) {
-        float v = x[j];
-        y[j] = v / (1.0f + expf(-v));
+    float e[GATE_CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += GATE_CHUNK) {
+        int64_t len = n - j0 < GATE_CHUNK ? n - j0 : GATE_CHUNK;
+        for (int64_t j = 0; j < len; j++) e[j] = -x[j0 + j];
+        fl_cpu_exp_sub(e, e, len, 0.0f);
+        for (int64_t j = 0; j < len; j++) y[j0 + j] = x[j0 + j] / (1.0f + e[j]);
     }
 }
 
 static void silu_backward_row(int64_t n, float alpha, const float *dy, const float *x, float *dx) {
     (void)alpha;
-    for (int64_t j = 0; j < n; j++) {
-        float v = x[j];
-        float s = 1.0f / (1.0f + expf(-v));
-        dx[j] = dy[j] * s * (1.0f + v * (1.0f - s));
+    float e[GATE_CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += GATE_CHUNK) {
+        int64_t len = n - j0 < GATE_CHUNK ? n - j0 : GATE_CHUNK;
+        for (int64_t j = 0; j < len; j++) e[j] = -x[j0 + j];
+        fl_cpu_exp_sub(e, e, len, 0.0f);
+        for (int64_t j = 0; j < len; j++) {
+            float v = x[j0 + j], s = 1.0f / (1.0f + e[j]);
+            dx[j0 + j] = dy[j0 + j] * s * (1.0f + v * (1.0f - s));
+        }
     }
 }
 

@@ -57,6 +57,12 @@ void fl_cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
 void fl_cpu_gemm_acc_serial(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t a_rs,
                             int64_t a_cs, const float *b, int64_t ldb, float *c, int64_t ldc);
 
+/* cpu_vexp.c: y[i] = exp(x[i] - sub) for i < n (x and y may be the same array); returns the sum
+ * of the y[i]. Each y[i] depends only on x[i] and sub. */
+float fl_cpu_exp_sub(const float *x, float *y, int64_t n, float sub);
+/* Whether fl_cpu_exp_sub runs its vector path on this CPU (else it calls expf). */
+bool fl_cpu_exp_is_vector(void);
+
 /* cpu_gemm.c */
 void fl_cpu_gemm(fl_ctx *ctx, const fl_tensor *a, bool trans_a, const fl_tensor *b, bool trans_b, fl_tensor *c,
                  float alpha, float beta);

@@ -7,7 +7,9 @@
  * are not a multiple of the kernel's row block, and scores in the hundreds (stability). Its
  * backward is checked by finite differences of L = sum(w * out) in double (kernel_test_util.h:
  * h = 1e-3, atol 1e-4, rtol 1e-3) on every element of small operands and on random subsets of a
- * larger, threaded case; dq, dk and dv start as NaN to check that they are overwritten.
+ * larger, threaded case; dq, dk and dv start as NaN to check that they are overwritten. Each
+ * (batch, head)'s forward and backward results are bitwise those of that batch alone (the
+ * per-sample batch invariance models/flux.h relies on).
  */
 #include "kernel_test_util.h"
 
@@ -264,6 +266,39 @@ static void test_attention_backward(void) {
     check_attention_backward(1, 2, 35, 9, 8, 100000, 50, "attention backward 1x2x35x9x8");
     /* threaded over (batch, head), random subsets */
     check_attention_backward(2, 3, 40, 50, 16, 60, 60, "attention backward 2x3x40x50x16");
+    /* queries spanning three row blocks of every kernel: dk and dv sum over blocks */
+    check_attention_backward(1, 2, 150, 20, 8, 80, 65, "attention backward 1x2x150x20x8");
+}
+
+/* Forward and backward over a batch of B, then over each sample alone: bitwise equal. */
+static void test_attention_batch_invariant(void) {
+    const int64_t B = 3, H = 2, L = 70, D = 16, per = H * L * D;
+    const size_t n = (size_t)(B * per), nl = (size_t)(B * H * L);
+    float *q = fl_test_randn(n, 80, 1.0f), *k = fl_test_randn(n, 81, 1.0f), *v = fl_test_randn(n, 82, 1.0f);
+    float *w = fl_test_randn(n, 83, 1.0f);
+    float *out[2], *lse[2], *dq[2], *dk[2], *dv[2];
+    for (int r = 0; r < 2; r++)
+        out[r] = kt_alloc(n), lse[r] = kt_alloc(nl), dq[r] = kt_alloc(n), dk[r] = kt_alloc(n), dv[r] = kt_alloc(n);
+    for (int r = 0; r < 2; r++) {
+        int64_t nb = r == 0 ? B : 1; /* the whole batch, then one sample at a time */
+        for (int64_t b0 = 0; b0 < B; b0 += nb) {
+            size_t off = (size_t)(b0 * per), offl = (size_t)(b0 * H * L);
+            fl_tensor tq = fl_tensor_f32_4d(q + off, nb, H, L, D), tk = fl_tensor_f32_4d(k + off, nb, H, L, D);
+            fl_tensor tv = fl_tensor_f32_4d(v + off, nb, H, L, D), tw = fl_tensor_f32_4d(w + off, nb, H, L, D);
+            fl_tensor to = fl_tensor_f32_4d(out[r] + off, nb, H, L, D), tl = fl_tensor_f32_3d(lse[r] + offl, nb, H, L);
+            fl_tensor tdq = fl_tensor_f32_4d(dq[r] + off, nb, H, L, D), tdk = fl_tensor_f32_4d(dk[r] + off, nb, H, L, D);
+            fl_tensor tdv = fl_tensor_f32_4d(dv[r] + off, nb, H, L, D);
+            fl_op_attention(ctx, &tq, &tk, &tv, &to, &tl, 0.25f);
+            fl_op_attention_backward(ctx, &tw, &tq, &tk, &tv, &to, &tl, &tdq, &tdk, &tdv, 0.25f);
+        }
+    }
+    FL_EXPECT(kt_same_bits(out[0], out[1], n * sizeof(float)));
+    FL_EXPECT(kt_same_bits(lse[0], lse[1], nl * sizeof(float)));
+    FL_EXPECT(kt_same_bits(dq[0], dq[1], n * sizeof(float)));
+    FL_EXPECT(kt_same_bits(dk[0], dk[1], n * sizeof(float)));
+    FL_EXPECT(kt_same_bits(dv[0], dv[1], n * sizeof(float)));
+    for (int r = 0; r < 2; r++) free(out[r]), free(lse[r]), free(dq[r]), free(dk[r]), free(dv[r]);
+    free(q), free(k), free(v), free(w);
 }
 
 static void test_planning_leaves_outputs(void) {
@@ -300,6 +335,7 @@ int main(void) {
     FL_RUN(test_rope_backward);
     FL_RUN(test_attention_forward);
     FL_RUN(test_attention_backward);
+    FL_RUN(test_attention_batch_invariant);
     FL_RUN(test_planning_leaves_outputs);
     fl_ctx_destroy(ctx);
     return fl_test_finish();
