@@ -139,8 +139,12 @@ def run_all(svc, work):
     r = sc.request(svc.base, "GET", "/v1/evaluations/job_0000/report.html", key_a)
     check("an unknown evaluation's report: 404", r.status == 404, r.body)
     # a canceled evaluation has no report
-    r = sc.request(svc.base, "POST", "/v1/evaluations", key_a, dict(small, adapters=["logo"], steps=50,
-                                                                    seeds=list(range(8))))
+    # (long enough that it cannot finish before the cancel arrives, under the default work limit:
+    # 96 images of 32x32, 100 steps, 24 times the work of the evaluation that once finished first)
+    r = sc.request(svc.base, "POST", "/v1/evaluations", key_a,
+                   dict(small, adapters=["logo"], steps=100, width=32, height=32, seeds=list(range(16)),
+                        prompts=["[trigger] number %d" % i for i in range(3)]))
+    check("a long evaluation is accepted", r.status == 202, r.body[:300])
     cid = r.json().get("job_id", "")
     sc.request(svc.base, "POST", "/v1/jobs/%s/cancel" % cid, key_a)
     sc.wait_job(svc.base, key_a, cid, until=lambda j: j["state"] == "canceled")

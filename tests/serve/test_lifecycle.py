@@ -254,7 +254,7 @@ def runs_once(work, procs):
         procs.append(start_worker(state, "--claim-timeout", "1"))
     base = svc.base
     t0 = time.time()
-    r = gen(base, alpha, sync=True, width=64, height=64, steps=100, seed=11)
+    r = gen(base, alpha, sync=True, width=128, height=128, steps=100, seed=11)
     took = time.time() - t0
     job = job_of(base, alpha, r.json().get("job_id", "x")) if r.status == 200 else {}
     names = event_names(state, job.get("id", "x"))
