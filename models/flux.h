@@ -30,7 +30,7 @@
  * a Linear's M input rows, sample b owns rows [b*M/B, (b+1)*M/B) — its image, text or joint
  * tokens, or its one conditioning row). Each sample's output is bitwise the output it gets alone:
  * a BLAS GEMM's rows are not invariant to M (OpenBLAS switches kernels with the problem size, so
- * a row's rounding changes with its batch), so every inference forward computes its base products
+ * a row's rounding changes with its batch), so every forward (training too) computes its base products
  * with the batch-invariant linear (kernels/ops.h, fl_op_linear_rows: a row's bits do not depend on
  * the other rows of the call) — one product for the whole batch — and each sample's adapters on
  * its segment with exactly the shapes a batch of one would use. On a backend without that linear
