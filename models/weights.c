@@ -573,6 +573,11 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
                 break;
             }
             if (e->ndim == 2) cols = e->shape[1];
+            if (e->shape[0] > INT64_MAX - rows) {
+                rc = fl_fail(err, FL_EINVAL, "diffusers transformer: the parts of '%s' have more rows than fit in "
+                                             "64 bits", m[k].name);
+                break;
+            }
             rows += e->shape[0];
         }
         m[k].shape[0] = rows;
