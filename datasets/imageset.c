@@ -374,20 +374,28 @@ static bool is_url(const char *source, bool *http) {
     return true;
 }
 
-int fl_imageset_load_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
-                            fl_imageset **out, fl_error *err) {
-    *out = NULL;
-    fl_imageset_limits defaults = fl_imageset_limits_default();
-    if (!limits) limits = &defaults;
+/* Collects an archive in memory into c (limits checked first; headers_only and report as the
+ * caller's mode needs). On failure c is freed. */
+static int collect_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                          bool headers_only, fl_imageset_report *report, fl_ds_collect *c, fl_error *err) {
     if (check_limits(limits, err)) return -1;
     if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
     char label[256];
     fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
-    fl_ds_collect c = {.limits = limits};
-    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
-        collect_free(&c);
+    *c = (fl_ds_collect){.limits = limits, .headers_only = headers_only, .report = report};
+    if (fl_ds_collect_archive_memory(c, bytes, n, label, err)) {
+        collect_free(c);
         return -1;
     }
+    return 0;
+}
+
+int fl_imageset_load_memory(const void *bytes, size_t n, const char *name_hint, const fl_imageset_limits *limits,
+                            fl_imageset **out, fl_error *err) {
+    *out = NULL;
+    fl_imageset_limits defaults = fl_imageset_limits_default();
+    fl_ds_collect c;
+    if (collect_memory(bytes, n, name_hint, limits ? limits : &defaults, false, NULL, &c, err)) return -1;
     return build_set(&c, out, NULL, err);
 }
 
@@ -395,16 +403,8 @@ int fl_imageset_inspect_memory(const void *bytes, size_t n, const char *name_hin
                                fl_imageset_summary *out, fl_error *err) {
     memset(out, 0, sizeof *out);
     fl_imageset_limits defaults = fl_imageset_limits_default();
-    if (!limits) limits = &defaults;
-    if (check_limits(limits, err)) return -1;
-    if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
-    char label[256];
-    fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
-    fl_ds_collect c = {.limits = limits, .headers_only = true};
-    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
-        collect_free(&c);
-        return -1;
-    }
+    fl_ds_collect c;
+    if (collect_memory(bytes, n, name_hint, limits ? limits : &defaults, true, NULL, &c, err)) return -1;
     return build_set(&c, NULL, out, err);
 }
 
@@ -412,16 +412,8 @@ int fl_imageset_report_memory(const void *bytes, size_t n, const char *name_hint
                               fl_imageset_report *out, fl_error *err) {
     memset(out, 0, sizeof *out);
     fl_imageset_limits defaults = fl_imageset_limits_default();
-    if (!limits) limits = &defaults;
-    if (check_limits(limits, err)) return -1;
-    if (!bytes && n > 0) return fl_fail(err, FL_EINVAL, "no archive bytes given");
-    char label[256];
-    fl_ds_display_name(name_hint && *name_hint ? name_hint : "upload", label, sizeof label);
-    fl_ds_collect c = {.limits = limits, .headers_only = true, .report = out};
-    if (fl_ds_collect_archive_memory(&c, bytes, n, label, err)) {
-        collect_free(&c);
-        return -1;
-    }
+    fl_ds_collect c;
+    if (collect_memory(bytes, n, name_hint, limits ? limits : &defaults, true, out, &c, err)) return -1;
     fl_error set_err = {0};
     int rc = build_set(&c, NULL, &out->summary, &set_err);
     if (rc != 0) { /* a build without stb; otherwise build_set answers in the report */
