@@ -41,22 +41,12 @@
 #include "core/threads.h"
 #include "models/flux.h"
 #include "models/sampler.h"
+#include "benchmarks/bench_clock.h"
 
 enum { N_ADAPTERS = 8, RANK = 16, TEXT_TOKENS = 16 };
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
@@ -101,7 +91,7 @@ typedef struct timing {
  * cache, sample, clear again. */
 static int batch_detach(fl_flux_model *m, fl_adapter_cache *c, char hashes[][65], fl_sample_request *reqs, int n,
                         int width, int steps, float **images, timing *t, fl_error *err) {
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     fl_flux_clear_adapters(m);
     fl_adapter_cache_unpin_all(c);
     for (int r = 0; r < n; r++) {
@@ -114,12 +104,12 @@ static int batch_detach(fl_flux_model *m, fl_adapter_cache *c, char hashes[][65]
         reqs[r].adapters.set_ids[0] = id;
         reqs[r].adapters.multipliers[0] = 1.0f;
     }
-    double t1 = now_ms();
+    double t1 = bench_now_ms();
     int rc = fl_flux_sample_pixels_batch(m, width, width, steps, TEXT_TOKENS, reqs, n, images, err);
-    double t2 = now_ms();
+    double t2 = bench_now_ms();
     fl_flux_clear_adapters(m);
     fl_adapter_cache_unpin_all(c);
-    double t3 = now_ms();
+    double t3 = bench_now_ms();
     *t = (timing){t1 - t0, t2 - t1, t3 - t2, t3 - t0, 0};
     return rc;
 }
@@ -128,17 +118,17 @@ static int batch_detach(fl_flux_model *m, fl_adapter_cache *c, char hashes[][65]
 /* Resident: acquire each adapter (attached once, then a set already there), sample, release. */
 static int batch_resident(fl_flux_model *m, fl_adapter_cache *c, char hashes[][65], fl_sample_request *reqs, int n,
                           int width, int steps, float **images, timing *t, fl_error *err) {
-    double t0 = now_ms();
+    double t0 = bench_now_ms();
     for (int r = 0; r < n; r++) {
         if (fl_adapter_cache_acquire(c, hashes[r], &reqs[r].adapters.set_ids[0], err) != 0) return -1;
         reqs[r].adapters.n = 1;
         reqs[r].adapters.multipliers[0] = 1.0f;
     }
-    double t1 = now_ms();
+    double t1 = bench_now_ms();
     int rc = fl_flux_sample_pixels_batch(m, width, width, steps, TEXT_TOKENS, reqs, n, images, err);
-    double t2 = now_ms();
+    double t2 = bench_now_ms();
     fl_adapter_cache_release_all(c);
-    double t3 = now_ms();
+    double t3 = bench_now_ms();
     *t = (timing){t1 - t0, t2 - t1, t3 - t2, t3 - t0, 0};
     return rc;
 }
@@ -177,10 +167,10 @@ static int run_select(fl_flux_model *m, char hashes[][65], int threads) {
 #ifdef FL_FLUX_MAX_ATTACHED
         if (i == 0) p0 = fl_flux_plan_count(m);
 #endif
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         rc = fl_flux_set_sample_adapters(m, (int)b, sel, &err);
         if (rc == 0) rc = fl_flux_forward(m, &in, &out, &err);
-        if (i >= 0) times[i] = now_ms() - t0;
+        if (i >= 0) times[i] = bench_now_ms() - t0;
     }
     if (rc != 0) {
         fprintf(stderr, "select: %s\n", err.message);

@@ -19,17 +19,7 @@
 #include "core/threads.h"
 #include "kernels/ops.h"
 #include "models/ae.h"
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "benchmarks/bench_clock.h"
 
 static void print_estimate(const fl_ae_params *p, fl_device_kind kind, bool decode, int side, int threads) {
     fl_ae_memory m;
@@ -99,16 +89,16 @@ int main(int argc, char **argv) {
     fl_ctx_upload_f32(ctx, &tokens, host, (size_t)(n_tok * 64));
     double *ms = calloc((size_t)reps + 1, sizeof(double));
     for (int r = 0; r <= reps; r++) { /* the first run plans the arena: not timed */
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         int rc = encode ? fl_ae_encode(ae, &image, &tokens, &err) : fl_ae_decode(ae, &tokens, &image, &err);
         fl_ctx_synchronize(ctx);
         if (rc != 0) {
             fprintf(stderr, "%s\n", err.message);
             return 1;
         }
-        if (r > 0) ms[r - 1] = now_ms() - t0;
+        if (r > 0) ms[r - 1] = bench_now_ms() - t0;
     }
-    qsort(ms, (size_t)reps, sizeof *ms, cmp_double);
+    qsort(ms, (size_t)reps, sizeof *ms, bench_cmp_double);
     int64_t n_out = encode ? n_tok * 64 : n_img;
     fl_ctx_download_f32(ctx, host, encode ? &tokens : &image, (size_t)n_out);
     int64_t bad = 0;

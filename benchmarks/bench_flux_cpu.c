@@ -36,6 +36,7 @@
 #include "core/threads.h"
 #include "kernels/ops.h"
 #include "models/flux.h"
+#include "benchmarks/bench_clock.h"
 
 typedef struct bench_config {
     const char *name;
@@ -63,17 +64,6 @@ static const bench_config configs[] = {
 
 enum { RANK = 16 };
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static float *randn(fl_rng *rng, size_t n, float std) {
     float *x = fl_xmalloc(n * sizeof(float));
     fl_rng_fill_normal(rng, x, n, 0.0f, std);
@@ -91,9 +81,9 @@ static double sgemm_peak_gflops(fl_ctx *ctx) {
     fl_tensor ta = fl_tensor_f32_2d(a, n, n), tb = fl_tensor_f32_2d(b, n, n), tc = fl_tensor_f32_2d(c, n, n);
     double best = 1e30;
     for (int r = 0; r < 4; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         fl_op_gemm(ctx, &ta, false, &tb, false, &tc, 1.0f, 0.0f);
-        double ms = now_ms() - t0;
+        double ms = bench_now_ms() - t0;
         if (r > 0 && ms < best) best = ms; /* the first call warms the threads */
     }
     free(a), free(b), free(c);
@@ -196,12 +186,12 @@ int main(int argc, char **argv) {
     memset(&prof, 0, sizeof prof);
     ctx->profile = profile ? &prof : NULL;
     for (int r = 0; r < reps; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         fl_flux_forward(m, &in, &out, &err);
-        times[r] = now_ms() - t0;
+        times[r] = bench_now_ms() - t0;
     }
     ctx->profile = NULL;
-    qsort(times, (size_t)reps, sizeof(double), cmp_double);
+    qsort(times, (size_t)reps, sizeof(double), bench_cmp_double);
     printf("{\"impl\": \"flashlora\", \"config\": \"%s\", \"what\": \"forward\", \"threads\": %d, \"ms\": %.2f, "
            "\"min_ms\": %.2f}\n",
            cfg->name, threads, times[reps / 2], times[0]);
@@ -248,15 +238,15 @@ int main(int argc, char **argv) {
     memset(&prof, 0, sizeof prof);
     ctx->profile = profile ? &prof : NULL;
     for (int r = 0; r < reps; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         fl_flux_zero_grads(m);
         fl_flux_loss_and_grads(m, &in, &x0_t, &noise_t, &loss, &err);
         fl_adamw_params ap = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f, ++step};
         fl_op_adamw(ctx, &params, &grads, &adam_m, &adam_v, &ap);
-        times[r] = now_ms() - t0;
+        times[r] = bench_now_ms() - t0;
     }
     ctx->profile = NULL;
-    qsort(times, (size_t)reps, sizeof(double), cmp_double);
+    qsort(times, (size_t)reps, sizeof(double), bench_cmp_double);
     printf("{\"impl\": \"flashlora\", \"config\": \"%s\", \"what\": \"lora_step\", \"threads\": %d, \"ms\": %.2f, "
            "\"min_ms\": %.2f, \"loss\": %.5f, \"activation_mib\": %.1f}\n",
            cfg->name, threads, times[reps / 2], times[0], first_loss, fl_flux_activation_bytes(m) / 1048576.0);

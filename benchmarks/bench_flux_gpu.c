@@ -47,6 +47,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/flux.h"
+#include "benchmarks/bench_clock.h"
 
 #define POOL_ELEMS ((int64_t)1 << 25)
 
@@ -72,13 +73,8 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 

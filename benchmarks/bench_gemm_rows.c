@@ -21,17 +21,7 @@
 #include "core/threads.h"
 #include "kernels/context.h"
 #include "kernels/ops.h"
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
+#include "benchmarks/bench_clock.h"
 
 typedef struct shape {
     const char *what;
@@ -42,18 +32,18 @@ typedef struct shape {
 static double time_linear(fl_ctx *ctx, bool rows, fl_tensor *x, fl_tensor *w, fl_tensor *b, fl_tensor *y, int reps) {
     int inner = 1;
     for (;;) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         for (int i = 0; i < inner; i++) rows ? fl_op_linear_rows(ctx, x, w, b, y) : fl_op_linear(ctx, x, w, b, y);
-        if (now_ms() - t0 >= 2.0 || inner >= 1 << 16) break;
+        if (bench_now_ms() - t0 >= 2.0 || inner >= 1 << 16) break;
         inner *= 2;
     }
     double *t = malloc((size_t)reps * sizeof(double)), med;
     for (int r = 0; r < reps; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         for (int i = 0; i < inner; i++) rows ? fl_op_linear_rows(ctx, x, w, b, y) : fl_op_linear(ctx, x, w, b, y);
-        t[r] = (now_ms() - t0) / inner;
+        t[r] = (bench_now_ms() - t0) / inner;
     }
-    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp_double);
     med = t[reps / 2];
     free(t);
     return med;

@@ -28,19 +28,9 @@
 #include "kernels/context.h"
 #include "models/flux.h"
 #include "models/sampler.h"
+#include "benchmarks/bench_clock.h"
 
 enum { TEXT_TOKENS = 32 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static float *randn(fl_rng *rng, size_t n, float stddev) {
     float *x = malloc(n * sizeof(float));
@@ -119,24 +109,24 @@ int main(int argc, char **argv) {
     double *t1 = malloc((size_t)(rounds + 1) * sizeof(double)), *tb = malloc((size_t)(rounds + 1) * sizeof(double));
     bool equal = true;
     for (int round = 0; round <= rounds; round++) { /* round 0 warms up (plans) */
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         for (int r = 0; r < batch; r++)
             if (fl_flux_sample_pixels_batch(m, size, size, steps, TEXT_TOKENS, &reqs[r], 1, &solo[r], &err) != 0) {
                 fprintf(stderr, "bench_mixed_batch: %s\n", err.message);
                 return 1;
             }
-        double t_mid = now_ms();
+        double t_mid = bench_now_ms();
         if (fl_flux_sample_pixels_batch(m, size, size, steps, TEXT_TOKENS, reqs, batch, together, &err) != 0) {
             fprintf(stderr, "bench_mixed_batch: %s\n", err.message);
             return 1;
         }
-        double t_end = now_ms();
+        double t_end = bench_now_ms();
         t1[round] = (t_mid - t0) / batch;
         tb[round] = (t_end - t_mid) / batch;
         for (int r = 0; r < batch; r++) equal &= memcmp(solo[r], together[r], floats * sizeof(float)) == 0;
     }
-    qsort(t1 + 1, (size_t)rounds, sizeof(double), cmp_double);
-    qsort(tb + 1, (size_t)rounds, sizeof(double), cmp_double);
+    qsort(t1 + 1, (size_t)rounds, sizeof(double), bench_cmp_double);
+    qsort(tb + 1, (size_t)rounds, sizeof(double), bench_cmp_double);
     double a = t1[1 + rounds / 2], b = tb[1 + rounds / 2];
     printf("{\"threads\": %d, \"size\": %d, \"steps\": %d, \"batch\": %d, \"rank\": %d, \"linears\": %d, "
            "\"ms_per_image_batch1\": %.2f, \"ms_per_image_batchB\": %.2f, \"gain\": %.2f, \"bitwise_equal\": %s}\n",
