@@ -27,9 +27,6 @@ struct fl_backend {
     void (*linear)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
     /* ops.h, fl_op_linear_rows; NULL when the backend has no batch-invariant product. */
     void (*linear_rows)(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
-    /* ops.h, fl_op_linear_rows_terms; NULL where linear_rows is NULL. */
-    void (*linear_rows_terms)(fl_ctx *ctx, const fl_rows_term *terms, int n_terms, const fl_tensor *bias,
-                              bool accumulate, fl_tensor *y);
     void (*bias_grad)(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db);
     void (*copy)(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst);
     void (*fill)(fl_ctx *ctx, fl_tensor *t, float value);

@@ -208,45 +208,7 @@ void fl_op_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, cons
     if (!fl_op_has_linear_rows(ctx)) OP_FAIL(op, "this context has no batch-invariant linear");
     check_linear(op, ctx, x, w, bias, y);
     if (ctx->planning) return;
-    PROFILED(ctx, ctx->profile_lora ? FL_OPK_LORA : FL_OPK_GEMM, ctx->backend->linear_rows(ctx, x, w, bias, y));
-}
-
-void fl_op_linear_rows_terms(fl_ctx *ctx, const fl_rows_term *terms, int n_terms, const fl_tensor *bias,
-                             bool accumulate, fl_tensor *y) {
-    static const char op[] = "linear_rows_terms";
-    if (!fl_op_has_linear_rows(ctx) || !ctx->backend->linear_rows_terms)
-        OP_FAIL(op, "this context has no batch-invariant linear");
-    if (n_terms < 1 || n_terms > 4) OP_FAIL(op, "%d terms: between 1 and 4", n_terms);
-    if (accumulate && bias) OP_FAIL(op, "a bias with accumulate (the chain starts from y)");
-    need_storage(op, ctx, y, "y");
-    if (y->dtype != FL_F32) OP_FAIL(op, "y has dtype %s: F32 only", fl_dtype_name(y->dtype));
-    fl_matrix my = need_matrix(op, y, "y");
-    double flops = 0.0;
-    for (int i = 0; i < n_terms; i++) {
-        const fl_tensor *x = terms[i].x, *w = terms[i].w;
-        need_storage(op, ctx, x, "x");
-        need_storage(op, ctx, w, "w");
-        need_same_dtype(op, x, y, "x, y");
-        need_same_dtype(op, w, y, "w, y");
-        if (w->ndim != 2) OP_FAIL(op, "term %d: w must be 2-d, has %d dims", i, w->ndim);
-        need_contiguous(op, w, "w");
-        int64_t k = terms[i].w_kn ? w->shape[0] : w->shape[1], n = terms[i].w_kn ? w->shape[1] : w->shape[0];
-        if (n != my.cols) OP_FAIL(op, "term %d: w gives %lld outputs, y has %lld", i, (long long)n, (long long)my.cols);
-        fl_matrix mx = need_matrix(op, x, "x");
-        need_matrix_dims(op, &mx, "x", my.rows, k);
-        flops += 2.0 * my.rows * n * k;
-    }
-    if (bias) {
-        need_storage(op, ctx, bias, "bias");
-        need_same_dtype(op, y, bias, "y, bias");
-        need_contiguous(op, bias, "bias");
-        if (fl_tensor_numel(bias) != my.cols)
-            OP_FAIL(op, "bias has %lld elements, expected %lld", (long long)fl_tensor_numel(bias), (long long)my.cols);
-    }
-    count_flops(ctx, flops);
-    if (ctx->planning) return;
-    PROFILED(ctx, ctx->profile_lora ? FL_OPK_LORA : FL_OPK_GEMM,
-             ctx->backend->linear_rows_terms(ctx, terms, n_terms, bias, accumulate, y));
+    ctx->backend->linear_rows(ctx, x, w, bias, y);
 }
 
 void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db) {

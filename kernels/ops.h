@@ -57,23 +57,6 @@ void fl_op_linear(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_
 bool fl_op_has_linear_rows(const fl_ctx *ctx);
 void fl_op_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
 
-/* One term of fl_op_linear_rows_terms: x [N, k] (matrix view) against w, contiguous, stored
- * [n, k] (a Linear's weight: the term adds x w^T) or, with w_kn, [k, n] (the term adds x w, as
- * dy W in a Linear's backward); every weight element is multiplied by scale first. */
-typedef struct fl_rows_term {
-    const fl_tensor *x, *w;
-    bool w_kn;
-    float scale;
-} fl_rows_term;
-
-/* y [N, n] = (accumulate ? y : bias or 0) + sum over the terms, as one batch-invariant chain per
- * output element (the terms' depths one after another; row i depends only on row i of each x):
- * y = x W^T + (x A^T)(s B)^T for a Linear with a LoRA, dx += dy W + (s dy B) A for its input
- * gradient, without a separate pass of the rank update over y. At most 4 terms; bias only without
- * accumulate; F32 only. Where fl_op_has_linear_rows says so. */
-void fl_op_linear_rows_terms(fl_ctx *ctx, const fl_rows_term *terms, int n_terms, const fl_tensor *bias,
-                             bool accumulate, fl_tensor *y);
-
 /* db[out] += sum over rows of dy[N, out] (accumulates). dy: matrix view. */
 void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db);
 

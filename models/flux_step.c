@@ -100,16 +100,6 @@ static bool base_rows_invariant(const fl_flux_model *m) {
     return fl_op_has_linear_rows(m->ctx);
 }
 
-/* Whether a training pass runs lin's base product and its adapters' rank updates as one
- * batch-invariant chain (fl_op_linear_rows_terms): forward y = x W^T + h (s B)^T and backward
- * dx = dy W + (s dy B) A, with no separate pass of the rank update over y or dx. Inference keeps
- * the base product and the adapters apart, so a request gets the same bits in a batch of one
- * (this path's shape) and in a mixed batch (the per-sample path). */
-static bool fused_lora(const fl_flux_model *m, const fl_flux_linear *lin) {
-    return !m->inference && lin->n_adapters >= 1 && lin->n_adapters <= 3 && m->dtype == FL_F32 &&
-           base_rows_invariant(m);
-}
-
 /* The per-sample form of linear_forward: sample b's rows get the base product plus sample b's
  * adapters, at scale (attach scale) * (multiplier), in the listed order. The base product is one
  * batch-invariant call over all rows where the backend has it (each row's bits do not depend on
@@ -166,26 +156,11 @@ static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tenso
     }
     fl_ctx *ctx = m->ctx;
     const fl_tensor *bias = lin->bias.data ? &lin->bias : NULL;
+    if (base_rows_invariant(m)) fl_op_linear_rows(ctx, x, &lin->weight, bias, y);
+    else fl_op_linear(ctx, x, &lin->weight, bias, y);
     lin->saved_x = *x;
     fl_matrix mx;
     FL_CHECK(fl_tensor_matrix(x, &mx));
-    if (fused_lora(m, lin)) {
-        /* h_k = x A_k^T first, then one chain per output: y = bias + x W^T + sum_k h_k (s_k B_k)^T */
-        fl_rows_term terms[4] = {{.x = x, .w = &lin->weight, .scale = 1.0f}};
-        ctx->profile_lora = true;
-        for (int k = 0; k < lin->n_adapters; k++) {
-            fl_flux_adapter *ad = &lin->adapters[k];
-            fl_tensor h = act(m, m->dtype, 2, mx.rows, ad->a.shape[0], 0, 0);
-            fl_op_gemm(ctx, x, false, &ad->a, true, &h, 1.0f, 0.0f);
-            lin->saved_h[k] = h;
-            terms[1 + k] = (fl_rows_term){.x = &lin->saved_h[k], .w = &ad->b, .scale = ad->scale};
-        }
-        ctx->profile_lora = false;
-        fl_op_linear_rows_terms(ctx, terms, 1 + lin->n_adapters, bias, false, y);
-        return;
-    }
-    if (base_rows_invariant(m)) fl_op_linear_rows(ctx, x, &lin->weight, bias, y);
-    else fl_op_linear(ctx, x, &lin->weight, bias, y);
     ctx->profile_lora = true;
     for (int k = 0; k < lin->n_adapters; k++) {
         fl_flux_adapter *ad = &lin->adapters[k];
@@ -197,13 +172,15 @@ static void linear_forward(fl_flux_model *m, fl_flux_linear *lin, const fl_tenso
     ctx->profile_lora = false;
 }
 
-/* The adapters' part of linear_backward when the base product ran on its own: dx += s dy B A for
- * each adapter and the trainable adapter's gradients. */
-static void linear_backward_adapters(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *dy, fl_tensor *dx,
-                                     const fl_matrix *dy_matrix) {
+/* Given dy, writes (or with accumulate adds) dx = dy W + sum_k s_k (dy B_k) A_k when dx is not
+ * NULL, accumulates the trainable adapter's gradients and, in full mode, dW and db. */
+static void linear_backward(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *dy, fl_tensor *dx,
+                            bool accumulate) {
     fl_ctx *ctx = m->ctx;
     const fl_tensor *x = &lin->saved_x;
-    const fl_matrix my = *dy_matrix;
+    if (dx) fl_op_gemm(ctx, dy, false, &lin->weight, false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
+    fl_matrix my;
+    FL_CHECK(fl_tensor_matrix(dy, &my));
     ctx->profile_lora = true;
     for (int k = 0; k < lin->n_adapters; k++) {
         bool trainable = k == lin->trainable;
@@ -220,46 +197,11 @@ static void linear_backward_adapters(fl_flux_model *m, fl_flux_linear *lin, cons
         fl_arena_reset(&m->arena, mark);
     }
     ctx->profile_lora = false;
-}
-
-/* Given dy, writes (or with accumulate adds) dx = dy W + sum_k s_k (dy B_k) A_k when dx is not
- * NULL, accumulates the trainable adapter's gradients and, in full mode, dW and db. */
-static void linear_backward(fl_flux_model *m, fl_flux_linear *lin, const fl_tensor *dy, fl_tensor *dx,
-                            bool accumulate) {
-    fl_ctx *ctx = m->ctx;
-    const fl_tensor *x = &lin->saved_x;
-    fl_matrix my;
-    FL_CHECK(fl_tensor_matrix(dy, &my));
-    if (dx && fused_lora(m, lin)) {
-        /* dh_k = s_k dy B_k (and the trainable adapter's gradients), then one chain per element of
-         * dx: dx (+)= dy W + sum_k dh_k A_k */
-        size_t mark = fl_arena_mark(&m->arena);
-        fl_tensor dh[3];
-        fl_rows_term terms[4] = {{.x = dy, .w = &lin->weight, .w_kn = true, .scale = 1.0f}};
-        ctx->profile_lora = true;
-        for (int k = 0; k < lin->n_adapters; k++) {
-            fl_flux_adapter *ad = &lin->adapters[k];
-            dh[k] = act(m, m->dtype, 2, my.rows, ad->a.shape[0], 0, 0);
-            fl_op_gemm(ctx, dy, false, &ad->b, false, &dh[k], ad->scale, 0.0f); /* s dy B */
-            if (k == lin->trainable) {
-                fl_op_gemm(ctx, dy, true, &lin->saved_h[k], false, &lin->grad_b, ad->scale, 1.0f); /* s dy^T h */
-                fl_op_gemm(ctx, &dh[k], true, x, false, &lin->grad_a, 1.0f, 1.0f);                 /* dh^T x */
-            }
-            terms[1 + k] = (fl_rows_term){.x = &dh[k], .w = &ad->a, .w_kn = true, .scale = 1.0f};
-        }
-        ctx->profile_lora = false;
-        fl_op_linear_rows_terms(ctx, terms, 1 + lin->n_adapters, NULL, accumulate, dx);
-        fl_arena_reset(&m->arena, mark);
-    } else {
-        if (dx) fl_op_gemm(ctx, dy, false, &lin->weight, false, dx, 1.0f, accumulate ? 1.0f : 0.0f);
-        linear_backward_adapters(m, lin, dy, dx, &my);
-    }
     if (m->full_grads) {
         fl_op_gemm(ctx, dy, true, x, false, &lin->grad_weight, 1.0f, 1.0f);
         if (lin->bias.data) fl_op_bias_grad(ctx, dy, &lin->grad_bias);
     }
 }
-
 
 /* ---- q/k normalization and RoPE ---------------------------------------------------------------- */
 

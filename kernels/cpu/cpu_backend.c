@@ -56,7 +56,6 @@ static const fl_backend cpu_backend = {
     .gemm = fl_cpu_gemm,
     .linear = fl_cpu_linear,
     .linear_rows = fl_cpu_linear_rows,
-    .linear_rows_terms = fl_cpu_linear_rows_terms,
     .bias_grad = fl_cpu_bias_grad,
     .copy = fl_cpu_copy,
     .fill = fl_cpu_fill,

@@ -14,14 +14,6 @@
  * never split (not across threads, not into partial sums), so the partition of the work over
  * threads and tiles changes nothing.
  *
- * The general form (fl_cpu_sgemm_rows_terms) runs one chain through several terms: it starts from
- * the bias, or from y itself when accumulating, then takes the depth of term 0, then of term 1, ...
- * A term is x_t [m, k_t] against w_t, stored [n, k_t] (as a Linear's weight: y += x w^T) or
- * [k_t, n] (y += x w, as dy W in a backward), with every weight element multiplied by the term's
- * scale (one float rounding, s * w) before its multiply-add. A LoRA Linear is then one chain:
- * y = bias + x W^T + (x A^T)(s B)^T, and its input gradient another: dx = dy W + (s dy B) A, with no
- * separate pass of the rank-r update over y or dx.
- *
  * Layout: w [n, k] is packed per call into panels of ROWS_NR = 32 output columns, panel q holding
  * w[q*32 + c][p] at [p*32 + c] (zero past n), so a kernel reads one contiguous 32-wide row of the
  * panel per depth step and broadcasts x[i][p] against it. A kernel tile is up to ROWS_MR rows by
@@ -45,7 +37,6 @@ enum {
     ROWS_MR = 12,   /* rows per kernel tile (AVX-512: 24 accumulators) */
     ROWS_MC = 96,   /* rows per task */
     ROWS_NG = 4,    /* panels per task */
-    ROWS_KC = 256,  /* depth per pass over a task's rows (a 32 KB slice of the panel stays in L1) */
 };
 /* Multiply-adds below which one thread does the whole product (about 20 us of work). */
 #define ROWS_PARALLEL_MIN ((int64_t)1 << 22)
@@ -84,12 +75,10 @@ fl_cpu_rows_isa fl_cpu_rows_isa_best(void) {
 
 /* ---- packing ----------------------------------------------------------------------------- */
 
-/* Each packer writes the panel of 32 output columns starting at column j0 for one term of depth
- * k into dst: dst[p*32 + c] = w[j0 + c][p] (zero past n). */
-
-/* Panel of w [n, k] (row stride ldw). */
-static void pack_panel(int64_t j0, int64_t n, int64_t k, const float *w, int64_t ldw, float *dst) {
-    int64_t cols = imin(ROWS_NR, n - j0);
+/* Panel q of w: packed[q*k*32 + p*32 + c] = w[(q*32 + c) * ldw + p], zero past n. */
+static void pack_panel(int64_t q, int64_t n, int64_t k, const float *w, int64_t ldw, float *packed) {
+    int64_t j0 = q * ROWS_NR, cols = imin(ROWS_NR, n - j0);
+    float *dst = packed + q * k * ROWS_NR;
     if (cols < ROWS_NR) memset(dst, 0, (size_t)(k * ROWS_NR) * sizeof(float));
     enum { PB = 64 }; /* depth block: 32 rows of w x 64 floats are read, 64 x 32 written */
     for (int64_t p0 = 0; p0 < k; p0 += PB) {
@@ -100,20 +89,6 @@ static void pack_panel(int64_t j0, int64_t n, int64_t k, const float *w, int64_t
             for (int64_t p = 0; p < pb; p++) d[p * ROWS_NR] = src[p];
         }
     }
-}
-
-/* Panel of w stored [k, n] (row stride ldw): row p of the panel is a slice of row p of w. */
-static void pack_panel_kn(int64_t j0, int64_t n, int64_t k, const float *w, int64_t ldw, float *dst) {
-    int64_t cols = imin(ROWS_NR, n - j0);
-    for (int64_t p = 0; p < k; p++) {
-        memcpy(dst + p * ROWS_NR, w + p * ldw + j0, (size_t)cols * sizeof(float));
-        if (cols < ROWS_NR) memset(dst + p * ROWS_NR + cols, 0, (size_t)(ROWS_NR - cols) * sizeof(float));
-    }
-}
-
-/* Multiplies a packed panel of depth k by scale in place (the term's s * w). */
-static void scale_panel(float *dst, int64_t k, float scale) {
-    for (int64_t i = 0; i < k * ROWS_NR; i++) dst[i] *= scale;
 }
 
 #ifdef ROWS_X86
@@ -144,9 +119,10 @@ __attribute__((target("avx512f"), always_inline)) static inline void transpose16
 
 /* pack_panel through 16 x 16 register transposes; the ragged edges (columns past n, depth past
  * a multiple of 16) are copied element by element. Same result as pack_panel. */
-__attribute__((target("avx512f"))) static void pack_panel_avx512(int64_t j0, int64_t n, int64_t k, const float *w,
-                                                                  int64_t ldw, float *dst) {
-    int64_t cols = imin(ROWS_NR, n - j0), k16 = k / 16 * 16;
+__attribute__((target("avx512f"))) static void pack_panel_avx512(int64_t q, int64_t n, int64_t k, const float *w,
+                                                                  int64_t ldw, float *packed) {
+    int64_t j0 = q * ROWS_NR, cols = imin(ROWS_NR, n - j0), k16 = k / 16 * 16;
+    float *dst = packed + q * k * ROWS_NR;
     if (cols < ROWS_NR) memset(dst, 0, (size_t)(k * ROWS_NR) * sizeof(float));
     int64_t c16 = cols / 16 * 16;
     for (int64_t c0 = 0; c0 < c16; c0 += 16)
@@ -165,28 +141,14 @@ __attribute__((target("avx512f"))) static void pack_panel_avx512(int64_t j0, int
 
 /* ---- kernels: rows x one panel ------------------------------------------------------------ */
 
-/* A tile's view of the terms over one depth block: each term's x at the task's first row and the
- * block's first depth in it, the row strides and depths; the panel slice holds those depths one
- * after another. A tile's rows start row0 rows into the x's. */
-typedef struct tile_terms {
-    int n;
-    const float *x[FL_CPU_ROWS_MAX_TERMS];
-    int64_t ldx[FL_CPU_ROWS_MAX_TERMS], k[FL_CPU_ROWS_MAX_TERMS];
-} tile_terms;
-
-/* The reference: the chain of the header for a rows x cols tile. init: the bias (or NULL for
- * zero), or with accumulate the tile of y itself. */
-static void tile_scalar(int rows, int cols, const tile_terms *t, int64_t row0, const float *panel,
-                        const float *bias, bool accumulate, float *y, int64_t ldy) {
+/* The reference: the chain of the header for a rows x cols tile. */
+static void tile_scalar(int rows, int cols, int64_t k, const float *x, int64_t ldx, const float *panel,
+                        const float *bias, float *y, int64_t ldy) {
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
-            float acc = accumulate ? y[r * ldy + c] : bias ? bias[c] : 0.0f;
-            const float *wp = panel;
-            for (int i = 0; i < t->n; i++) {
-                const float *xr = t->x[i] + (row0 + r) * t->ldx[i];
-                for (int64_t p = 0; p < t->k[i]; p++) acc = fmaf(xr[p], wp[p * ROWS_NR + c], acc);
-                wp += t->k[i] * ROWS_NR;
-            }
+            float acc = bias ? bias[c] : 0.0f;
+            const float *xr = x + r * ldx;
+            for (int64_t p = 0; p < k; p++) acc = fmaf(xr[p], panel[p * ROWS_NR + c], acc);
             y[r * ldy + c] = acc;
         }
 }
@@ -195,34 +157,21 @@ static void tile_scalar(int rows, int cols, const tile_terms *t, int64_t row0, c
 /* AVX-512: ROWS rows x 32 columns in 2*ROWS zmm accumulators. Inlined with a constant ROWS so the
  * accumulators live in registers. */
 __attribute__((target("avx512f"), always_inline)) static inline void
-tile512(const int rows, int cols, const tile_terms *t, int64_t row0, const float *panel, const float *bias,
-        bool accumulate, float *y, int64_t ldy) {
+tile512(const int rows, int cols, int64_t k, const float *x, int64_t ldx, const float *panel, const float *bias,
+        float *y, int64_t ldy) {
     __m512 acc[ROWS_MR][2];
     __mmask16 m0 = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1u);
     __mmask16 m1 = cols >= 32 ? (__mmask16)0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1u);
-    if (accumulate) {
+    __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+    for (int r = 0; r < rows; r++) acc[r][0] = b0, acc[r][1] = b1;
+    for (int64_t p = 0; p < k; p++) {
+        __m512 w0 = _mm512_loadu_ps(panel + p * ROWS_NR), w1 = _mm512_loadu_ps(panel + p * ROWS_NR + 16);
         for (int r = 0; r < rows; r++) {
-            acc[r][0] = _mm512_maskz_loadu_ps(m0, y + r * ldy);
-            acc[r][1] = _mm512_maskz_loadu_ps(m1, y + r * ldy + 16);
+            __m512 xv = _mm512_set1_ps(x[r * ldx + p]);
+            acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
         }
-    } else {
-        __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-        __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
-        for (int r = 0; r < rows; r++) acc[r][0] = b0, acc[r][1] = b1;
-    }
-    const float *wp = panel;
-    for (int i = 0; i < t->n; i++) {
-        const int64_t ldx = t->ldx[i], k = t->k[i];
-        const float *x = t->x[i] + row0 * ldx;
-        for (int64_t p = 0; p < k; p++) {
-            __m512 w0 = _mm512_loadu_ps(wp + p * ROWS_NR), w1 = _mm512_loadu_ps(wp + p * ROWS_NR + 16);
-            for (int r = 0; r < rows; r++) {
-                __m512 xv = _mm512_set1_ps(x[r * ldx + p]);
-                acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
-            }
-        }
-        wp += k * ROWS_NR;
     }
     for (int r = 0; r < rows; r++) {
         _mm512_mask_storeu_ps(y + r * ldy, m0, acc[r][0]);
@@ -230,12 +179,12 @@ tile512(const int rows, int cols, const tile_terms *t, int64_t row0, const float
     }
 }
 
-__attribute__((target("avx512f"))) static void tile_avx512(int rows, int cols, const tile_terms *t, int64_t row0,
-                                                            const float *panel, const float *bias, bool accumulate,
+__attribute__((target("avx512f"))) static void tile_avx512(int rows, int cols, int64_t k, const float *x,
+                                                            int64_t ldx, const float *panel, const float *bias,
                                                             float *y, int64_t ldy) {
     switch (rows) {
 #define ROWS_CASE(R) \
-    case R: tile512(R, cols, t, row0, panel, bias, accumulate, y, ldy); break;
+    case R: tile512(R, cols, k, x, ldx, panel, bias, y, ldy); break;
         ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6)
         ROWS_CASE(7) ROWS_CASE(8) ROWS_CASE(9) ROWS_CASE(10) ROWS_CASE(11) ROWS_CASE(12)
 #undef ROWS_CASE
@@ -244,35 +193,26 @@ __attribute__((target("avx512f"))) static void tile_avx512(int rows, int cols, c
 }
 
 /* AVX2: ROWS rows (at most 3) x 32 columns in 4*ROWS ymm accumulators. Partial columns go through
- * a zero-padded copy of the tile: the panel is already zero past n, only the loads of y and the
- * stores are partial. */
+ * a zero-padded copy of the tile: the panel is already zero past n, only the stores are partial. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
-tile256(const int rows, int cols, const tile_terms *t, int64_t row0, const float *panel, const float *bias,
-        bool accumulate, float *y, int64_t ldy) {
+tile256(const int rows, int cols, int64_t k, const float *x, int64_t ldx, const float *panel, const float *bias,
+        float *y, int64_t ldy) {
     __m256 acc[3][4];
-    for (int r = 0; r < rows; r++) {
-        float init[ROWS_NR] = {0};
-        if (accumulate) memcpy(init, y + r * ldy, (size_t)cols * sizeof(float));
-        else if (bias) memcpy(init, bias, (size_t)cols * sizeof(float));
+    float init[ROWS_NR] = {0};
+    if (bias) memcpy(init, bias, (size_t)cols * sizeof(float));
+    for (int r = 0; r < rows; r++)
         for (int v = 0; v < 4; v++) acc[r][v] = _mm256_loadu_ps(init + 8 * v);
-    }
-    const float *wp = panel;
-    for (int i = 0; i < t->n; i++) {
-        const int64_t ldx = t->ldx[i], k = t->k[i];
-        const float *x = t->x[i] + row0 * ldx;
-        for (int64_t p = 0; p < k; p++) {
-            const float *w = wp + p * ROWS_NR;
-            __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8), w2 = _mm256_loadu_ps(w + 16),
-                   w3 = _mm256_loadu_ps(w + 24);
-            for (int r = 0; r < rows; r++) {
-                __m256 xv = _mm256_broadcast_ss(x + r * ldx + p);
-                acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-                acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
-                acc[r][3] = _mm256_fmadd_ps(xv, w3, acc[r][3]);
-            }
+    for (int64_t p = 0; p < k; p++) {
+        const float *wp = panel + p * ROWS_NR;
+        __m256 w0 = _mm256_loadu_ps(wp), w1 = _mm256_loadu_ps(wp + 8), w2 = _mm256_loadu_ps(wp + 16),
+               w3 = _mm256_loadu_ps(wp + 24);
+        for (int r = 0; r < rows; r++) {
+            __m256 xv = _mm256_broadcast_ss(x + r * ldx + p);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(xv, w2, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(xv, w3, acc[r][3]);
         }
-        wp += k * ROWS_NR;
     }
     for (int r = 0; r < rows; r++) {
         if (cols == ROWS_NR) {
@@ -285,18 +225,18 @@ tile256(const int rows, int cols, const tile_terms *t, int64_t row0, const float
     }
 }
 
-__attribute__((target("avx2,fma"))) static void tile_avx2(int rows, int cols, const tile_terms *t, int64_t row0,
-                                                          const float *panel, const float *bias, bool accumulate,
+__attribute__((target("avx2,fma"))) static void tile_avx2(int rows, int cols, int64_t k, const float *x,
+                                                          int64_t ldx, const float *panel, const float *bias,
                                                           float *y, int64_t ldy) {
     int r = 0;
-    for (; r + 3 <= rows; r += 3) tile256(3, cols, t, row0 + r, panel, bias, accumulate, y + r * ldy, ldy);
-    if (rows - r == 2) tile256(2, cols, t, row0 + r, panel, bias, accumulate, y + r * ldy, ldy);
-    else if (rows - r == 1) tile256(1, cols, t, row0 + r, panel, bias, accumulate, y + r * ldy, ldy);
+    for (; r + 3 <= rows; r += 3) tile256(3, cols, k, x + r * ldx, ldx, panel, bias, y + r * ldy, ldy);
+    if (rows - r == 2) tile256(2, cols, k, x + r * ldx, ldx, panel, bias, y + r * ldy, ldy);
+    else if (rows - r == 1) tile256(1, cols, k, x + r * ldx, ldx, panel, bias, y + r * ldy, ldy);
 }
 #endif
 
-typedef void (*tile_fn)(int rows, int cols, const tile_terms *t, int64_t row0, const float *panel,
-                        const float *bias, bool accumulate, float *y, int64_t ldy);
+typedef void (*tile_fn)(int rows, int cols, int64_t k, const float *x, int64_t ldx, const float *panel,
+                        const float *bias, float *y, int64_t ldy);
 
 static tile_fn tile_for(fl_cpu_rows_isa isa) {
 #ifdef ROWS_X86
@@ -309,44 +249,30 @@ static tile_fn tile_for(fl_cpu_rows_isa isa) {
 
 /* ---- the product ------------------------------------------------------------------------- */
 
-void fl_cpu_sgemm_rows_terms(fl_cpu_rows_isa isa, int64_t m, int64_t n, const fl_cpu_rows_term *terms, int n_terms,
-                             const float *bias, bool accumulate, float *y, int64_t ldy) {
+void fl_cpu_sgemm_rows(fl_cpu_rows_isa isa, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
+                       const float *w, int64_t ldw, const float *bias, float *y, int64_t ldy) {
     if (m <= 0 || n <= 0) return;
     FL_CHECKF(fl_cpu_rows_isa_supported(isa), "the CPU lacks %s", fl_cpu_rows_isa_name(isa));
-    FL_CHECKF(n_terms >= 0 && n_terms <= FL_CPU_ROWS_MAX_TERMS, "%d terms", n_terms);
     tile_fn tile = tile_for(isa);
     void (*pack)(int64_t, int64_t, int64_t, const float *, int64_t, float *) = pack_panel;
 #ifdef ROWS_X86
     if (isa == FL_CPU_ROWS_AVX512) pack = pack_panel_avx512;
 #endif
-    int64_t depth = 0, work = 0;
-    for (int i = 0; i < n_terms; i++) depth += terms[i].k;
-    work = m * n * (depth > 0 ? depth : 1);
     int64_t panels = (n + ROWS_NR - 1) / ROWS_NR;
     float *packed = NULL;
-    if (depth > 0) {
-        packed = aligned_alloc(64, (size_t)(panels * depth * ROWS_NR) * sizeof(float));
-        FL_CHECKF(packed != NULL, "out of memory packing a %lld x %lld weight", (long long)n, (long long)depth);
+    if (k > 0) {
+        packed = aligned_alloc(64, (size_t)(panels * k * ROWS_NR) * sizeof(float));
+        FL_CHECKF(packed != NULL, "out of memory packing a %lld x %lld weight", (long long)n, (long long)k);
     }
     int64_t row_chunks = (m + ROWS_MC - 1) / ROWS_MC, groups = (panels + ROWS_NG - 1) / ROWS_NG;
     int64_t tasks = row_chunks * groups;
     /* One parallel region for packing and products; small products stay on the calling thread,
      * where a region's start and barrier would cost more than they save. */
-    FL_OMP(omp parallel if (work >= ROWS_PARALLEL_MIN && (tasks > 1 || panels > 1)))
+    FL_OMP(omp parallel if (m * n * k >= ROWS_PARALLEL_MIN && (tasks > 1 || panels > 1)))
     {
-        if (depth > 0) {
+        if (k > 0) {
             FL_OMP(omp for schedule(static))
-            for (int64_t q = 0; q < panels; q++) {
-                float *dst = packed + q * depth * ROWS_NR;
-                for (int i = 0; i < n_terms; i++) {
-                    const fl_cpu_rows_term *tm = &terms[i];
-                    if (tm->k == 0) continue;
-                    if (tm->w_kn) pack_panel_kn(q * ROWS_NR, n, tm->k, tm->w, tm->ldw, dst);
-                    else pack(q * ROWS_NR, n, tm->k, tm->w, tm->ldw, dst);
-                    if (tm->scale != 1.0f) scale_panel(dst, tm->k, tm->scale);
-                    dst += tm->k * ROWS_NR;
-                }
-            }
+            for (int64_t q = 0; q < panels; q++) pack(q, n, k, w, ldw, packed);
         }
         FL_OMP(omp for schedule(dynamic))
         for (int64_t t = 0; t < tasks; t++) {
@@ -356,47 +282,20 @@ void fl_cpu_sgemm_rows_terms(fl_cpu_rows_isa isa, int64_t m, int64_t n, const fl
                 int64_t j0 = q * ROWS_NR;
                 int cols = (int)imin(ROWS_NR, n - j0);
                 const float *bq = bias ? bias + j0 : NULL;
-                if (depth == 0) { /* the chain is empty: y is its start */
-                    if (!accumulate)
-                        for (int64_t i = i0; i < i1; i++)
-                            for (int c = 0; c < cols; c++) y[i * ldy + j0 + c] = bq ? bq[c] : 0.0f;
+                if (k == 0) { /* the chain is empty: y is the bias */
+                    for (int64_t i = i0; i < i1; i++)
+                        for (int c = 0; c < cols; c++) y[i * ldy + j0 + c] = bq ? bq[c] : 0.0f;
                     continue;
                 }
-                const float *panel = packed + q * depth * ROWS_NR;
-                /* The depth in blocks of ROWS_KC: each block continues the chains from the
-                 * values the previous one stored in y (a float store and load are exact, so the
-                 * blocking changes no bit of the chain). */
-                for (int64_t d0 = 0; d0 < depth; d0 += ROWS_KC) {
-                    int64_t d1 = imin(depth, d0 + ROWS_KC);
-                    tile_terms tt = {.n = 0};
-                    int64_t off = 0;
-                    for (int e = 0; e < n_terms; e++) {
-                        int64_t lo = off > d0 ? off : d0, hi = imin(off + terms[e].k, d1);
-                        if (lo < hi) {
-                            tt.x[tt.n] = terms[e].x + (lo - off) + i0 * terms[e].ldx;
-                            tt.ldx[tt.n] = terms[e].ldx;
-                            tt.k[tt.n] = hi - lo;
-                            tt.n++;
-                        }
-                        off += terms[e].k;
-                    }
-                    const bool first = d0 == 0;
-                    for (int64_t i = i0; i < i1; i += ROWS_MR) {
-                        int rows = (int)imin(ROWS_MR, i1 - i);
-                        tile(rows, cols, &tt, i - i0, panel + d0 * ROWS_NR, first ? bq : NULL,
-                             first ? accumulate : true, y + i * ldy + j0, ldy);
-                    }
+                const float *panel = packed + q * k * ROWS_NR;
+                for (int64_t i = i0; i < i1; i += ROWS_MR) {
+                    int rows = (int)imin(ROWS_MR, i1 - i);
+                    tile(rows, cols, k, x + i * ldx, ldx, panel, bq, y + i * ldy + j0, ldy);
                 }
             }
         }
     }
     free(packed);
-}
-
-void fl_cpu_sgemm_rows(fl_cpu_rows_isa isa, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
-                       const float *w, int64_t ldw, const float *bias, float *y, int64_t ldy) {
-    fl_cpu_rows_term term = {.x = x, .ldx = ldx, .w = w, .ldw = ldw, .k = k, .w_kn = false, .scale = 1.0f};
-    fl_cpu_sgemm_rows_terms(isa, m, n, &term, 1, bias, false, y, ldy);
 }
 
 static fl_cpu_rows_isa cpu_isa(fl_ctx *ctx) {
@@ -415,19 +314,4 @@ void fl_cpu_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, con
     int64_t out = w->shape[0], in = w->shape[1];
     fl_cpu_sgemm_rows(cpu_isa(ctx), my.rows, out, in, x->data, mx.ld, w->data, in, bias ? bias->data : NULL,
                       y->data, my.ld);
-}
-
-void fl_cpu_linear_rows_terms(fl_ctx *ctx, const fl_rows_term *terms, int n_terms, const fl_tensor *bias,
-                              bool accumulate, fl_tensor *y) {
-    fl_matrix my = fl_cpu_matrix(y);
-    fl_cpu_rows_term raw[FL_CPU_ROWS_MAX_TERMS];
-    FL_CHECKF(n_terms <= FL_CPU_ROWS_MAX_TERMS, "%d terms", n_terms);
-    for (int i = 0; i < n_terms; i++) {
-        fl_matrix mx = fl_cpu_matrix(terms[i].x);
-        const fl_tensor *w = terms[i].w;
-        raw[i] = (fl_cpu_rows_term){.x = terms[i].x->data, .ldx = mx.ld, .w = w->data, .ldw = w->shape[1],
-                                    .k = mx.cols, .w_kn = terms[i].w_kn, .scale = terms[i].scale};
-    }
-    fl_cpu_sgemm_rows_terms(cpu_isa(ctx), my.rows, my.cols, raw, n_terms, bias ? bias->data : NULL, accumulate,
-                            y->data, my.ld);
 }

@@ -81,23 +81,7 @@ fl_cpu_rows_isa fl_cpu_rows_isa_best(void); /* what fl_cpu_linear_rows uses */
  * Threads with OpenMP; call from one thread. isa must be supported. */
 void fl_cpu_sgemm_rows(fl_cpu_rows_isa isa, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
                        const float *w, int64_t ldw, const float *bias, float *y, int64_t ldy);
-/* The general chain (cpu_gemm_rows.c's header): y[i][j] starts from y[i][j] (accumulate) or from
- * bias[j] (or 0), then runs term 0's depth, term 1's, ...: acc = fma(x_t[i][p], s_t * w_t[j][p], acc)
- * with w_t stored [n, k_t] (row stride ldw) or, with w_kn, [k_t, n] (row stride ldw). */
-enum { FL_CPU_ROWS_MAX_TERMS = 4 };
-typedef struct fl_cpu_rows_term {
-    const float *x;
-    int64_t ldx;
-    const float *w;
-    int64_t ldw, k;
-    bool w_kn;
-    float scale;
-} fl_cpu_rows_term;
-void fl_cpu_sgemm_rows_terms(fl_cpu_rows_isa isa, int64_t m, int64_t n, const fl_cpu_rows_term *terms, int n_terms,
-                             const float *bias, bool accumulate, float *y, int64_t ldy);
 void fl_cpu_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, const fl_tensor *bias, fl_tensor *y);
-void fl_cpu_linear_rows_terms(fl_ctx *ctx, const fl_rows_term *terms, int n_terms, const fl_tensor *bias,
-                              bool accumulate, fl_tensor *y);
 
 /* cpu_elementwise.c */
 void fl_cpu_copy(fl_ctx *ctx, const fl_tensor *src, fl_tensor *dst);

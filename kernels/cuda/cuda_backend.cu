@@ -197,7 +197,7 @@ static void cuda_synchronize(fl_ctx *ctx) {
 /* ---- the table -------------------------------------------------------------------------------- */
 
 /* A new entry in struct fl_backend must be filled below: this fails to compile until then. */
-static_assert(sizeof(fl_backend) == 51 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
+static_assert(sizeof(fl_backend) == 50 * sizeof(void *), "struct fl_backend changed: update the CUDA table");
 
 static fl_backend make_table(void) {
     fl_backend b;
@@ -213,7 +213,6 @@ static fl_backend make_table(void) {
     b.gemm = fl_cuda_gemm;
     b.linear = fl_cuda_linear;
     b.linear_rows = NULL; /* no batch-invariant product: per-sample Linears run per segment */
-    b.linear_rows_terms = NULL;
     b.bias_grad = fl_cuda_bias_grad;
     b.copy = fl_cuda_copy;
     b.fill = fl_cuda_fill;

@@ -11,11 +11,6 @@
  * Batch invariance: rows computed inside calls of M = 1, 3, 17, 64 (at several offsets) are
  * bitwise the same rows of one call over all of them, at 1 and at 2 threads, and the 1- and
  * 2-thread results are bitwise equal.
- * Terms (fl_op_linear_rows_terms, the fused LoRA forms y = x W^T + (x A^T)(s B)^T and
- * dx += dy W + (s dy B) A): parity with a double loop for both weight layouts, scales, bias and
- * accumulate, on odd shapes and row-strided operands; every instruction set bitwise equal to the
- * scalar reference; one term bitwise equal to fl_op_linear_rows; rows bitwise equal inside calls
- * of M = 1, 5, 40 at 1 and 2 threads.
  * Also: planning mode computes nothing.
  */
 #include "core/threads.h"
@@ -154,164 +149,6 @@ static void test_batch_invariance(void) {
     fl_threads_set(saved);
 }
 
-
-/* ---- terms ------------------------------------------------------------------------------- */
-
-/* One random term: x [m, k] as a row-strided view, w stored [n, k] or (kn) [k, n]. */
-typedef struct term_data {
-    float *xs, *w;
-    int64_t k, ldx;
-    bool kn;
-    float scale;
-    fl_tensor x, wt;
-} term_data;
-
-static void term_make(term_data *t, int64_t m, int64_t n, int64_t k, bool kn, float scale, uint64_t seed) {
-    t->k = k, t->kn = kn, t->scale = scale, t->ldx = k + 3;
-    t->xs = kt_alloc((size_t)(m * t->ldx + 1)), t->w = kt_alloc((size_t)(n * k + 1));
-    fill(t->xs, (size_t)(m * t->ldx), seed), fill(t->w, (size_t)(n * k), seed + 1);
-    t->x = kt_wide_view(t->xs, m, k, 1, 2);
-    t->wt = kn ? fl_tensor_f32_2d(t->w, k, n) : fl_tensor_f32_2d(t->w, n, k);
-}
-
-static double term_weight(const term_data *t, int64_t n, int64_t j, int64_t p) {
-    float w = t->kn ? t->w[p * n + j] : t->w[j * t->k + p];
-    return (double)(t->scale * w); /* the chain multiplies the rounded s * w */
-}
-
-static void check_terms(int64_t m, int64_t n, const int64_t *ks, const bool *kns, const float *scales, int n_terms,
-                        bool with_bias, bool accumulate, uint64_t seed) {
-    term_data t[4];
-    fl_rows_term terms[4];
-    for (int i = 0; i < n_terms; i++) {
-        term_make(&t[i], m, n, ks[i], kns[i], scales[i], seed + 10 * (uint64_t)i);
-        terms[i] = (fl_rows_term){.x = &t[i].x, .w = &t[i].wt, .w_kn = kns[i], .scale = scales[i]};
-    }
-    int64_t ldy = n + 4;
-    float *b = kt_alloc((size_t)n), *ys = kt_alloc((size_t)(m * ldy)), *y0 = kt_alloc((size_t)(m * ldy));
-    fill(b, (size_t)n, seed + 7), fill(y0, (size_t)(m * ldy), seed + 8);
-    memcpy(ys, y0, (size_t)(m * ldy) * sizeof(float));
-    fl_tensor y = kt_wide_view(ys, m, n, 2, 2), bt = fl_tensor_f32_2d(b, 1, n);
-    fl_op_linear_rows_terms(ctx, terms, n_terms, with_bias ? &bt : NULL, accumulate, &y);
-    int bad = 0, pad_touched = 0;
-    for (int64_t i = 0; i < m; i++) {
-        for (int64_t j = 0; j < n; j++) {
-            double want = accumulate ? y0[i * ldy + 2 + j] : with_bias ? b[j] : 0.0;
-            for (int e = 0; e < n_terms; e++)
-                for (int64_t p = 0; p < t[e].k; p++)
-                    want += (double)t[e].xs[i * t[e].ldx + 1 + p] * term_weight(&t[e], n, j, p);
-            double got = ys[i * ldy + 2 + j];
-            if (!(fabs(got - want) <= 1e-4 + 1e-4 * fabs(want))) bad++;
-        }
-        for (int64_t j = 0; j < 2; j++) pad_touched += !kt_same_bits(&ys[i * ldy + j], &y0[i * ldy + j], sizeof(float));
-        for (int64_t j = n + 2; j < ldy; j++)
-            pad_touched += !kt_same_bits(&ys[i * ldy + j], &y0[i * ldy + j], sizeof(float));
-    }
-    FL_EXPECTF(bad == 0, "terms m %lld n %lld (%d terms, k0 %lld, bias %d, accumulate %d): %d elements off",
-               (long long)m, (long long)n, n_terms, (long long)ks[0], with_bias, accumulate, bad);
-    FL_EXPECTF(pad_touched == 0, "terms m %lld n %lld: %d padding elements written", (long long)m, (long long)n,
-               pad_touched);
-    for (int i = 0; i < n_terms; i++) free(t[i].xs), free(t[i].w);
-    free(b), free(ys), free(y0);
-}
-
-static void test_terms_parity(void) {
-    /* m, n, base depth, rank: the LoRA forward (W [n, k], B [n, r] scaled) and backward
-     * (W [k, n] and A [r, n], both kn) with the embedded model's widths among odd ones */
-    static const int64_t shapes[][4] = {
-        {1, 1, 1, 1}, {5, 33, 17, 4}, {13, 65, 300, 16}, {97, 100, 33, 3}, {40, 256, 768, 16}, {12, 1024, 256, 32},
-        {3, 31, 0, 5},
-    };
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int64_t m = shapes[s][0], n = shapes[s][1], ks[2] = {shapes[s][2], shapes[s][3]};
-        bool fwd[2] = {false, false}, bwd[2] = {true, true};
-        float fwd_scale[2] = {1.0f, 0.5f}, bwd_scale[2] = {1.0f, 1.0f};
-        uint64_t seed = 500 + 17 * s;
-        check_terms(m, n, ks, fwd, fwd_scale, 2, true, false, seed);
-        check_terms(m, n, ks, fwd, fwd_scale, 2, false, false, seed + 1);
-        check_terms(m, n, ks, bwd, bwd_scale, 2, false, false, seed + 2);
-        check_terms(m, n, ks, bwd, bwd_scale, 2, false, true, seed + 3);
-        bool mixed[3] = {true, false, true};
-        int64_t k3[3] = {ks[0], ks[1], 2};
-        float sc3[3] = {1.0f, -2.0f, 0.25f};
-        check_terms(m, n, k3, mixed, sc3, 3, false, true, seed + 4);
-    }
-}
-
-/* The terms form on every instruction set gives the scalar reference's bits, with accumulate;
- * one term is bitwise fl_op_linear_rows. */
-static void test_terms_isas_and_single(void) {
-    static const int64_t shapes[][4] = {{1, 5, 3, 2}, {13, 33, 70, 16}, {29, 100, 129, 7}, {64, 64, 256, 16}};
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], r = shapes[s][3], ldy = n + 2;
-        float *x = kt_alloc((size_t)(m * (k + 3))), *w = kt_alloc((size_t)(n * k)), *h = kt_alloc((size_t)(m * r));
-        float *a = kt_alloc((size_t)(r * n)), *y0 = kt_alloc((size_t)(m * ldy));
-        float *ref = kt_alloc((size_t)(m * ldy)), *got = kt_alloc((size_t)(m * ldy));
-        fill(x, (size_t)(m * (k + 3)), 70 + s), fill(w, (size_t)(n * k), 71 + s), fill(h, (size_t)(m * r), 72 + s);
-        fill(a, (size_t)(r * n), 73 + s), fill(y0, (size_t)(m * ldy), 74 + s);
-        fl_cpu_rows_term terms[2] = {
-            {.x = x, .ldx = k + 3, .w = w, .ldw = n, .k = k, .w_kn = true, .scale = 1.0f},
-            {.x = h, .ldx = r, .w = a, .ldw = n, .k = r, .w_kn = true, .scale = 0.75f},
-        };
-        memcpy(ref, y0, (size_t)(m * ldy) * sizeof(float));
-        fl_cpu_sgemm_rows_terms(FL_CPU_ROWS_SCALAR, m, n, terms, 2, NULL, true, ref, ldy);
-        for (int isa = FL_CPU_ROWS_AVX2; isa <= FL_CPU_ROWS_AVX512; isa++) {
-            if (!fl_cpu_rows_isa_supported((fl_cpu_rows_isa)isa)) continue;
-            memcpy(got, y0, (size_t)(m * ldy) * sizeof(float));
-            fl_cpu_sgemm_rows_terms((fl_cpu_rows_isa)isa, m, n, terms, 2, NULL, true, got, ldy);
-            FL_EXPECTF(kt_same_bits(ref, got, (size_t)(m * ldy) * sizeof(float)),
-                       "terms: %s differs from the scalar reference at %lldx%lld (k %lld, r %lld)",
-                       fl_cpu_rows_isa_name((fl_cpu_rows_isa)isa), (long long)m, (long long)n, (long long)k,
-                       (long long)r);
-        }
-        /* one term through the op = fl_op_linear_rows, bitwise (w read as [n, k] here) */
-        fl_tensor xt = kt_wide_view(x, m, k, 0, 3), wt = fl_tensor_f32_2d(w, n, k);
-        fl_tensor yr = fl_tensor_f32_2d(ref, m, n), yg = fl_tensor_f32_2d(got, m, n), bt = fl_tensor_f32_2d(a, 1, n);
-        fl_op_linear_rows(ctx, &xt, &wt, &bt, &yr);
-        fl_rows_term one = {.x = &xt, .w = &wt, .w_kn = false, .scale = 1.0f};
-        fl_op_linear_rows_terms(ctx, &one, 1, &bt, false, &yg);
-        FL_EXPECTF(kt_same_bits(ref, got, (size_t)(m * n) * sizeof(float)),
-                   "one term differs from fl_op_linear_rows at %lldx%lldx%lld", (long long)m, (long long)n,
-                   (long long)k);
-        free(x), free(w), free(h), free(a), free(y0), free(ref), free(got);
-    }
-}
-
-/* Rows of a two-term accumulating call over M = 1, 5, 40 rows are bitwise the same rows of one
- * call over all, at 1 and 2 threads. */
-static void test_terms_batch_invariance(void) {
-    const int64_t total = 46, n = 256, k = 768, r = 16;
-    int saved = fl_threads_get();
-    float *x = kt_alloc((size_t)(total * k)), *w = kt_alloc((size_t)(n * k)), *h = kt_alloc((size_t)(total * r));
-    float *bw = kt_alloc((size_t)(n * r)), *y0 = kt_alloc((size_t)(total * n));
-    float *whole = kt_alloc((size_t)(total * n)), *part = kt_alloc((size_t)(total * n));
-    fill(x, (size_t)(total * k), 91), fill(w, (size_t)(n * k), 92), fill(h, (size_t)(total * r), 93);
-    fill(bw, (size_t)(n * r), 94), fill(y0, (size_t)(total * n), 95);
-    fl_tensor wt = fl_tensor_f32_2d(w, n, k), bt = fl_tensor_f32_2d(bw, n, r);
-    static const int64_t ms[] = {1, 5, 40};
-    for (int threads = 1; threads <= 2; threads++) {
-        fl_threads_set(threads);
-        memcpy(whole, y0, (size_t)(total * n) * sizeof(float));
-        fl_tensor xa = fl_tensor_f32_2d(x, total, k), ha = fl_tensor_f32_2d(h, total, r);
-        fl_tensor ya = fl_tensor_f32_2d(whole, total, n);
-        fl_rows_term all[2] = {{.x = &xa, .w = &wt, .scale = 1.0f}, {.x = &ha, .w = &bt, .scale = 0.5f}};
-        fl_op_linear_rows_terms(ctx, all, 2, NULL, true, &ya);
-        for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
-            int64_t start = (total - ms[mi]) / 2, rows = ms[mi];
-            memcpy(part, y0, (size_t)(total * n) * sizeof(float));
-            fl_tensor xs = fl_tensor_f32_2d(x + start * k, rows, k), hs = fl_tensor_f32_2d(h + start * r, rows, r);
-            fl_tensor ys = fl_tensor_f32_2d(part + start * n, rows, n);
-            fl_rows_term some[2] = {{.x = &xs, .w = &wt, .scale = 1.0f}, {.x = &hs, .w = &bt, .scale = 0.5f}};
-            fl_op_linear_rows_terms(ctx, some, 2, NULL, true, &ys);
-            FL_EXPECTF(kt_same_bits(whole + start * n, part + start * n, (size_t)(rows * n) * sizeof(float)),
-                       "terms, %d threads: %lld rows alone differ from the same rows in a call of %lld", threads,
-                       (long long)rows, (long long)total);
-        }
-    }
-    fl_threads_set(saved);
-    free(x), free(w), free(h), free(bw), free(y0), free(whole), free(part);
-}
-
 static void test_planning_computes_nothing(void) {
     FL_EXPECT(fl_op_has_linear_rows(ctx));
     float x[6] = {1, 2, 3, 4, 5, 6}, w[6] = {1, 1, 1, 1, 1, 1}, y[4];
@@ -331,9 +168,6 @@ int main(void) {
     FL_RUN(test_parity);
     FL_RUN(test_isas_match_scalar);
     FL_RUN(test_batch_invariance);
-    FL_RUN(test_terms_parity);
-    FL_RUN(test_terms_isas_and_single);
-    FL_RUN(test_terms_batch_invariance);
     FL_RUN(test_planning_computes_nothing);
     fl_ctx_destroy(ctx);
     return fl_test_finish();
