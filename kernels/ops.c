@@ -208,7 +208,7 @@ void fl_op_linear_rows(fl_ctx *ctx, const fl_tensor *x, const fl_tensor *w, cons
     if (!fl_op_has_linear_rows(ctx)) OP_FAIL(op, "this context has no batch-invariant linear");
     check_linear(op, ctx, x, w, bias, y);
     if (ctx->planning) return;
-    ctx->backend->linear_rows(ctx, x, w, bias, y);
+    PROFILED(ctx, ctx->profile_lora ? FL_OPK_LORA : FL_OPK_GEMM, ctx->backend->linear_rows(ctx, x, w, bias, y));
 }
 
 void fl_op_bias_grad(fl_ctx *ctx, const fl_tensor *dy, fl_tensor *db) {
