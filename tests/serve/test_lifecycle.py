@@ -428,11 +428,14 @@ def retention(work, procs):
     try:
         key = svc.key("alpha")
         base = svc.base
-        # Files no job owns: an old upload and an old PNG go; a fresh upload (its job may be
-        # being accepted right now) stays.
+        # Files no job owns: an old upload, an old PNG and the old converted copy of a download
+        # whose process died go; a fresh upload (its job may be being accepted right now) and a
+        # fresh conversion (a download in progress) stay.
         orphans = {os.path.join(state, "uploads", "job_%024d.zip" % 1): True,
                    os.path.join(state, "images", "img_%024d.png" % 2): True,
-                   os.path.join(state, "uploads", "job_%024d.zip" % 3): False}
+                   os.path.join(state, "uploads", "job_%024d.zip" % 3): False,
+                   os.path.join(state, "uploads", ".export-a1B2c3"): True,
+                   os.path.join(state, "uploads", ".export-d4E5f6"): False}
         for path, old in orphans.items():
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
