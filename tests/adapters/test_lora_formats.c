@@ -691,6 +691,31 @@ static void test_unmatched(void) {
     fl_flux_free(m);
 }
 
+
+/* A canonical adapter on a fused Linear whose rows do not split into the diffusers parts (a qkv
+ * of 7 outputs: no q, k, v thirds) converts to kohya but not to PEFT: one clear error naming the
+ * module, and no output file (the service answers it with 422 unsupported_layout). */
+static void test_peft_unconvertible(void) {
+    float *a = fl_test_randn(2 * H, 91, 1.0f), *b = fl_test_randn(7 * 2, 92, 1.0f);
+    tfile f = {0};
+    put_mat(&f, "double_blocks.0.img_attn.qkv.lora_A.weight", a, 2, H);
+    put_mat(&f, "double_blocks.0.img_attn.qkv.lora_B.weight", b, 7, 2);
+    char src[512], out[512];
+    write_tfile(&f, "odd_qkv.safetensors", src, sizeof src);
+    fl_error err = {0};
+    tmp_path("odd_qkv_kohya.safetensors", out, sizeof out);
+    FL_EXPECTF(fl_lora_convert_file(src, FL_LORA_KOHYA, out, &err) == 0, "kohya: %s", err.message);
+    tmp_path("odd_qkv_peft.safetensors", out, sizeof out);
+    unlink(out);
+    err = (fl_error){0};
+    FL_EXPECT(fl_lora_convert_file(src, FL_LORA_PEFT, out, &err) != 0);
+    FL_EXPECTF(strstr(err.message, "double_blocks.0.img_attn.qkv") && strstr(err.message, "does not split"),
+               "message: %s", err.message);
+    FL_EXPECTF(access(out, F_OK) != 0, "a PEFT file was left at %s", out);
+    free(a);
+    free(b);
+}
+
 static void test_malformed(void) {
     fl_flux_model *m = make_model();
     float *a = fl_test_randn(3 * H, 81, 1.0f), *b = fl_test_randn(3 * H * 3, 82, 1.0f), two[2] = {1, 2};
@@ -977,6 +1002,7 @@ int main(void) {
     FL_RUN(test_peft_fusion_cases);
     FL_RUN(test_peft_alpha_sources);
     FL_RUN(test_unmatched);
+    FL_RUN(test_peft_unconvertible);
     FL_RUN(test_malformed);
     FL_RUN(test_forward_equivalence);
     FL_RUN(test_forward_fused_parts);
