@@ -92,6 +92,11 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
                        "the training's work is %" PRId64 " pixel-steps (%dx%d x %d steps x batch %d), over the limit "
                        "of %" PRId64 " (--max-training-work)",
                        work, tr->resolution, tr->resolution, tr->steps, tr->batch_size, api->cfg.max_training_work);
+    int rounds = fl_train_preview_rounds(tr->steps, tr->preview_every);
+    if (rounds > FL_REQ_MAX_PREVIEWS)
+        return fl_fail(err, FL_ELIMIT,
+                       "field 'preview_every': %d steps give %d preview rounds, at most %d (preview_every %d or more)",
+                       tr->steps, rounds, FL_REQ_MAX_PREVIEWS, (tr->steps - 1) / (FL_REQ_MAX_PREVIEWS - 1) + 1);
     fl_flux_job_shape shape = {.device = api->cfg.job_device,
                                .batch = tr->batch_size,
                                .image_tokens = (int64_t)(tr->resolution / patch) * (tr->resolution / patch),

@@ -20,7 +20,8 @@
 #include "core/sha256.h"
 
 /* Shared by every script: terminal states, counters that never go below zero, and the end of a
- * job (state, counters, terminal event, expiry, its images due with it, the tenant's index
+ * job (state, counters, terminal event, expiry, its images due with it — those its result lists
+ * under "images" or, for a training's previews, "previews" —, the tenant's index
  * pruned by count and by age). Numbers are written with %.0f so Lua never prints 1e+12. */
 #define LUA_PRELUDE                                                                                               \
     "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end\n"                \
@@ -37,9 +38,12 @@
     "  local ids = {}\n"                                                                                          \
     "  if not text then return ids end\n"                                                                         \
     "  local ok, v = pcall(cjson.decode, text)\n"                                                                 \
-    "  if ok and type(v) == 'table' and type(v.images) == 'table' then\n"                                         \
-    "    for _, img in ipairs(v.images) do\n"                                                                     \
-    "      if type(img) == 'table' and type(img.id) == 'string' then ids[#ids + 1] = img.id end\n"                \
+    "  if not ok or type(v) ~= 'table' then return ids end\n"                                                    \
+    "  for _, list in ipairs({v.images, v.previews}) do\n"                                                        \
+    "    if type(list) == 'table' then\n"                                                                         \
+    "      for _, img in ipairs(list) do\n"                                                                       \
+    "        if type(img) == 'table' and type(img.id) == 'string' then ids[#ids + 1] = img.id end\n"              \
+    "      end\n"                                                                                                 \
     "    end\n"                                                                                                   \
     "  end\n"                                                                                                     \
     "  return ids\n"                                                                                              \

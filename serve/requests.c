@@ -320,7 +320,7 @@ int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_
     reader r = {obj, source};
     static const char *const allowed[] = {"images_url", "trigger_word", "name", "steps", "rank", "alpha",
                                           "learning_rate", "resolution", "caption", "is_style", "buckets", "seed",
-                                          "batch_size", "targets", NULL};
+                                          "batch_size", "targets", "preview_every", "preview_count", NULL};
     static const char *const internal[] = {"images", "source", "max_decoded_pixels", NULL};
     const char *url = NULL, *images = NULL, *src = NULL, *trigger = NULL, *name = NULL, *caption = NULL,
                *targets = NULL;
@@ -348,6 +348,8 @@ int fl_train_request_decode(json_t *obj, fl_req_source source, const fl_request_
     if (rc == 0) rc = read_int32(&r, "batch_size", 1, 1, lim->max_batch_size, &out->batch_size, err);
     if (rc == 0) rc = read_bool(&r, "is_style", false, &out->is_style, err);
     if (rc == 0) rc = read_bool(&r, "buckets", false, &out->buckets, err);
+    if (rc == 0) rc = read_int32(&r, "preview_every", 0, 0, lim->max_train_steps, &out->preview_every, err);
+    if (rc == 0) rc = read_int32(&r, "preview_count", 2, 1, FL_REQ_MAX_PREVIEW_COUNT, &out->preview_count, err);
     if (rc == 0 && source == FL_REQ_STORED)
         rc = read_int(&r, "max_decoded_pixels", 0, 0, (int64_t)1 << 40, &out->max_decoded_pixels, err);
     if (rc != 0) return rc;
@@ -366,6 +368,10 @@ json_t *fl_train_request_to_json(const fl_train_request *r) {
                           "resolution", r->resolution, "seed", (json_int_t)r->seed, "batch_size", r->batch_size,
                           "is_style", r->is_style, "buckets", r->buckets);
     FL_CHECK(o != NULL);
+    if (r->preview_every > 0) {
+        json_object_set_new(o, "preview_every", json_integer(r->preview_every));
+        json_object_set_new(o, "preview_count", json_integer(r->preview_count));
+    }
     if (r->max_decoded_pixels > 0)
         json_object_set_new(o, "max_decoded_pixels", json_integer((json_int_t)r->max_decoded_pixels));
     const char *strings[][2] = {{"images", r->images}, {"source", r->source}, {"caption", r->caption},

@@ -81,6 +81,15 @@ typedef struct fl_generate_request {
                           * within the memory limit (0: not limited) */
 } fl_generate_request;
 
+/* Training previews: at most this many sampling rounds (every preview_every steps, and the end)
+ * of at most this many images. */
+enum { FL_REQ_MAX_PREVIEWS = 20, FL_REQ_MAX_PREVIEW_COUNT = 4 };
+/* The preview rounds of a training of `steps` steps, one every `every` (0: none): one at each
+ * multiple of every before the last step, and one at the end. */
+static inline int fl_train_preview_rounds(int steps, int every) {
+    return every > 0 ? (steps - 1) / every + 1 : 0;
+}
+
 typedef struct fl_train_request {
     char *images;        /* where the worker reads the set: the uploaded archive's path (set by the
                           * API) or the client's "images_url" */
@@ -97,6 +106,9 @@ typedef struct fl_train_request {
     int batch_size;      /* default 1 */
     int64_t seed;        /* default 0 */
     bool is_style, buckets;
+    int preview_every;   /* default 0: no previews; else sample preview_count images every this many
+                          * steps and at the end (admission allows FL_REQ_MAX_PREVIEWS rounds) */
+    int preview_count;   /* default 2, in [1, 4] */
     int64_t max_decoded_pixels; /* filled by the API: the decoding budget of the set, in pixels,
                                  * within the memory limit (0: the loader's default) */
 } fl_train_request;

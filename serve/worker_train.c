@@ -5,6 +5,7 @@
  * the run there), and the adapter is stored and registered under an id derived from the job before
  * the job is finished and acknowledged. A stopping worker checkpoints and hands the job back.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,14 +26,66 @@ typedef struct train_ctx {
     const work_item *item;
     int64_t last_poll_ms;
     fl_claim claim; /* FL_CLAIM_HELD until a poll finds otherwise */
+    const char *tenant;
+    int resolution;
+    json_t *previews; /* the images published from the trainer's previews */
 } train_ctx;
+
+/* A preview PNG the trainer wrote into the job's directory becomes one of the tenant's images,
+ * as a generation's do: moved to images/<id>.png with its key. Returns the event the client
+ * sees, naming the image (never the server's path), or NULL when it could not be published
+ * (the file is removed; the training goes on). The job's result lists the image under
+ * "previews", so it lives and expires with the job (serve/jobs.c). */
+static json_t *publish_preview(train_ctx *tc, json_t *event) {
+    worker_state *w = tc->w;
+    const char *path = json_string_value(json_object_get(event, "path"));
+    int step = (int)json_integer_value(json_object_get(event, "step"));
+    json_int_t seed = json_integer_value(json_object_get(event, "seed"));
+    if (!path) return NULL;
+    char img_id[FL_ID_MAX], dst[4200], url[160];
+    fl_jobs_new_id("img", img_id);
+    snprintf(dst, sizeof dst, "%s/images/%s.png", w->cfg.state_dir, img_id);
+    if (rename(path, dst) != 0) {
+        fl_log_warn("worker %s: job %s: preview %s not published: %s", w->name, tc->item->job, path, strerror(errno));
+        unlink(path);
+        return NULL;
+    }
+    fl_error err = {0};
+    redisReply *rep = fl_redis_cmd(w->r, &err,
+                                   "HSET fl:image:%s tenant %s job %s seed %lld width %d height %d created_ms %lld step %d",
+                                   img_id, tc->tenant, tc->item->job, (long long)seed, tc->resolution, tc->resolution,
+                                   (long long)fl_now_ms(), step);
+    if (!rep) {
+        fl_log_warn("worker %s: job %s: preview not registered: %s", w->name, tc->item->job, err.message);
+        unlink(dst);
+        return NULL;
+    }
+    freeReplyObject(rep);
+    snprintf(url, sizeof url, "/v1/images/%s.png", img_id);
+    json_t *image = json_pack("{s:s, s:s, s:i, s:I, s:i, s:i}", "id", img_id, "url", url, "step", step, "seed", seed,
+                              "width", tc->resolution, "height", tc->resolution);
+    json_array_append(tc->previews, image);
+    return json_pack("{s:s, s:i, s:[o]}", "event", "preview", "step", step, "images", image);
+}
 
 static void on_train_event(void *arg, json_t *event) {
     train_ctx *tc = arg;
     worker_state *w = tc->w;
-    char *text = json_dumps(event, JSON_COMPACT);
-    if (!text) return;
     const char *kind = json_string_value(json_object_get(event, "event"));
+    json_t *published = NULL;
+    if (kind && !strcmp(kind, "preview")) {
+        if (!(published = publish_preview(tc, event))) return;
+        event = published;
+        kind = "preview";
+    } else if (json_object_get(event, "path")) {
+        /* a checkpoint's file is the server's business: the client sees the step only */
+        published = json_copy(event);
+        json_object_del(published, "path");
+        event = published;
+    }
+    char *text = json_dumps(event, JSON_COMPACT);
+    json_decref(published);
+    if (!text) return;
     int step = -1, total = 0;
     double loss = 0, eta = 0;
     if (kind && !strcmp(kind, "progress")) {
@@ -162,6 +215,13 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     if (req.targets) tj.cfg.targets = req.targets;
     tj.out = out;
     tj.checkpoint_every = w->cfg.checkpoint_every;
+    char preview_dir[4200];
+    if (req.preview_every > 0) {
+        snprintf(preview_dir, sizeof preview_dir, "%s/previews", dir);
+        tj.preview_dir = preview_dir;
+        tj.preview_every = req.preview_every;
+        tj.preview_count = req.preview_count;
+    }
     tj.resume = true;
     tj.base_model_hash = w->base_hash;
     /* FLUX.1: encoded latents and captions shared by every job of the state directory (their
@@ -170,7 +230,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
     snprintf(cache_dir, sizeof cache_dir, "%s/cache", w->cfg.state_dir);
     tj.cache_dir = cache_dir;
     tj.release_encoders = false;
-    train_ctx tc = {w, item, 0, FL_CLAIM_HELD};
+    train_ctx tc = {w, item, 0, FL_CLAIM_HELD, job.tenant, req.resolution, json_array()};
     fl_train_hooks hooks = {on_train_event, train_should_stop, &tc, train_should_abort};
     fl_train_result res;
     memset(&res, 0, sizeof res);
@@ -224,6 +284,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
                                        info.name, "sha256", info.sha256, "steps", res.steps, "final_loss",
                                        res.final_loss, "images", res.images, "training_s", res.training_s,
                                        "resumed_at", res.resumed_at);
+            if (json_array_size(tc.previews) > 0) json_object_set(result, "previews", tc.previews);
             char *text = json_dumps(result, JSON_COMPACT);
             json_decref(result);
             bool changed = false;
@@ -247,6 +308,7 @@ void fl_worker_process_train(worker_state *w, const work_item *item) {
         fl_job_clear(&after);
     }
     w->current_job[0] = '\0';
+    json_decref(tc.previews);
     fl_train_request_clear(&req);
     fl_job_clear(&job);
 }

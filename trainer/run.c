@@ -348,7 +348,9 @@ static int write_previews(const run_state *s, int step, fl_error *err) {
                                       NULL, NULL, &po, err);
         }
         if (rc == 0) rc = fl_png_write(path, img, j->resolution, j->resolution, err);
-        if (rc == 0) emit(s, json_pack("{s:s, s:i, s:s}", "event", "preview", "step", step, "path", path));
+        if (rc == 0)
+            emit(s, json_pack("{s:s, s:i, s:s, s:I}", "event", "preview", "step", step, "path", path, "seed",
+                              (json_int_t)sp.seed));
     }
     free(img);
     return rc;

@@ -87,7 +87,7 @@ typedef struct fl_train_result {
  *   start       images, steps, resumed_at, device, resolution
  *   progress    step, total, loss, lr, grad_norm, it_per_s, eta_s    after every step
  *   checkpoint  step, path
- *   preview     step, path
+ *   preview     step, path, seed
  *   done        adapter, sha256, steps, final_loss, training_time_s, total_time_s */
 int fl_train_run(fl_flux_model *m, const fl_train_job *job, const fl_train_hooks *hooks, fl_train_result *result,
                  fl_error *err);

@@ -441,6 +441,10 @@
       form.append("steps", $("train-steps").value);
       form.append("rank", $("train-rank").value);
       if ($("train-resolution").value) form.append("resolution", $("train-resolution").value);
+      if ($("train-previews").checked) { /* four rounds: at each quarter of the run (the last at the end) */
+        form.append("preview_every", String(Math.max(1, Math.ceil(Number($("train-steps").value) / 4))));
+        form.append("preview_count", "2");
+      }
       form.append("images", state.archive.blob, state.archive.name);
       $("train-submit").disabled = true;
       try {
@@ -647,12 +651,14 @@
   }
 
   async function addPreview(imageId, step) {
+    /* placed at once, so the previews stay in the order of their events whatever order they load in */
+    const img = el("img", { alt: "Preview at step " + step });
+    const fig = el("figure", {}, img, el("figcaption", { text: "step " + step }));
+    $("job-previews").append(fig);
     try {
       const res = await api("/v1/images/" + encodeURIComponent(imageId) + ".png", { raw: true });
-      const url = URL.createObjectURL(await res.blob());
-      $("job-previews").append(el("figure", {}, el("img", { src: url, alt: "Preview at step " + step }),
-        el("figcaption", { text: "step " + step })));
-    } catch (e) { /* a preview that is gone is not worth a message */ }
+      img.src = URL.createObjectURL(await res.blob());
+    } catch (e) { fig.remove(); /* a preview that is gone is not worth a message */ }
   }
 
   function setupTraining() {

@@ -382,6 +382,12 @@ def browser_flow(svc, work, width, height, keys, name, evaluate):
         check(tag + ": the loss curve is drawn from the progress events", points >= 2 and drawn > 50, (points, drawn))
         check(tag + ": step and loss shown", page.by_id("job-step").text.startswith("30 / 30") and
               page.by_id("job-loss").text not in ("", "–"), page.by_id("job-step").text)
+        previews = page.wait(lambda: page.js("""
+            const imgs = Array.from(document.querySelectorAll('#job-previews img'));
+            return imgs.length === 8 && imgs.every(i => i.naturalWidth === 16) ?
+                   Array.from(document.querySelectorAll('#job-previews figcaption')).map(c => c.textContent) : null;"""), 20)
+        check(tag + ": the preview images of four rounds are shown with their steps (8 of 16x16)",
+              previews == ["step 8"] * 2 + ["step 16"] * 2 + ["step 24"] * 2 + ["step 30"] * 2, previews)
         page.shot("training")
         # ---- adapters ---------------------------------------------------------------------------------------
         page.tab("adapters")

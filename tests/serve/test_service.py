@@ -133,6 +133,42 @@ def run_all(svc, work, state, archive, procs):
     r = sc.request(base, "GET", "/v1/adapters/logo", alpha)
     check("an adapter is found by its name too", r.status == 200 and r.json()["id"] == adapter_id, r.body)
 
+    # ---- previews during training ----------------------------------------------------------------------------
+    r = train(svc, alpha, archive, name="logo-previews", preview_every="10", preview_count="2")
+    pjob = r.json().get("job_id", "x") if r.status == 202 else "x"
+    check("a training with previews is accepted", r.status == 202, r.body)
+    evs = sc.events(base, "/v1/jobs/%s/events" % pjob, alpha)
+    previews = [d for e, d in evs if e == "preview"]
+    check("3 preview rounds of 2 images each arrive as events naming images (steps 10, 20, 30)",
+          [(d["step"], len(d["images"])) for d in previews] == [(10, 1), (10, 1), (20, 1), (20, 1), (30, 1), (30, 1)]
+          and all(d["images"][0]["id"].startswith("img_") for d in previews), previews)
+    check("no event shows a server path", all("path" not in d for _, d in evs), [d for _, d in evs if "path" in d])
+    job = sc.request(base, "GET", "/v1/jobs/" + pjob, alpha).json()
+    listed = job.get("result", {}).get("previews", [])
+    check("the result lists the previews with step and seed",
+          [(p["step"], p["seed"]) for p in listed] == [(10, 1), (10, 2), (20, 1), (20, 2), (30, 1), (30, 2)]
+          and [p["id"] for p in listed] == [d["images"][0]["id"] for d in previews], listed)
+    first = listed[0]["url"] if listed else "/v1/images/none.png"
+    img = sc.request(base, "GET", first, alpha)
+    try:
+        size = sc.png_decode(img.body)[:2] if img.status == 200 else None
+    except Exception:  # noqa: BLE001
+        size = None
+    check("a preview is served to its tenant as a PNG of the training's size",
+          img.status == 200 and img.headers.get("Content-Type") == "image/png" and size == (16, 16), img.status)
+    other = sc.request(base, "GET", first, beta)
+    check("another tenant gets 404 for it", other.status == 404, other.status)
+    r = train(svc, alpha, archive, name="too-many-previews", preview_every="1")
+    check("30 preview rounds are refused by admission (422 limit_exceeded, naming the minimum)",
+          r.status == 422 and r.json()["error"]["code"] == "limit_exceeded"
+          and "preview_every 2 or more" in r.json()["error"]["message"], r.body)
+    r = train(svc, alpha, archive, name="too-many-images", preview_every="10", preview_count="5")
+    check("preview_count over 4 -> 400", r.status == 400 and "preview_count" in r.json()["error"]["message"], r.body)
+    padapter = job.get("result", {}).get("adapter_id", "x")
+    r = sc.request(base, "DELETE", "/v1/adapters/" + padapter, alpha)
+    check("the previews' adapter is deleted again (the listings below count one trained adapter)",
+          r.status in (200, 204), r.body)
+
     # ---- generation naming the new adapter ----------------------------------------------------------------
     r = generate(svc, alpha, [{"id": adapter_id, "scale": 1.0}], seed=7)
     ok = r.status == 200
