@@ -567,6 +567,13 @@ int fl_flux_map_diffusers(const fl_tensor_header *entries, size_t n, fl_flux_map
                 break;
             }
             const fl_tensor_header *e = &entries[m[k].parts[j]];
+            bool negative = false;
+            for (int d = 0; d < e->ndim; d++) negative |= e->shape[d] < 0;
+            if (negative) {
+                rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' has a negative dimension",
+                             shown(e->name));
+                break;
+            }
             if (e->ndim != m[k].ndim || (e->ndim == 2 && cols >= 0 && e->shape[1] != cols)) {
                 rc = fl_fail(err, FL_EINVAL, "diffusers transformer: tensor '%s' does not stack with the other "
                                              "parts of '%s'", shown(e->name), m[k].name);
