@@ -28,6 +28,7 @@
 
 #include "core/threads.h"
 #include "serve/api_internal.h"
+#include "trainer/run.h"
 
 #define TEXT_TOKENS_TRAINING 32 /* trainer/trainer.h's default, which the workers use */
 #define DECODED_PIXEL_BYTES 12  /* RGB floats of a decoded image */
@@ -86,17 +87,21 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
     const fl_flux_params *p = &api->cfg.params;
     int patch = api->limits.patch;
     int64_t pixels = (int64_t)tr->resolution * tr->resolution;
-    int64_t work = pixels * tr->steps * tr->batch_size;
-    if (work > api->cfg.max_training_work)
-        return fl_fail(err, FL_ELIMIT,
-                       "the training's work is %" PRId64 " pixel-steps (%dx%d x %d steps x batch %d), over the limit "
-                       "of %" PRId64 " (--max-training-work)",
-                       work, tr->resolution, tr->resolution, tr->steps, tr->batch_size, api->cfg.max_training_work);
     int rounds = fl_train_preview_rounds(tr->steps, tr->preview_every);
     if (rounds > FL_REQ_MAX_PREVIEWS)
         return fl_fail(err, FL_ELIMIT,
                        "field 'preview_every': %d steps give %d preview rounds, at most %d (preview_every %d or more)",
-                       tr->steps, rounds, FL_REQ_MAX_PREVIEWS, (tr->steps - 1) / (FL_REQ_MAX_PREVIEWS - 1) + 1);
+                       tr->steps, rounds, FL_REQ_MAX_PREVIEWS, (tr->steps - 1) / FL_REQ_MAX_PREVIEWS + 1);
+    /* Each preview image is FL_TRAIN_PREVIEW_STEPS sampling steps of one image, counted as
+     * training steps (a sampling step is a forward only: an overestimate, never an under-). */
+    int64_t preview_steps = (int64_t)rounds * (rounds ? tr->preview_count : 0) * FL_TRAIN_PREVIEW_STEPS;
+    int64_t work = pixels * ((int64_t)tr->steps * tr->batch_size + preview_steps);
+    if (work > api->cfg.max_training_work)
+        return fl_fail(err, FL_ELIMIT,
+                       "the training's work is %" PRId64 " pixel-steps (%dx%d x (%d steps x batch %d + %" PRId64
+                       " preview sampling steps)), over the limit of %" PRId64 " (--max-training-work)",
+                       work, tr->resolution, tr->resolution, tr->steps, tr->batch_size, preview_steps,
+                       api->cfg.max_training_work);
     fl_flux_job_shape shape = {.device = api->cfg.job_device,
                                .batch = tr->batch_size,
                                .image_tokens = (int64_t)(tr->resolution / patch) * (tr->resolution / patch),

@@ -35,7 +35,7 @@ fl_train_job fl_train_job_default(void) {
     j.min_images = 4;
     j.max_images = 100;
     j.preview_count = 2;
-    j.preview_steps = 20;
+    j.preview_steps = FL_TRAIN_PREVIEW_STEPS;
     j.cfg = fl_train_config_default();
     return j;
 }

@@ -38,7 +38,7 @@ typedef struct fl_train_job {
     const char *preview_prompt;  /* NULL: the first image's caption */
     /* Previews: preview_count images (seeds 1..count, preview_steps sampling steps, resolution
      * square) as preview_dir/stepNNNNNN_K.png every preview_every steps (0: only at the end). */
-    int preview_every, preview_count, preview_steps;
+    int preview_every, preview_count, preview_steps; /* preview_steps default FL_TRAIN_PREVIEW_STEPS */
     int64_t max_decoded_pixels;  /* decoding budget of the image set, in pixels (0: the loader's default) */
     /* FLUX.1 pipelines: encoded latents and captions are cached in cache_dir (NULL: "<out>.cache"),
      * one safetensors file per image (and flip) and per caption, named by the sha256 of what decides
@@ -51,6 +51,9 @@ typedef struct fl_train_job {
 } fl_train_job;
 
 /* Defaults as `flashlora train` documents them (resolution 64, 4..100 images, ...). */
+/* Sampling steps of a preview image by default (the service's admission counts them). */
+enum { FL_TRAIN_PREVIEW_STEPS = 20 };
+
 fl_train_job fl_train_job_default(void);
 
 typedef struct fl_train_hooks {

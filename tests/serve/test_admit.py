@@ -229,6 +229,18 @@ def defaults_tests(work):
         r = train(svc, key, images, targets="attention", steps=2)
         check("valid targets are accepted", r.status == 202, r.body[:300])
 
+        # Preview images count as work: 64x64 x 3000 steps fits the default --max-training-work
+        # (16384000 pixel-steps), 20 rounds of 4 preview images of 20 steps each on top do not.
+        r = train(svc, key, images, steps=3000, resolution=64, preview_every=150, preview_count=4)
+        e = error_of(r)
+        check("previews that push a training over --max-training-work are refused (422 naming them)",
+              r.status == 422 and e["code"] == "limit_exceeded" and "1600 preview sampling steps" in e["message"]
+              and "--max-training-work" in e["message"], (r.status, e))
+        r = train(svc, key, images, steps=3000, resolution=64, preview_every=149, preview_count=1)
+        e = error_of(r)
+        check("21 preview rounds are refused (422 naming the smallest preview_every that fits)",
+              r.status == 422 and "preview_every 150 or more" in e["message"], (r.status, e))
+
         # Top-down BMPs (negative height) are as valid as bottom-up ones.
         def pattern(i):
             return lambda x, y: ((x * 7 + i * 40) % 256, (y * 9) % 256, 128 if x < y else 30)
