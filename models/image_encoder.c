@@ -59,19 +59,26 @@ int fl_image_encoder_embed(fl_image_encoder *enc, const fl_image *images, size_t
         const fl_image *im = &images[i];
         if (!im->pixels || im->width < 1 || im->height < 1)
             return fl_fail(err, FL_EINVAL, "image %zu has no pixels (%dx%d)", i, im->width, im->height);
-        fl_embed_info one = {.face_found = true};
-        float *row = out + i * (size_t)D;
-        if (enc->impl->embed(enc->state, im, 1, row, &one, err) != 0) return fl_fail_prefix(err, "image %zu", i);
-        for (int k = 0; k < D; k++)
-            if (!isfinite(row[k])) return fl_fail(err, FL_EINVAL, "image %zu: the embedding is not finite", i);
-        one.norm = normalize(row, D);
-        if (!one.face_found) {
-            memset(row, 0, (size_t)D * sizeof *row);
-            one.norm = 0.0f;
-        }
-        if (info) info[i] = one;
     }
-    return 0;
+    if (n == 0) return 0;
+    /* One call for all n images: an encoder runs them in batches of its own (the built-in ViT 64
+     * per forward), each row computed as it would be alone. */
+    fl_embed_info *inf = info ? info : fl_xcalloc(n, sizeof *inf);
+    for (size_t i = 0; i < n; i++) inf[i] = (fl_embed_info){.face_found = true};
+    int rc = enc->impl->embed(enc->state, images, n, out, inf, err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        float *row = out + i * (size_t)D;
+        for (int k = 0; k < D && rc == 0; k++)
+            if (!isfinite(row[k])) rc = fl_fail(err, FL_EINVAL, "image %zu: the embedding is not finite", i);
+        if (rc != 0) break;
+        inf[i].norm = normalize(row, D);
+        if (!inf[i].face_found) {
+            memset(row, 0, (size_t)D * sizeof *row);
+            inf[i].norm = 0.0f;
+        }
+    }
+    if (inf != info) free(inf);
+    return rc;
 }
 
 int fl_image_encoder_text(fl_image_encoder *enc, const char *prompt, float *out, fl_error *err) {
@@ -116,8 +123,9 @@ static int vit_encoder_embed(void *state, const fl_image *images, size_t n, floa
     vit_encoder *e = state;
     int D = fl_vit_dim(e->vit);
     for (size_t i = 0; i < n; i++) {
-        if (fl_image_preprocess_run(&e->pp, &images[i], e->pixels, err) != 0) return -1;
-        if (fl_vit_forward(e->vit, e->pixels, e->size, out + i * (size_t)D, err) != 0) return -1;
+        if (fl_image_preprocess_run(&e->pp, &images[i], e->pixels, err) != 0 ||
+            fl_vit_forward(e->vit, e->pixels, e->size, out + i * (size_t)D, err) != 0)
+            return fl_fail_prefix(err, "image %zu", i);
         if (info) info[i].face_found = true;
     }
     return 0;

@@ -76,8 +76,10 @@ int fl_image_encoder_dim(const fl_image_encoder *enc);
 bool fl_image_encoder_has_text(const fl_image_encoder *enc);
 
 /* Embeds images[0, n) into out[n, dim], each row L2-normalized (all zeros for a face image in
- * which no face was found). info (may be NULL) gets n entries. Fails (one line naming the image by
- * index) for an image of zero size; nothing is written for images after a failure. */
+ * which no face was found), in one call to the encoder (which batches as it can; a row does not
+ * depend on the other images). info (may be NULL) gets n entries. Fails (one line naming the
+ * image by index) for an image of zero size, checked before anything runs; after a failure out
+ * is unspecified. */
 int fl_image_encoder_embed(fl_image_encoder *enc, const fl_image *images, size_t n, float *out, fl_embed_info *info,
                            fl_error *err);
 

@@ -75,7 +75,8 @@ static int face_embed(void *state, const fl_image *images, size_t n, float *out,
         }
         fl_face_detection dets[MAX_FACES];
         int count = 0;
-        if (fl_face_detect(e->det, e->rgb, im->width, im->height, 0.0, dets, MAX_FACES, &count, err) != 0) return -1;
+        if (fl_face_detect(e->det, e->rgb, im->width, im->height, 0.0, dets, MAX_FACES, &count, err) != 0)
+            return fl_fail_prefix(err, "image %zu", i);
         float *row = out + i * (size_t)D;
         fl_embed_info *inf = info ? &info[i] : NULL;
         if (count == 0) {
@@ -91,7 +92,7 @@ static int face_embed(void *state, const fl_image *images, size_t n, float *out,
         long parts[2 * 5];
         fl_shape_predict(e->sp, e->rgb, im->width, im->height, dets[0].rect, parts);
         fl_face_chip(e->rgb, im->width, im->height, parts, S, 0.25, e->chip);
-        if (fl_face_resnet_describe(e->net, e->chip, row, err) != 0) return -1;
+        if (fl_face_resnet_describe(e->net, e->chip, row, err) != 0) return fl_fail_prefix(err, "image %zu", i);
         if (inf) {
             inf->face_found = true;
             inf->faces = count;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/fileio.h"
 #include "datasets/image.h"
 #include "harness.h"
@@ -340,6 +341,29 @@ static void test_builtin(void) {
     FL_EXPECTF(fabs(norm - 1.0) < 1e-5, "squared norm %g", norm);
     FL_EXPECT(memcmp(one, both + 128, sizeof one) == 0);
     for (int i = 0; i < 2; i++) fl_image_release(&imgs[i]);
+    /* One call embeds a set in batches (64 per forward): rows in the first and second batch are
+     * bitwise the rows each image gets alone. */
+    enum { N = 70 };
+    fl_image many[N];
+    for (int i = 0; i < N; i++) {
+        FL_EXPECT(fl_image_init(&many[i], 64, 64, &err) == 0);
+        for (size_t k = 0; k < (size_t)64 * 64 * 3; k++) many[i].pixels[k] = (float)((k * (3 + i)) % 23) / 22.0f;
+    }
+    float *all = malloc((size_t)N * 128 * sizeof(float));
+    double t0 = fl_monotonic_s();
+    FL_EXPECTF(fl_image_encoder_embed(enc, many, N, all, NULL, &err) == 0, "%s", err.message);
+    double batched = fl_monotonic_s() - t0;
+    bool same = true;
+    t0 = fl_monotonic_s();
+    for (int i = 0; i < N; i++) {
+        FL_EXPECTF(fl_image_encoder_embed(enc, &many[i], 1, one, NULL, &err) == 0, "%s", err.message);
+        same &= memcmp(one, all + (size_t)i * 128, sizeof one) == 0;
+    }
+    double alone = fl_monotonic_s() - t0;
+    FL_EXPECTF(same, "a row embedded in a batch of %d differs from the same image alone", N);
+    printf("  %d images: %.1f ms in one call, %.1f ms one at a time\n", N, batched * 1e3, alone * 1e3);
+    for (int i = 0; i < N; i++) fl_image_release(&many[i]);
+    free(all);
     fl_image_encoder_close(enc);
 }
 
