@@ -3,7 +3,8 @@
 #   1. build/       the release build; the CUDA backend is compiled and linked whenever nvcc
 #                   exists (GPU tests skip with status 77 where no GPU is usable)
 #   2. build-asan/  CPU-only, AddressSanitizer + UndefinedBehaviorSanitizer
-#   3. build-fuzz/  clang + libFuzzer: each fuzz target runs for FUZZ_SECONDS (default 20)
+#   3. build-fuzz/  clang + libFuzzer: each fuzz target runs for FUZZ_SECONDS (default 20), two
+#                   targets at a time
 # Ends with one line "N passed, N failed, N skipped" and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -86,26 +87,47 @@ else
   step_failed "asan:build"
 fi
 
-echo "== fuzz build (clang + libFuzzer, ${fuzz_seconds}s per target) =="
+# fuzz_one TARGET: runs one fuzz target for fuzz_seconds from a copy of its corpus, logging to
+# build-fuzz/NAME.log; its status is the fuzzer's.
+fuzz_one() {
+  local target=$1 name work rc
+  name=$(basename "$target")
+  work=$(mktemp -d)
+  local corpus_src="$root/tests/fuzz/corpus/${name#fuzz_}"
+  [ -d "$corpus_src" ] && cp -r "$corpus_src/." "$work/"
+  "$target" -max_total_time="$fuzz_seconds" -max_len=65536 -print_final_stats=1 "$work" \
+    > "build-fuzz/$name.log" 2>&1
+  rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
+echo "== fuzz build (clang + libFuzzer, ${fuzz_seconds}s per target, two at a time) =="
 if command -v clang >/dev/null; then
   if CC=clang configure build-fuzz -Dcuda=disabled -Dfuzz=enabled -Dtests=true \
        -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized &&
      meson compile -C build-fuzz; then
+    targets=()
     for target in build-fuzz/tests/fuzz/fuzz_*; do
-      [ -f "$target" ] && [ -x "$target" ] || continue
-      name=$(basename "$target")
-      corpus_src="$root/tests/fuzz/corpus/${name#fuzz_}"
-      work=$(mktemp -d)
-      [ -d "$corpus_src" ] && cp -r "$corpus_src/." "$work/"
-      if "$target" -max_total_time="$fuzz_seconds" -max_len=65536 -print_final_stats=1 "$work" \
-           > "build-fuzz/$name.log" 2>&1; then
-        passed=$((passed + 1))
-        echo "ok   $name: $(grep -o 'stat::number_of_executed_units: [0-9]*' "build-fuzz/$name.log")"
-      else
-        tail -40 "build-fuzz/$name.log"
-        step_failed "fuzz:$name"
-      fi
-      rm -rf "$work"
+      [ -f "$target" ] && [ -x "$target" ] && targets+=("$target")
+    done
+    # Two targets at a time (each fuzzer is one process on one core), reported in order.
+    for ((i = 0; i < ${#targets[@]}; i += 2)); do
+      pids=()
+      for target in "${targets[@]:i:2}"; do
+        fuzz_one "$target" &
+        pids+=($!)
+      done
+      for k in "${!pids[@]}"; do
+        name=$(basename "${targets[i + k]}")
+        if wait "${pids[k]}"; then
+          passed=$((passed + 1))
+          echo "ok   $name: $(grep -o 'stat::number_of_executed_units: [0-9]*' "build-fuzz/$name.log")"
+        else
+          tail -40 "build-fuzz/$name.log"
+          step_failed "fuzz:$name"
+        fi
+      done
     done
   else
     step_failed "fuzz:build"
