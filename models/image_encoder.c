@@ -68,9 +68,12 @@ int fl_image_encoder_embed(fl_image_encoder *enc, const fl_image *images, size_t
     int rc = enc->impl->embed(enc->state, images, n, out, inf, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         float *row = out + i * (size_t)D;
-        for (int k = 0; k < D && rc == 0; k++)
-            if (!isfinite(row[k])) rc = fl_fail(err, FL_EINVAL, "image %zu: the embedding is not finite", i);
-        if (rc != 0) break;
+        int k = 0;
+        while (k < D && isfinite(row[k])) k++;
+        if (k < D) {
+            rc = fl_fail(err, FL_EINVAL, "image %zu: the embedding is not finite", i);
+            break;
+        }
         inf[i].norm = normalize(row, D);
         if (!inf[i].face_found) {
             memset(row, 0, (size_t)D * sizeof *row);

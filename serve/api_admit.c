@@ -94,7 +94,7 @@ int fl_api_admit_training(fl_api *api, fl_train_request *tr, const fl_imageset_s
                        tr->steps, rounds, FL_REQ_MAX_PREVIEWS, (tr->steps - 1) / FL_REQ_MAX_PREVIEWS + 1);
     /* Each preview image is FL_TRAIN_PREVIEW_STEPS sampling steps of one image, counted as
      * training steps (a sampling step is a forward only: an overestimate, never an under-). */
-    int64_t preview_steps = (int64_t)rounds * (rounds ? tr->preview_count : 0) * FL_TRAIN_PREVIEW_STEPS;
+    int64_t preview_steps = (int64_t)rounds * tr->preview_count * FL_TRAIN_PREVIEW_STEPS;
     int64_t work = pixels * ((int64_t)tr->steps * tr->batch_size + preview_steps);
     if (work > api->cfg.max_training_work)
         return fl_fail(err, FL_ELIMIT,

@@ -81,14 +81,9 @@ typedef struct fl_generate_request {
                           * within the memory limit (0: not limited) */
 } fl_generate_request;
 
-/* Training previews: at most this many sampling rounds (every preview_every steps, and the end)
+/* Training previews: at most this many sampling rounds (fl_train_preview_rounds, trainer/run.h)
  * of at most this many images. */
 enum { FL_REQ_MAX_PREVIEWS = 20, FL_REQ_MAX_PREVIEW_COUNT = 4 };
-/* The preview rounds of a training of `steps` steps, one every `every` (0: none): one at each
- * multiple of every before the last step, and one at the end. */
-static inline int fl_train_preview_rounds(int steps, int every) {
-    return every > 0 ? (steps - 1) / every + 1 : 0;
-}
 
 typedef struct fl_train_request {
     char *images;        /* where the worker reads the set: the uploaded archive's path (set by the

@@ -192,6 +192,15 @@ void fl_worker_requeue(worker_state *w, fl_job_kind kind, const work_item *it) {
 
 /* ---- heartbeat ------------------------------------------------------------------------------- */
 
+int fl_worker_register_image(worker_state *w, const char *img_id, const char *tenant, const char *job,
+                             unsigned long long seed, int width, int height, fl_error *err) {
+    redisReply *rep = fl_redis_cmd(w->r, err, "HSET fl:image:%s tenant %s job %s seed %llu width %d height %d created_ms %lld",
+                                   img_id, tenant, job, seed, width, height, (long long)fl_now_ms());
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}
+
 void fl_worker_heartbeat(worker_state *w, bool force) {
     int64_t now = fl_now_ms();
     if (!force && now - w->last_heartbeat_ms < 500) return;

@@ -72,17 +72,11 @@ static bool should_stop(void *arg) {
 /* Stores one image as a service image of the job; its id into id. */
 static int store_png(worker_state *w, const char *tenant, const char *job, const float *img, int width, int height,
                      char id[FL_ID_MAX], json_t *all, fl_error *err) {
-    char path[4300], now_s[32], w_s[16], h_s[16];
+    char path[4300];
     fl_jobs_new_id("img", id);
     snprintf(path, sizeof path, "%s/images/%s.png", w->cfg.state_dir, id);
     if (fl_png_write(path, img, width, height, err) != 0) return -1;
-    snprintf(now_s, sizeof now_s, "%lld", (long long)fl_now_ms());
-    snprintf(w_s, sizeof w_s, "%d", width);
-    snprintf(h_s, sizeof h_s, "%d", height);
-    redisReply *rep = fl_redis_cmd(w->r, err, "HSET fl:image:%s tenant %s job %s seed 0 width %s height %s created_ms %s",
-                                   id, tenant, job, w_s, h_s, now_s);
-    if (!rep) return -1;
-    freeReplyObject(rep);
+    if (fl_worker_register_image(w, id, tenant, job, 0, width, height, err) != 0) return -1;
     char url[160];
     snprintf(url, sizeof url, "/v1/images/%s.png", id);
     json_array_append_new(all, json_pack("{s:s, s:s}", "id", id, "url", url));

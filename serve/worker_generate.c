@@ -173,18 +173,10 @@ static void run_batch(worker_state *w, gen_request **reqs, int n, batch_watch *w
             snprintf(path, sizeof path, "%s/images/%s.png", w->cfg.state_dir, img_id);
             wrc = fl_png_write(path, images[first_sample + k], g->req.width, g->req.height, &werr);
             if (wrc != 0) break;
-            char seed_s[32], now_s[32], w_s[16], h_s[16];
-            snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)(g->req.seed + (uint64_t)k));
-            snprintf(now_s, sizeof now_s, "%lld", (long long)fl_now_ms());
-            snprintf(w_s, sizeof w_s, "%d", g->req.width);
-            snprintf(h_s, sizeof h_s, "%d", g->req.height);
-            redisReply *rep = fl_redis_cmd(w->r, &werr, "HSET fl:image:%s tenant %s job %s seed %s width %s height %s created_ms %s",
-                                           img_id, g->tenant, g->item.job, seed_s, w_s, h_s, now_s);
-            if (!rep) {
-                wrc = -1;
-                break;
-            }
-            freeReplyObject(rep);
+            wrc = fl_worker_register_image(w, img_id, g->tenant, g->item.job,
+                                           (unsigned long long)(g->req.seed + (uint64_t)k), g->req.width,
+                                           g->req.height, &werr);
+            if (wrc != 0) break;
             snprintf(url, sizeof url, "/v1/images/%s.png", img_id);
             json_array_append_new(list, json_pack("{s:s, s:s, s:I, s:i, s:i}", "id", img_id, "url", url, "seed",
                                                   (json_int_t)(g->req.seed + (uint64_t)k), "width", g->req.width, "height",

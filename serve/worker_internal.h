@@ -76,6 +76,11 @@ void fl_worker_cancel_job(worker_state *w, fl_job_kind kind, const work_item *it
 void fl_worker_requeue(worker_state *w, fl_job_kind kind, const work_item *it);
 /* Publishes the worker's heartbeat (at most every 500 ms unless forced). */
 void fl_worker_heartbeat(worker_state *w, bool force);
+/* Registers state_dir/images/<img_id>.png (already written) as one of tenant's images, made by
+ * job: its key (tenant, job, seed, size, creation time) lets GET /v1/images serve it to that
+ * tenant. 0, or -1 with err. */
+int fl_worker_register_image(worker_state *w, const char *img_id, const char *tenant, const char *job,
+                             unsigned long long seed, int width, int height, fl_error *err);
 
 /* worker_sweep.c: retention, at most every sweep interval and by one worker at a time: trims
  * the work streams, removes due images (key and PNG) and orphaned images, uploads, checkpoint

@@ -4,8 +4,9 @@
  * trims the work streams of the entries every consumer is done with, removes the images that
  * are due (key and PNG) and the image keys no job result names, and removes the files no live
  * job owns: uploads and checkpoint directories of jobs that ended or never existed, PNGs without
- * a key, and temporary files of interrupted writes and conversions. Every part of a pass is bounded, so a pass
- * takes milliseconds however much has piled up; what is left waits for the next pass.
+ * a key, and temporary files of interrupted writes and conversions. Every part of a pass is
+ * bounded, so a pass takes milliseconds however much has piled up; what is left waits for the
+ * next pass.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -46,13 +47,17 @@ static bool older_than(const char *path, int seconds) {
     return lstat(path, &st) == 0 && time(NULL) - st.st_mtime > seconds;
 }
 
+/* uploads/.export-*: the converted copy of an adapter download (serve/api_adapters.c), which
+ * the request unlinks once it holds it open; one left behind is a dead process's. */
+static bool is_export_copy(int dir, const char *name) {
+    return dir == 0 && strncmp(name, ".export-", 8) == 0;
+}
+
 /* One directory entry of uploads/, jobs/ or images/. */
 static void sweep_entry(worker_state *w, int dir, const char *name) {
     char path[4400];
     snprintf(path, sizeof path, "%s/%s/%s", w->cfg.state_dir, sweep_dir_names[dir], name);
-    if (strstr(name, ".tmp.") || (dir == 0 && strncmp(name, ".export-", 8) == 0)) {
-        /* an atomic write that never finished, or the converted copy of an adapter download
-         * whose process died before it unlinked it (a live one is unlinked within the request) */
+    if (strstr(name, ".tmp.") || is_export_copy(dir, name)) { /* an unfinished write or conversion */
         if (older_than(path, ORPHAN_GRACE_S)) unlink(path);
         return;
     }
@@ -91,7 +96,7 @@ static void sweep_dir(worker_state *w, int dir) {
             w->sweep_dirs[dir] = NULL;
             return;
         }
-        if (e->d_name[0] == '.' && !(dir == 0 && strncmp(e->d_name, ".export-", 8) == 0)) continue;
+        if (e->d_name[0] == '.' && !is_export_copy(dir, e->d_name)) continue;
         sweep_entry(w, dir, e->d_name);
     }
 }

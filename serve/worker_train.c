@@ -51,16 +51,12 @@ static json_t *publish_preview(train_ctx *tc, json_t *event) {
         return NULL;
     }
     fl_error err = {0};
-    redisReply *rep = fl_redis_cmd(w->r, &err,
-                                   "HSET fl:image:%s tenant %s job %s seed %lld width %d height %d created_ms %lld step %d",
-                                   img_id, tc->tenant, tc->item->job, (long long)seed, tc->resolution, tc->resolution,
-                                   (long long)fl_now_ms(), step);
-    if (!rep) {
+    if (fl_worker_register_image(w, img_id, tc->tenant, tc->item->job, (unsigned long long)seed, tc->resolution,
+                                 tc->resolution, &err) != 0) {
         fl_log_warn("worker %s: job %s: preview not registered: %s", w->name, tc->item->job, err.message);
         unlink(dst);
         return NULL;
     }
-    freeReplyObject(rep);
     snprintf(url, sizeof url, "/v1/images/%s.png", img_id);
     json_t *image = json_pack("{s:s, s:s, s:i, s:I, s:i, s:i}", "id", img_id, "url", url, "step", step, "seed", seed,
                               "width", tc->resolution, "height", tc->resolution);
@@ -76,7 +72,6 @@ static void on_train_event(void *arg, json_t *event) {
     if (kind && !strcmp(kind, "preview")) {
         if (!(published = publish_preview(tc, event))) return;
         event = published;
-        kind = "preview";
     } else if (json_object_get(event, "path")) {
         /* a checkpoint's file is the server's business: the client sees the step only */
         published = json_copy(event);

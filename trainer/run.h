@@ -50,10 +50,17 @@ typedef struct fl_train_job {
     fl_train_config cfg;
 } fl_train_job;
 
-/* Defaults as `flashlora train` documents them (resolution 64, 4..100 images, ...). */
 /* Sampling steps of a preview image by default (the service's admission counts them). */
 enum { FL_TRAIN_PREVIEW_STEPS = 20 };
 
+/* The preview rounds fl_train_run samples for a job of `steps` steps with preview_every `every`
+ * (> 0): one at each multiple of every before the last step, and one at the end. 0 when every
+ * is 0 (the service's setting for no previews). */
+static inline int fl_train_preview_rounds(int steps, int every) {
+    return every > 0 ? (steps - 1) / every + 1 : 0;
+}
+
+/* Defaults as `flashlora train` documents them (resolution 64, 4..100 images, ...). */
 fl_train_job fl_train_job_default(void);
 
 typedef struct fl_train_hooks {
